@@ -1,0 +1,655 @@
+//! The op set both backends implement: every kernel of a GPT-2 training step, as data.
+//!
+//! A model schedule is a `Vec<Op>` built once (see `model::gpt2`). The CPU backend interprets it with
+//! the plain-Rust twins in `cpu::`; the GPU backend compiles it once into pipelines, bind groups and a
+//! uniform block, then replays it into one command encoder per step. Because both consume the same ops,
+//! the CPU path proves the GPU path.
+//!
+//! Conventions every op follows:
+//! - Views are flat element ranges of a backend buffer; shapes are the op's integer fields, row-major.
+//! - Forward ops overwrite their outputs. Backward ops ACCUMULATE (`+=`) into every gradient output,
+//!   activation gradients included, exactly like llm.c's CPU reference: the schedule zeroes gradients
+//!   first, and fan-out (the residual stream, the tied embedding) needs no special case.
+//! - Token ids, targets and orderings live in `DType::U32` buffers; everything else is f32.
+
+use crate::Result;
+
+/// Element type of a backend buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+/// A buffer allocated by a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufId(pub usize);
+
+/// A contiguous element range `[offset, offset + len)` of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct View {
+    pub buf: BufId,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl View {
+    pub fn new(buf: BufId, offset: usize, len: usize) -> Self {
+        View { buf, offset, len }
+    }
+
+    /// A sub-range of this view; `offset` is relative to this view's start.
+    pub fn slice(&self, offset: usize, len: usize) -> View {
+        assert!(
+            offset + len <= self.len,
+            "slice {offset}+{len} outside a view of {} elements",
+            self.len
+        );
+        View {
+            buf: self.buf,
+            offset: self.offset + offset,
+            len,
+        }
+    }
+
+    pub fn end(&self) -> usize {
+        self.offset + self.len
+    }
+
+    /// True when the two views share at least one element.
+    pub fn overlaps(&self, other: &View) -> bool {
+        self.buf == other.buf && self.offset < other.end() && other.offset < self.end()
+    }
+}
+
+/// How a weight matrix of a `y = x·W` product is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightLayout {
+    /// `[in, out]` (K×N): Hugging Face GPT-2 Conv1D weights.
+    InOut,
+    /// `[out, in]` (N×K): `nn.Linear`, and the output head tied to `wte [vocab, n_embd]`.
+    OutIn,
+}
+
+/// One kernel invocation. Shapes in the doc comment of each variant; `n` = rows = B·T unless said.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `out[i] = 0`.
+    Zero { out: View },
+    /// `out (B,T,C) = wte[tokens[b,t]] + wpe[t]`; tokens (B,T) u32, wte (V,C), wpe (>=T,C).
+    EncoderForward {
+        out: View,
+        tokens: View,
+        wte: View,
+        wpe: View,
+        b: usize,
+        t: usize,
+        c: usize,
+    },
+    /// `dwte[tokens[b,t]] += dout[b,t]`, `dwpe[t] += Σ_b dout[b,t]`. `order` (B·T) u32 is
+    /// `encoder_order(tokens)`: positions sorted by token, which lets the GPU sum each token's rows in a
+    /// fixed order without float atomics.
+    EncoderBackward {
+        dwte: View,
+        dwpe: View,
+        dout: View,
+        tokens: View,
+        order: View,
+        b: usize,
+        t: usize,
+        c: usize,
+    },
+    /// `out (N,C) = (inp - mean) * rstd * weight + bias`, eps 1e-5; saves mean (N) and rstd (N).
+    LayernormForward {
+        out: View,
+        mean: View,
+        rstd: View,
+        inp: View,
+        weight: View,
+        bias: View,
+        n: usize,
+        c: usize,
+    },
+    /// Accumulates dinp (N,C), dweight (C), dbias (C) from dout (N,C) and the saved mean and rstd.
+    LayernormBackward {
+        dinp: View,
+        dweight: View,
+        dbias: View,
+        dout: View,
+        inp: View,
+        weight: View,
+        mean: View,
+        rstd: View,
+        n: usize,
+        c: usize,
+    },
+    /// General matrix product `out (M,N) (+)= op(a)·op(b)`: a is (M,K), or (K,M) when `trans_a`;
+    /// b is (K,N), or (N,K) when `trans_b`. Overwrites unless `accumulate`. The building block of the
+    /// matmul forward and backward ops, and the kernel that has variants.
+    Matmul {
+        out: View,
+        a: View,
+        b: View,
+        m: usize,
+        k: usize,
+        n: usize,
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    },
+    /// `out (M,N) = inp (M,K) · W + bias (N)`, W stored as `layout` says.
+    MatmulForward {
+        out: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        m: usize,
+        k: usize,
+        n: usize,
+        layout: WeightLayout,
+    },
+    /// Accumulates dinp (M,K), dweight (same layout as weight) and dbias (N) from dout (M,N).
+    MatmulBackward {
+        dinp: View,
+        dweight: View,
+        dbias: Option<View>,
+        dout: View,
+        inp: View,
+        weight: View,
+        m: usize,
+        k: usize,
+        n: usize,
+        layout: WeightLayout,
+    },
+    /// Causal self-attention. qkv (B,T,3C) holds q, k, v side by side, head h at columns h·hd..(h+1)·hd
+    /// of each; out (B,T,C); att (B,NH,T,T) saves the softmax probabilities (row t valid for t2 <= t).
+    /// Scores are scaled by 1/sqrt(hd).
+    AttentionForward {
+        out: View,
+        att: View,
+        qkv: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    },
+    /// Accumulates dqkv (B,T,3C) from dout (B,T,C); `datt` (B,NH,T,T) is scratch.
+    AttentionBackward {
+        dqkv: View,
+        datt: View,
+        dout: View,
+        qkv: View,
+        att: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    },
+    /// `out = gelu_tanh(inp)`, n elements ("gelu_new").
+    GeluForward { out: View, inp: View, n: usize },
+    /// `dinp += gelu_tanh'(inp) * dout`.
+    GeluBackward {
+        dinp: View,
+        inp: View,
+        dout: View,
+        n: usize,
+    },
+    /// `out = inp1 + inp2`, n elements.
+    ResidualForward {
+        out: View,
+        inp1: View,
+        inp2: View,
+        n: usize,
+    },
+    /// `dinp1 += dout; dinp2 += dout`.
+    ResidualBackward {
+        dinp1: View,
+        dinp2: View,
+        dout: View,
+        n: usize,
+    },
+    /// Fused softmax + cross-entropy per row: `losses[i] = lse_i - logits[i, targets[i]]` with
+    /// `lse_i = log Σ_v exp(logits[i,v])`, saved in lse (N). logits (N,V), targets (N) u32.
+    CrossentropyForward {
+        losses: View,
+        lse: View,
+        logits: View,
+        targets: View,
+        n: usize,
+        v: usize,
+    },
+    /// `dlogits[i,v] += scale * (softmax(logits[i])[v] - [v == targets[i]])`; scale is dL/dlosses[i]
+    /// (1/(B·T) for a mean).
+    CrossentropyBackward {
+        dlogits: View,
+        logits: View,
+        lse: View,
+        targets: View,
+        n: usize,
+        v: usize,
+        scale: f32,
+    },
+    /// `out[0] += scale * Σ inp[i]`, summed in a fixed order.
+    ReduceSum {
+        out: View,
+        inp: View,
+        n: usize,
+        scale: f32,
+    },
+    /// `out[0] = sqrt(Σ inp[i]²)`, in a fixed order; `partials` (GLOBAL_NORM_PARTIALS) is scratch.
+    GlobalNorm {
+        out: View,
+        partials: View,
+        inp: View,
+        n: usize,
+    },
+    /// AdamW on n elements. `hyper` is the step's [`AdamwHyper`] (written by the host before each
+    /// step); `norm` (1) is the gradient's global norm, used for clipping. When the norm is not finite
+    /// the update is skipped entirely. `weight_decay` is decoupled and chosen per parameter group.
+    AdamwUpdate {
+        params: View,
+        grads: View,
+        m: View,
+        v: View,
+        hyper: View,
+        norm: View,
+        n: usize,
+        weight_decay: f32,
+    },
+}
+
+/// Number of partial sums `GlobalNorm` reduces through. Fixed, so the order of summation (and so the
+/// bits of the result) does not depend on the adapter.
+pub const GLOBAL_NORM_PARTIALS: usize = 256;
+
+/// The per-step AdamW values the host writes into the `hyper` view (8 f32 words).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamwHyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// 1 - beta1^t, with t the 1-based step.
+    pub bias_correction1: f32,
+    /// 1 - beta2^t.
+    pub bias_correction2: f32,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    pub grad_clip: f32,
+}
+
+impl AdamwHyper {
+    pub const WORDS: usize = 8;
+
+    /// The hyperparameters of step `t` (1-based), bias corrections computed in f64.
+    pub fn at_step(lr: f32, beta1: f32, beta2: f32, eps: f32, grad_clip: f32, t: u64) -> Self {
+        let t = t.max(1) as i32;
+        AdamwHyper {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            bias_correction1: (1.0 - (beta1 as f64).powi(t)) as f32,
+            bias_correction2: (1.0 - (beta2 as f64).powi(t)) as f32,
+            grad_clip,
+        }
+    }
+
+    pub fn to_words(&self) -> [f32; Self::WORDS] {
+        [
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            self.bias_correction1,
+            self.bias_correction2,
+            self.grad_clip,
+            0.0,
+        ]
+    }
+
+    pub fn from_words(w: &[f32]) -> Self {
+        AdamwHyper {
+            lr: w[0],
+            beta1: w[1],
+            beta2: w[2],
+            eps: w[3],
+            bias_correction1: w[4],
+            bias_correction2: w[5],
+            grad_clip: w[6],
+        }
+    }
+}
+
+/// The clip factor PyTorch's `clip_grad_norm_` applies: `min(1, clip / (norm + 1e-6))`.
+pub fn clip_scale(norm: f32, grad_clip: f32) -> f32 {
+    if grad_clip > 0.0 {
+        (grad_clip / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    }
+}
+
+/// Positions `0..tokens.len()` stably sorted by token id: the `order` input of `EncoderBackward`.
+pub fn encoder_order(tokens: &[u32]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
+    order.sort_by_key(|&i| tokens[i as usize]);
+    order
+}
+
+impl Op {
+    /// The kernel name: the WGSL entry family, the CPU twin and the test all carry it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Zero { .. } => "zero",
+            Op::EncoderForward { .. } => "encoder_forward",
+            Op::EncoderBackward { .. } => "encoder_backward",
+            Op::LayernormForward { .. } => "layernorm_forward",
+            Op::LayernormBackward { .. } => "layernorm_backward",
+            Op::Matmul { .. } => "matmul",
+            Op::MatmulForward { .. } => "matmul_forward",
+            Op::MatmulBackward { .. } => "matmul_backward",
+            Op::AttentionForward { .. } => "attention_forward",
+            Op::AttentionBackward { .. } => "attention_backward",
+            Op::GeluForward { .. } => "gelu_forward",
+            Op::GeluBackward { .. } => "gelu_backward",
+            Op::ResidualForward { .. } => "residual_forward",
+            Op::ResidualBackward { .. } => "residual_backward",
+            Op::CrossentropyForward { .. } => "crossentropy_forward",
+            Op::CrossentropyBackward { .. } => "crossentropy_backward",
+            Op::ReduceSum { .. } => "reduce_sum",
+            Op::GlobalNorm { .. } => "global_norm",
+            Op::AdamwUpdate { .. } => "adamw_update",
+        }
+    }
+
+    /// Every view the op reads, with the element count its shape requires.
+    pub fn inputs(&self) -> Vec<(View, usize)> {
+        match *self {
+            Op::Zero { .. } => vec![],
+            Op::EncoderForward {
+                tokens,
+                wte,
+                wpe,
+                b,
+                t,
+                c,
+                ..
+            } => {
+                vec![
+                    (tokens, b * t),
+                    (wte, wte.len / c.max(1) * c),
+                    (wpe, wpe.len.max(t * c)),
+                ]
+            }
+            Op::EncoderBackward {
+                dout,
+                tokens,
+                order,
+                b,
+                t,
+                c,
+                ..
+            } => {
+                vec![(dout, b * t * c), (tokens, b * t), (order, b * t)]
+            }
+            Op::LayernormForward {
+                inp,
+                weight,
+                bias,
+                n,
+                c,
+                ..
+            } => {
+                vec![(inp, n * c), (weight, c), (bias, c)]
+            }
+            Op::LayernormBackward {
+                dout,
+                inp,
+                weight,
+                mean,
+                rstd,
+                n,
+                c,
+                ..
+            } => {
+                vec![
+                    (dout, n * c),
+                    (inp, n * c),
+                    (weight, c),
+                    (mean, n),
+                    (rstd, n),
+                ]
+            }
+            Op::Matmul { a, b, m, k, n, .. } => vec![(a, m * k), (b, k * n)],
+            Op::MatmulForward {
+                inp,
+                weight,
+                bias,
+                m,
+                k,
+                n,
+                ..
+            } => {
+                let mut v = vec![(inp, m * k), (weight, k * n)];
+                v.extend(bias.map(|b| (b, n)));
+                v
+            }
+            Op::MatmulBackward {
+                dout,
+                inp,
+                weight,
+                m,
+                k,
+                n,
+                ..
+            } => {
+                vec![(dout, m * n), (inp, m * k), (weight, k * n)]
+            }
+            Op::AttentionForward { qkv, b, t, c, .. } => vec![(qkv, b * t * 3 * c)],
+            Op::AttentionBackward {
+                dout,
+                qkv,
+                att,
+                b,
+                t,
+                c,
+                nh,
+                ..
+            } => {
+                vec![
+                    (dout, b * t * c),
+                    (qkv, b * t * 3 * c),
+                    (att, b * nh * t * t),
+                ]
+            }
+            Op::GeluForward { inp, n, .. } => vec![(inp, n)],
+            Op::GeluBackward { inp, dout, n, .. } => vec![(inp, n), (dout, n)],
+            Op::ResidualForward { inp1, inp2, n, .. } => vec![(inp1, n), (inp2, n)],
+            Op::ResidualBackward { dout, n, .. } => vec![(dout, n)],
+            Op::CrossentropyForward {
+                logits,
+                targets,
+                n,
+                v,
+                ..
+            } => {
+                vec![(logits, n * v), (targets, n)]
+            }
+            Op::CrossentropyBackward {
+                logits,
+                lse,
+                targets,
+                n,
+                v,
+                ..
+            } => {
+                vec![(logits, n * v), (lse, n), (targets, n)]
+            }
+            Op::ReduceSum { inp, n, .. } => vec![(inp, n)],
+            Op::GlobalNorm { inp, n, .. } => vec![(inp, n)],
+            Op::AdamwUpdate {
+                grads,
+                hyper,
+                norm,
+                n,
+                ..
+            } => {
+                vec![(grads, n), (hyper, AdamwHyper::WORDS), (norm, 1)]
+            }
+        }
+    }
+
+    /// Every view the op writes, with the element count its shape requires.
+    pub fn outputs(&self) -> Vec<(View, usize)> {
+        match *self {
+            Op::Zero { out } => vec![(out, out.len)],
+            Op::EncoderForward { out, b, t, c, .. } => vec![(out, b * t * c)],
+            Op::EncoderBackward {
+                dwte, dwpe, t, c, ..
+            } => {
+                vec![(dwte, dwte.len / c.max(1) * c), (dwpe, dwpe.len.max(t * c))]
+            }
+            Op::LayernormForward {
+                out,
+                mean,
+                rstd,
+                n,
+                c,
+                ..
+            } => {
+                vec![(out, n * c), (mean, n), (rstd, n)]
+            }
+            Op::LayernormBackward {
+                dinp,
+                dweight,
+                dbias,
+                n,
+                c,
+                ..
+            } => {
+                vec![(dinp, n * c), (dweight, c), (dbias, c)]
+            }
+            Op::Matmul { out, m, n, .. } => vec![(out, m * n)],
+            Op::MatmulForward { out, m, n, .. } => vec![(out, m * n)],
+            Op::MatmulBackward {
+                dinp,
+                dweight,
+                dbias,
+                m,
+                k,
+                n,
+                ..
+            } => {
+                let mut v = vec![(dinp, m * k), (dweight, k * n)];
+                v.extend(dbias.map(|b| (b, n)));
+                v
+            }
+            Op::AttentionForward {
+                out,
+                att,
+                b,
+                t,
+                c,
+                nh,
+                ..
+            } => {
+                vec![(out, b * t * c), (att, b * nh * t * t)]
+            }
+            Op::AttentionBackward {
+                dqkv,
+                datt,
+                b,
+                t,
+                c,
+                nh,
+                ..
+            } => {
+                vec![(dqkv, b * t * 3 * c), (datt, b * nh * t * t)]
+            }
+            Op::GeluForward { out, n, .. } => vec![(out, n)],
+            Op::GeluBackward { dinp, n, .. } => vec![(dinp, n)],
+            Op::ResidualForward { out, n, .. } => vec![(out, n)],
+            Op::ResidualBackward {
+                dinp1, dinp2, n, ..
+            } => vec![(dinp1, n), (dinp2, n)],
+            Op::CrossentropyForward { losses, lse, n, .. } => vec![(losses, n), (lse, n)],
+            Op::CrossentropyBackward { dlogits, n, v, .. } => vec![(dlogits, n * v)],
+            Op::ReduceSum { out, .. } => vec![(out, 1)],
+            Op::GlobalNorm { out, partials, .. } => {
+                vec![(out, 1), (partials, GLOBAL_NORM_PARTIALS)]
+            }
+            Op::AdamwUpdate {
+                params, m, v, n, ..
+            } => vec![(params, n), (m, n), (v, n)],
+        }
+    }
+
+    /// Checks that every view has exactly the length the shape requires, that the shape is
+    /// well-formed, and that no output overlaps another view. A failure is a bug in whoever built the
+    /// op (the schedule or a test), so the message names the op and the view.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let name = self.name();
+        let (ins, outs) = (self.inputs(), self.outputs());
+        for (i, (view, want)) in ins.iter().chain(outs.iter()).enumerate() {
+            if view.len != *want {
+                return Err(format!(
+                    "{name}: view #{i} has {} elements, the shape needs {want}",
+                    view.len
+                ));
+            }
+        }
+        match *self {
+            Op::EncoderForward { wte, wpe, t, c, .. }
+            | Op::EncoderBackward {
+                dwte: wte,
+                dwpe: wpe,
+                t,
+                c,
+                ..
+            } => {
+                if c == 0 || wte.len % c != 0 || wpe.len % c != 0 || wpe.len / c < t {
+                    return Err(format!("{name}: wte/wpe must be (V,{c}) and (>= {t},{c})"));
+                }
+            }
+            Op::AttentionForward { c, nh, .. } | Op::AttentionBackward { c, nh, .. } => {
+                if nh == 0 || c % nh != 0 {
+                    return Err(format!("{name}: {nh} heads do not divide {c} channels"));
+                }
+            }
+            _ => {}
+        }
+        for (i, (o, _)) in outs.iter().enumerate() {
+            for (j, (other, _)) in ins.iter().chain(outs.iter()).enumerate() {
+                if j != ins.len() + i && o.overlaps(other) {
+                    return Err(format!("{name}: output #{i} overlaps view #{j}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A prepared program: the handle `Backend::prepare` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PlanId(pub usize);
+
+/// What the model schedule and the tests need from a compute backend.
+///
+/// `prepare` is where all the work of planning happens (pipelines, bind groups, uniforms on the GPU);
+/// `run` then executes a prepared program as often as wanted and allocates nothing.
+pub trait Backend {
+    /// One line: the backend and the adapter it runs on.
+    fn describe(&self) -> String;
+    /// A zero-initialised buffer of `len` elements.
+    fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId>;
+    fn write_f32(&mut self, view: View, data: &[f32]) -> Result<()>;
+    fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()>;
+    /// Reads a view back (waits for all submitted work).
+    fn read_f32(&mut self, view: View) -> Result<Vec<f32>>;
+    /// Checks and plans a program of ops.
+    fn prepare(&mut self, ops: &[Op]) -> Result<PlanId>;
+    /// Executes a prepared program. On the GPU this records one command encoder and submits it.
+    fn run(&mut self, plan: PlanId) -> Result<()>;
+    /// Waits until all submitted work has finished (and reports any fault it raised).
+    fn sync(&mut self) -> Result<()>;
+}

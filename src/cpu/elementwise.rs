@@ -1,0 +1,45 @@
+//! Elementwise kernels: zero, GELU (tanh approximation), residual add.
+
+use super::{add, Real};
+
+/// out (n) = 0.
+pub fn zero<F: Real>(out: &mut [F]) {
+    out.fill(F::of(0.0));
+}
+
+/// sqrt(2/π), the constant of the tanh GELU.
+const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
+
+/// out (n) = 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))), HF's "gelu_new".
+pub fn gelu_forward<F: Real>(out: &mut [F], inp: &[F], n: usize) {
+    for i in 0..n {
+        let x = inp[i].get();
+        out[i] = F::of(0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh()));
+    }
+}
+
+/// dinp (n) += gelu'(inp) · dout.
+pub fn gelu_backward<F: Real>(dinp: &mut [F], inp: &[F], dout: &[F], n: usize) {
+    for i in 0..n {
+        let x = inp[i].get();
+        let th = (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh();
+        let sech2 = 1.0 - th * th;
+        let grad = 0.5 * (1.0 + th) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+        add(&mut dinp[i], grad * dout[i].get());
+    }
+}
+
+/// out (n) = inp1 + inp2.
+pub fn residual_forward<F: Real>(out: &mut [F], inp1: &[F], inp2: &[F], n: usize) {
+    for i in 0..n {
+        out[i] = F::of(inp1[i].get() + inp2[i].get());
+    }
+}
+
+/// dinp1 (n) += dout; dinp2 (n) += dout.
+pub fn residual_backward<F: Real>(dinp1: &mut [F], dinp2: &mut [F], dout: &[F], n: usize) {
+    for i in 0..n {
+        add(&mut dinp1[i], dout[i].get());
+        add(&mut dinp2[i], dout[i].get());
+    }
+}

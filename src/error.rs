@@ -1,0 +1,72 @@
+//! The library's error type. Every message says what went wrong, where, and what to do about it.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No adapter matches the `--device` the user asked for.
+    #[error("no adapter matches --device {wanted}; available: {available}. Run `wgslm devices` to list them")]
+    NoAdapter { wanted: String, available: String },
+
+    /// The user's `--device` value is not one we understand.
+    #[error("--device {0}: expected auto, vulkan, metal, dx12, gl, cpu or an adapter index from `wgslm devices`")]
+    BadDevice(String),
+
+    /// wgpu refused to create a device on the chosen adapter.
+    #[error("could not open {adapter}: {message}")]
+    RequestDevice { adapter: String, message: String },
+
+    /// An allocation is larger than the adapter allows.
+    #[error("{what} needs {bytes} bytes but {adapter} allows at most {limit} bytes per {kind}; use a smaller model or batch")]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+        kind: &'static str,
+        adapter: String,
+    },
+
+    /// The GPU ran out of memory.
+    #[error("out of GPU memory while {0}; use a smaller model or batch")]
+    OutOfMemory(String),
+
+    /// wgpu reported a validation error: a bug in wgslm or a kernel, not in the user's input.
+    #[error("GPU validation error while {context}: {message}")]
+    Validation { context: String, message: String },
+
+    /// The device was lost (driver reset, GPU removed, timeout).
+    #[error("the GPU device was lost ({0}); the last checkpoint is intact: update the driver or retry, and resume with --resume")]
+    DeviceLost(String),
+
+    /// A WGSL source did not compile.
+    #[error("{path}:{line}:{column}: {message}")]
+    Shader {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    /// A user-supplied file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A user-supplied value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

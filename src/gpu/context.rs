@@ -1,0 +1,368 @@
+//! Adapter choice, device creation with the adapter's own limits, and wgpu fault capture.
+//!
+//! wgpu's default uncaptured-error handler panics; here every fault is recorded instead and turned into
+//! an `Error` at the next synchronisation point, and allocations are wrapped in error scopes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::kernels::{self, Call};
+use crate::{Error, Result};
+
+/// What `--device` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// First discrete GPU, then integrated, then virtual, then anything (software last).
+    Auto,
+    /// The best adapter of one graphics API.
+    Api(wgpu::Backend),
+    /// An index from `wgslm devices`.
+    Index(usize),
+    /// The CPU reference backend (no wgpu at all).
+    Cpu,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => DeviceChoice::Auto,
+            "cpu" => DeviceChoice::Cpu,
+            "vulkan" | "vk" => DeviceChoice::Api(wgpu::Backend::Vulkan),
+            "metal" => DeviceChoice::Api(wgpu::Backend::Metal),
+            "dx12" | "d3d12" => DeviceChoice::Api(wgpu::Backend::Dx12),
+            "gl" | "gles" | "opengl" => DeviceChoice::Api(wgpu::Backend::Gl),
+            other => match other.parse::<usize>() {
+                Ok(i) => DeviceChoice::Index(i),
+                Err(_) => return Err(Error::BadDevice(s.to_string())),
+            },
+        })
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Api(b) => write!(f, "{}", b.to_str()),
+            DeviceChoice::Index(i) => write!(f, "{i}"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+        }
+    }
+}
+
+/// The optional features wgslm uses when an adapter has them. Requested explicitly, never assumed.
+pub fn wanted_features() -> wgpu::Features {
+    wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::TIMESTAMP_QUERY
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
+}
+
+/// Everything `wgslm devices` prints about one adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub cooperative_matrix_shapes: usize,
+}
+
+impl AdapterSummary {
+    fn of(index: usize, adapter: &wgpu::Adapter) -> Self {
+        AdapterSummary {
+            index,
+            info: adapter.get_info(),
+            limits: adapter.limits(),
+            features: adapter.features(),
+            cooperative_matrix_shapes: adapter.cooperative_matrix_properties().len(),
+        }
+    }
+
+    /// "llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan, Cpu]"
+    pub fn title(&self) -> String {
+        format!(
+            "{} [{}, {:?}]",
+            self.info.name,
+            self.info.backend.to_str(),
+            self.info.device_type
+        )
+    }
+
+    pub fn driver(&self) -> String {
+        let (d, i) = (&self.info.driver, &self.info.driver_info);
+        match (d.is_empty(), i.is_empty()) {
+            (true, true) => "unknown".into(),
+            (false, true) => d.clone(),
+            (true, false) => i.clone(),
+            (false, false) => format!("{d} ({i})"),
+        }
+    }
+
+    /// The optional features that matter to wgslm, by name.
+    pub fn feature_names(&self) -> Vec<&'static str> {
+        let f = self.features;
+        let mut names = Vec::new();
+        for (flag, name) in [
+            (wgpu::Features::SHADER_F16, "shader-f16"),
+            (wgpu::Features::SUBGROUP, "subgroups"),
+            (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+            (
+                wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+                "timestamp-query-inside-passes",
+            ),
+        ] {
+            if f.contains(flag) {
+                names.push(name);
+            }
+        }
+        if f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            || self.cooperative_matrix_shapes > 0
+        {
+            names.push("cooperative-matrix");
+        }
+        names
+    }
+}
+
+/// Rank for `--device auto`: lower is better.
+fn auto_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    // GL lacks features (timestamps, subgroups) the native APIs have; prefer those.
+    let api = u8::from(info.backend == wgpu::Backend::Gl);
+    (ty, api)
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle())
+}
+
+fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+}
+
+/// Every adapter this machine offers, in the order `--device <index>` uses.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    adapters(&instance())
+        .iter()
+        .enumerate()
+        .map(|(i, a)| AdapterSummary::of(i, a))
+        .collect()
+}
+
+/// Faults reported by wgpu outside of error scopes, collected until the next check.
+#[derive(Default)]
+struct Faults {
+    errors: Vec<String>,
+    lost: Option<String>,
+}
+
+/// Shader modules and pipelines, built once per device and shared by every backend on it.
+#[derive(Default)]
+struct PipelineCache {
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: HashMap<String, wgpu::ComputePipeline>,
+}
+
+/// An open device on the chosen adapter. Shared (`Arc`) by the backends that run on it.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: AdapterSummary,
+    /// The features requested and granted (a subset of [`wanted_features`]).
+    pub features: wgpu::Features,
+    faults: Arc<Mutex<Faults>>,
+    cache: Mutex<PipelineCache>,
+    pipelines_built: AtomicUsize,
+}
+
+impl GpuContext {
+    /// Opens the adapter `choice` names. `DeviceChoice::Cpu` is not a GPU and is refused here.
+    pub fn new(choice: &DeviceChoice) -> Result<Self> {
+        let instance = instance();
+        let all = adapters(&instance);
+        let available = || {
+            let names: Vec<String> = all
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{i}: {}", AdapterSummary::of(i, a).title()))
+                .collect();
+            if names.is_empty() {
+                "none (no Vulkan, Metal, DX12 or GL driver found; on Linux without a GPU: \
+                 apt-get install mesa-vulkan-drivers)"
+                    .to_string()
+            } else {
+                names.join("; ")
+            }
+        };
+        let no_adapter = || Error::NoAdapter {
+            wanted: choice.to_string(),
+            available: available(),
+        };
+        let index = match choice {
+            DeviceChoice::Cpu => return Err(Error::BadDevice("cpu is not a GPU adapter".into())),
+            DeviceChoice::Index(i) if *i < all.len() => *i,
+            DeviceChoice::Index(_) => return Err(no_adapter()),
+            DeviceChoice::Auto | DeviceChoice::Api(_) => (0..all.len())
+                .filter(|&i| match choice {
+                    DeviceChoice::Api(b) => all[i].get_info().backend == *b,
+                    _ => true,
+                })
+                .min_by_key(|&i| auto_rank(&all[i].get_info()))
+                .ok_or_else(no_adapter)?,
+        };
+        let adapter = &all[index];
+        let summary = AdapterSummary::of(index, adapter);
+        let features = adapter.features() & wanted_features();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("wgslm"),
+            required_features: features,
+            required_limits: adapter.limits(),
+            ..Default::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::RequestDevice {
+                adapter: summary.title(),
+                message: e.to_string(),
+            }
+        })?;
+
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let sink = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("wgpu: {e}");
+            sink.lock().unwrap().errors.push(e.to_string());
+        }));
+        let sink = faults.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                sink.lock()
+                    .unwrap()
+                    .lost
+                    .get_or_insert(format!("{reason:?}: {message}"));
+            }
+        });
+        log::info!("opened {} (driver {})", summary.title(), summary.driver());
+        Ok(GpuContext {
+            device,
+            queue,
+            adapter: summary,
+            features,
+            faults,
+            cache: Mutex::new(PipelineCache::default()),
+            pipelines_built: AtomicUsize::new(0),
+        })
+    }
+
+    /// Turns any fault wgpu reported since the last check into an error.
+    pub fn check_faults(&self, context: &str) -> Result<()> {
+        let mut f = self.faults.lock().unwrap();
+        if let Some(lost) = &f.lost {
+            return Err(Error::DeviceLost(lost.clone()));
+        }
+        if !f.errors.is_empty() {
+            let message = std::mem::take(&mut f.errors).join("; ");
+            return Err(Error::Validation {
+                context: context.to_string(),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside out-of-memory and validation error scopes, and turns what they catch into errors.
+    pub fn scoped<T>(&self, context: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = o {
+            log::debug!("out of memory: {e}");
+            return Err(Error::OutOfMemory(context.to_string()));
+        }
+        if let Some(e) = v {
+            return Err(Error::Validation {
+                context: context.to_string(),
+                message: e.to_string(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Blocks until all submitted work has finished, then reports faults.
+    pub fn wait(&self, context: &str) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(format!("{context}: {e}")))?;
+        self.check_faults(context)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} (driver {})",
+            self.adapter.title(),
+            self.adapter.driver()
+        )
+    }
+
+    /// How many compute pipelines this device has built so far.
+    pub fn pipelines_built(&self) -> usize {
+        self.pipelines_built.load(Ordering::Relaxed)
+    }
+
+    /// The pipeline for a call's entry point and constants, built on first use.
+    pub fn pipeline(&self, call: &Call) -> Result<wgpu::ComputePipeline> {
+        let key = format!("{}{:?}", call.entry, call.constants);
+        let mut cache = self.cache.lock().unwrap();
+        if let Some(p) = cache.pipelines.get(&key) {
+            return Ok(p.clone());
+        }
+        let file = kernels::shader_file(call.entry);
+        if !cache.modules.contains_key(file) {
+            let module = self.compile(file, kernels::shader_source(file))?;
+            cache.modules.insert(file, module);
+        }
+        let module = &cache.modules[file];
+        let pipeline = self.scoped(&format!("building the pipeline {key}"), || {
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(call.entry),
+                    layout: None,
+                    module,
+                    entry_point: Some(call.entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &call.constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                })
+        })?;
+        self.pipelines_built.fetch_add(1, Ordering::Relaxed);
+        cache.pipelines.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Compiles one WGSL source; a compile error names the file, line and column.
+    pub fn compile(&self, file: &str, source: &str) -> Result<wgpu::ShaderModule> {
+        kernels::validate_wgsl(file, source)?;
+        self.scoped(&format!("compiling shaders/{file}"), || {
+            self.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(file),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
+        })
+    }
+}

@@ -1,0 +1,589 @@
+//! The WGSL sources and the mapping from each `Op` to the dispatches that run it.
+//!
+//! This file is the binding contract in code: for every entry point, which buffers go to bindings
+//! 1, 2, ... (binding 0 is always the uniform params), which words the params hold, and the grid.
+//! docs/KERNELS.md describes the same contract for people writing drop-in kernels.
+
+use crate::backend::{Op, View, WeightLayout, GLOBAL_NORM_PARTIALS};
+
+/// Every shader file, compiled into the binary.
+pub const SHADERS: &[(&str, &str)] = &[
+    (
+        "attention.wgsl",
+        include_str!("../../shaders/attention.wgsl"),
+    ),
+    (
+        "crossentropy.wgsl",
+        include_str!("../../shaders/crossentropy.wgsl"),
+    ),
+    (
+        "elementwise.wgsl",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
+    ("encoder.wgsl", include_str!("../../shaders/encoder.wgsl")),
+    (
+        "layernorm.wgsl",
+        include_str!("../../shaders/layernorm.wgsl"),
+    ),
+    ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+    ("adamw.wgsl", include_str!("../../shaders/adamw.wgsl")),
+    ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
+];
+
+/// The source of one of [`SHADERS`].
+pub fn shader_source(file: &str) -> &'static str {
+    SHADERS
+        .iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, src)| *src)
+        .unwrap_or_else(|| panic!("{file} is not listed in kernels::SHADERS"))
+}
+
+/// Parses and validates WGSL with naga, turning the first error into `path:line:column: message`.
+pub fn validate_wgsl(path: &str, source: &str) -> crate::Result<naga::Module> {
+    let located = |message: String, loc: Option<naga::SourceLocation>| {
+        let (line, column) = loc.map_or((0, 0), |l| {
+            (l.line_number as usize, l.line_position as usize)
+        });
+        crate::Error::Shader {
+            path: path.to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| located(e.message().to_string(), e.location(source)))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .map_err(|e| {
+        let loc = e.spans().next().map(|(span, _)| span.location(source));
+        located(e.emit_to_string(source).trim().to_string(), loc)
+    })?;
+    Ok(module)
+}
+
+/// The file each entry point lives in.
+pub fn shader_file(entry: &str) -> &'static str {
+    match entry {
+        "zero" | "gelu_forward" | "gelu_backward" | "residual_forward" | "residual_backward" => {
+            "elementwise.wgsl"
+        }
+        "encoder_forward" | "encoder_backward_wte" | "encoder_backward_wpe" => "encoder.wgsl",
+        "layernorm_forward" | "layernorm_backward" | "layernorm_backward_params_partial" => {
+            "layernorm.wgsl"
+        }
+        "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
+        "attention_scores"
+        | "attention_softmax"
+        | "attention_values"
+        | "attention_backward_probs"
+        | "attention_backward_softmax"
+        | "attention_backward_q"
+        | "attention_backward_kv" => "attention.wgsl",
+        "crossentropy_forward" | "crossentropy_backward" => "crossentropy.wgsl",
+        "reduce_sum" | "global_norm_partial" | "global_norm_final" | "colsum_final" => {
+            "reduce.wgsl"
+        }
+        "adamw_update" => "adamw.wgsl",
+        other => panic!("no shader file holds the entry point {other}"),
+    }
+}
+
+/// Workgroups per grid dimension that every adapter accepts; larger 1-D grids fold into y.
+pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// The most loop iterations a kernel may run in one invocation, all loops together. lavapipe (Mesa's
+/// gallivm) silently ends an invocation's loops after 65,535 iterations in total, so long serial work
+/// is split: matmul sums K in chunks of this size, one dispatch each.
+pub const MATMUL_K_CHUNK: usize = 16_384;
+
+/// Rows per block in the first stage of a column sum (bias and LayerNorm parameter gradients).
+pub const ROW_BLOCK: usize = 256;
+
+/// One dispatch: an entry point (plus override constants), its buffers in binding order, its
+/// uniform params and its grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    pub entry: &'static str,
+    pub constants: Vec<(&'static str, f64)>,
+    pub views: Vec<View>,
+    pub params: Vec<u32>,
+    pub groups: [u32; 3],
+}
+
+/// A 1-D grid of `groups` workgroups, folded into (x, y) when above the per-dimension limit. Kernels
+/// compute the flat workgroup id as `wid.y * nwg.x + wid.x` and ignore ids past the end.
+pub fn fold(groups: usize) -> [u32; 3] {
+    let max = MAX_GROUPS_PER_DIM as usize;
+    if groups <= max {
+        [groups.max(1) as u32, 1, 1]
+    } else {
+        [MAX_GROUPS_PER_DIM, groups.div_ceil(max) as u32, 1]
+    }
+}
+
+/// Grid for one invocation per item, 64 per workgroup.
+fn per_item(items: usize) -> [u32; 3] {
+    fold(items.div_ceil(64))
+}
+
+fn u(x: usize) -> u32 {
+    u32::try_from(x).expect("a shape dimension exceeds u32")
+}
+
+fn f(x: f32) -> u32 {
+    x.to_bits()
+}
+
+fn call(entry: &'static str, views: Vec<View>, params: Vec<u32>, groups: [u32; 3]) -> Call {
+    Call {
+        entry,
+        constants: Vec::new(),
+        views,
+        params,
+        groups,
+    }
+}
+
+/// The general matrix product `out (M,N) (+)= op(a)·op(b) (+ bias)`, as one dispatch per chunk of
+/// [`MATMUL_K_CHUNK`] along K (the later ones accumulate). `dummy` stands in for a missing bias.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    out: View,
+    a: View,
+    b: View,
+    bias: Option<View>,
+    dummy: View,
+    (m, k, n): (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+) -> Vec<Call> {
+    let constants = vec![
+        ("TRANS_A", trans_a as u8 as f64),
+        ("TRANS_B", trans_b as u8 as f64),
+    ];
+    (0..k.div_ceil(MATMUL_K_CHUNK).max(1))
+        .map(|chunk| {
+            let k_begin = chunk * MATMUL_K_CHUNK;
+            let k_end = (k_begin + MATMUL_K_CHUNK).min(k);
+            let add_bias = bias.is_some() && chunk == 0;
+            let flags = u32::from(accumulate || chunk > 0) | (u32::from(add_bias) << 1);
+            Call {
+                entry: "matmul",
+                constants: constants.clone(),
+                views: vec![out, a, b, bias.unwrap_or(dummy)],
+                params: vec![u(m), u(k), u(n), flags, u(k_begin), u(k_end)],
+                groups: [u(n.div_ceil(32)), u(m.div_ceil(32)), 1],
+            }
+        })
+        .collect()
+}
+
+/// Blocks of [`ROW_BLOCK`] rows in `rows`.
+fn row_blocks(rows: usize) -> usize {
+    rows.div_ceil(ROW_BLOCK).max(1)
+}
+
+/// Elements of GPU-only scratch an op needs (the first stage of a two-stage reduction); the backend
+/// allocates it when it prepares the program.
+pub fn scratch_len(op: &Op) -> usize {
+    match *op {
+        Op::LayernormBackward { n, c, .. } => 2 * row_blocks(n) * c,
+        Op::MatmulBackward {
+            dbias: Some(_),
+            m,
+            n,
+            ..
+        } => row_blocks(m) * n,
+        _ => 0,
+    }
+}
+
+/// `out (C) += Σ_blocks partial[offset + block·C ..]`: the second stage of a column sum.
+fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize) -> Call {
+    call(
+        "colsum_final",
+        vec![out, partial],
+        vec![u(blocks), 0, u(c), u(offset)],
+        per_item(c),
+    )
+}
+
+/// The dispatches that run `op`, in order. `dummy` is a 1-element f32 view for unused bindings;
+/// `scratch` has at least [`scratch_len`] elements.
+pub fn calls(op: &Op, dummy: View, scratch: View) -> Vec<Call> {
+    match *op {
+        Op::Zero { out } => vec![call("zero", vec![out], vec![u(out.len)], per_item(out.len))],
+        Op::EncoderForward {
+            out,
+            tokens,
+            wte,
+            wpe,
+            b,
+            t,
+            c,
+        } => vec![call(
+            "encoder_forward",
+            vec![out, tokens, wte, wpe],
+            vec![u(b), u(t), u(c), 0],
+            per_item(b * t * c),
+        )],
+        Op::EncoderBackward {
+            dwte,
+            dwpe,
+            dout,
+            tokens,
+            order,
+            b,
+            t,
+            c,
+        } => vec![
+            call(
+                "encoder_backward_wte",
+                vec![dwte, dout, tokens, order],
+                vec![u(b), u(t), u(c), 0],
+                per_item(b * t * c),
+            ),
+            call(
+                "encoder_backward_wpe",
+                vec![dwpe, dout],
+                vec![u(b), u(t), u(c), 0],
+                per_item(t * c),
+            ),
+        ],
+        Op::LayernormForward {
+            out,
+            mean,
+            rstd,
+            inp,
+            weight,
+            bias,
+            n,
+            c,
+        } => vec![call(
+            "layernorm_forward",
+            vec![out, mean, rstd, inp, weight, bias],
+            vec![u(n), u(c)],
+            fold(n),
+        )],
+        Op::LayernormBackward {
+            dinp,
+            dweight,
+            dbias,
+            dout,
+            inp,
+            weight,
+            mean,
+            rstd,
+            n,
+            c,
+        } => {
+            let blocks = row_blocks(n);
+            vec![
+                call(
+                    "layernorm_backward",
+                    vec![dinp, mean, rstd, inp, weight, dout],
+                    vec![u(n), u(c)],
+                    fold(n),
+                ),
+                call(
+                    "layernorm_backward_params_partial",
+                    vec![scratch, mean, rstd, inp, dout],
+                    vec![u(n), u(c)],
+                    [u(c.div_ceil(64)), u(blocks), 1],
+                ),
+                colsum_final(dweight, scratch, blocks, c, 0),
+                colsum_final(dbias, scratch, blocks, c, blocks * c),
+            ]
+        }
+        Op::Matmul {
+            out,
+            a,
+            b,
+            m,
+            k,
+            n,
+            trans_a,
+            trans_b,
+            accumulate,
+        } => gemm(
+            out,
+            a,
+            b,
+            None,
+            dummy,
+            (m, k, n),
+            trans_a,
+            trans_b,
+            accumulate,
+        ),
+        Op::MatmulForward {
+            out,
+            inp,
+            weight,
+            bias,
+            m,
+            k,
+            n,
+            layout,
+        } => {
+            let trans_b = layout == WeightLayout::OutIn;
+            gemm(
+                out,
+                inp,
+                weight,
+                bias,
+                dummy,
+                (m, k, n),
+                false,
+                trans_b,
+                false,
+            )
+        }
+        Op::MatmulBackward {
+            dinp,
+            dweight,
+            dbias,
+            dout,
+            inp,
+            weight,
+            m,
+            k,
+            n,
+            layout,
+        } => {
+            // dinp (M,K) += dout (M,N) · Wᵀ. W as a (K',N') = (N,K) operand is transposed exactly
+            // when it is stored [in, out].
+            let dx = gemm(
+                dinp,
+                dout,
+                weight,
+                None,
+                dummy,
+                (m, n, k),
+                false,
+                layout == WeightLayout::InOut,
+                true,
+            );
+            // dW += inpᵀ·dout for [in, out], doutᵀ·inp for [out, in]; the left operand is stored
+            // (M, ·), so it is always read transposed.
+            let dw = match layout {
+                WeightLayout::InOut => gemm(
+                    dweight,
+                    inp,
+                    dout,
+                    None,
+                    dummy,
+                    (k, m, n),
+                    true,
+                    false,
+                    true,
+                ),
+                WeightLayout::OutIn => gemm(
+                    dweight,
+                    dout,
+                    inp,
+                    None,
+                    dummy,
+                    (n, m, k),
+                    true,
+                    false,
+                    true,
+                ),
+            };
+            let mut v = [dx, dw].concat();
+            if let Some(dbias) = dbias {
+                let blocks = row_blocks(m);
+                v.push(call(
+                    "matmul_backward_bias_partial",
+                    vec![scratch, dout],
+                    vec![u(m), 0, u(n), 0, 0, 0],
+                    [u(n.div_ceil(64)), u(blocks), 1],
+                ));
+                v.push(colsum_final(dbias, scratch, blocks, n, 0));
+            }
+            v
+        }
+        Op::AttentionForward {
+            out,
+            att,
+            qkv,
+            b,
+            t,
+            c,
+            nh,
+        } => {
+            let p = vec![u(b), u(t), u(c), u(nh)];
+            vec![
+                call(
+                    "attention_scores",
+                    vec![att, qkv],
+                    p.clone(),
+                    per_item(b * nh * t * t),
+                ),
+                call(
+                    "attention_softmax",
+                    vec![att],
+                    p.clone(),
+                    per_item(b * nh * t),
+                ),
+                call(
+                    "attention_values",
+                    vec![out, qkv, att],
+                    p,
+                    per_item(b * t * c),
+                ),
+            ]
+        }
+        Op::AttentionBackward {
+            dqkv,
+            datt,
+            dout,
+            qkv,
+            att,
+            b,
+            t,
+            c,
+            nh,
+        } => {
+            let p = vec![u(b), u(t), u(c), u(nh)];
+            vec![
+                call(
+                    "attention_backward_probs",
+                    vec![datt, qkv, dout],
+                    p.clone(),
+                    per_item(b * nh * t * t),
+                ),
+                call(
+                    "attention_backward_softmax",
+                    vec![datt, att],
+                    p.clone(),
+                    per_item(b * nh * t),
+                ),
+                call(
+                    "attention_backward_q",
+                    vec![dqkv, qkv, datt],
+                    p.clone(),
+                    per_item(b * t * c),
+                ),
+                call(
+                    "attention_backward_kv",
+                    vec![dqkv, qkv, datt, att, dout],
+                    p,
+                    per_item(b * t * c),
+                ),
+            ]
+        }
+        Op::GeluForward { out, inp, n } => {
+            vec![call(
+                "gelu_forward",
+                vec![out, inp],
+                vec![u(n)],
+                per_item(n),
+            )]
+        }
+        Op::GeluBackward { dinp, inp, dout, n } => {
+            vec![call(
+                "gelu_backward",
+                vec![dinp, inp, dout],
+                vec![u(n)],
+                per_item(n),
+            )]
+        }
+        Op::ResidualForward { out, inp1, inp2, n } => {
+            vec![call(
+                "residual_forward",
+                vec![out, inp1, inp2],
+                vec![u(n)],
+                per_item(n),
+            )]
+        }
+        Op::ResidualBackward {
+            dinp1,
+            dinp2,
+            dout,
+            n,
+        } => {
+            vec![call(
+                "residual_backward",
+                vec![dinp1, dinp2, dout],
+                vec![u(n)],
+                per_item(n),
+            )]
+        }
+        Op::CrossentropyForward {
+            losses,
+            lse,
+            logits,
+            targets,
+            n,
+            v,
+        } => vec![call(
+            "crossentropy_forward",
+            vec![losses, lse, logits, targets],
+            vec![u(n), u(v), 0],
+            fold(n),
+        )],
+        Op::CrossentropyBackward {
+            dlogits,
+            logits,
+            lse,
+            targets,
+            n,
+            v,
+            scale,
+        } => vec![call(
+            "crossentropy_backward",
+            vec![dlogits, logits, lse, targets],
+            vec![u(n), u(v), f(scale)],
+            per_item(n * v),
+        )],
+        Op::ReduceSum { out, inp, n, scale } => {
+            vec![call(
+                "reduce_sum",
+                vec![out, inp],
+                vec![u(n), f(scale)],
+                [1, 1, 1],
+            )]
+        }
+        Op::GlobalNorm {
+            out,
+            partials,
+            inp,
+            n,
+        } => vec![
+            call(
+                "global_norm_partial",
+                vec![partials, inp],
+                vec![u(n), 0],
+                [GLOBAL_NORM_PARTIALS as u32, 1, 1],
+            ),
+            call(
+                "global_norm_final",
+                vec![out, partials],
+                vec![u(n), 0],
+                [1, 1, 1],
+            ),
+        ],
+        Op::AdamwUpdate {
+            params,
+            grads,
+            m,
+            v,
+            hyper,
+            norm,
+            n,
+            weight_decay,
+        } => vec![call(
+            "adamw_update",
+            vec![params, m, v, grads, hyper, norm],
+            vec![u(n), f(weight_decay)],
+            per_item(n),
+        )],
+    }
+}

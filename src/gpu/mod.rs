@@ -1,0 +1,402 @@
+//! The wgpu backend: buffers, pipelines built once from shaders/, and programs replayed into one
+//! command encoder per run. This module knows kernels and buffers, never a model.
+
+pub mod context;
+pub mod kernels;
+
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
+
+use crate::backend::{Backend, BufId, DType, Op, PlanId, View};
+use crate::{Error, Result};
+
+/// Bytes per uniform-params slot: the largest `min_uniform_buffer_offset_alignment` WebGPU allows.
+const PARAM_SLOT: u64 = 256;
+
+struct GpuBuf {
+    buffer: wgpu::Buffer,
+    dtype: DType,
+    len: usize,
+    label: String,
+}
+
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+struct Plan {
+    dispatches: Vec<Dispatch>,
+    /// Holds every dispatch's params; kept alive with the bind groups that point into it.
+    _params: Option<wgpu::Buffer>,
+}
+
+/// How many wgpu objects the backend has created: a training step must leave these unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    pub buffers: usize,
+    pub bind_groups: usize,
+    /// Pipelines built on the device (shared by every backend on it).
+    pub pipelines: usize,
+    pub submits: usize,
+}
+
+/// Buffers and prepared programs on one device. Cheap to create: pipelines live in the shared
+/// [`GpuContext`].
+pub struct GpuBackend {
+    ctx: Arc<GpuContext>,
+    bufs: Vec<GpuBuf>,
+    plans: Vec<Plan>,
+    staging: Option<wgpu::Buffer>,
+    dummy: Option<View>,
+    stats: GpuStats,
+}
+
+impl GpuBackend {
+    pub fn new(choice: &DeviceChoice) -> Result<Self> {
+        Ok(Self::with_context(Arc::new(GpuContext::new(choice)?)))
+    }
+
+    pub fn with_context(ctx: Arc<GpuContext>) -> Self {
+        GpuBackend {
+            ctx,
+            bufs: Vec::new(),
+            plans: Vec::new(),
+            staging: None,
+            dummy: None,
+            stats: GpuStats::default(),
+        }
+    }
+
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    pub fn stats(&self) -> GpuStats {
+        GpuStats {
+            pipelines: self.ctx.pipelines_built(),
+            ..self.stats
+        }
+    }
+
+    /// Bytes allocated in storage buffers.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.bufs.iter().map(|b| b.buffer.size()).sum()
+    }
+
+    fn create_buffer(
+        &mut self,
+        label: &str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let limits = &self.ctx.adapter.limits;
+        if size > limits.max_buffer_size {
+            return Err(Error::TooLarge {
+                what: label.to_string(),
+                bytes: size,
+                limit: limits.max_buffer_size,
+                kind: "buffer",
+                adapter: self.ctx.adapter.title(),
+            });
+        }
+        let buffer = self
+            .ctx
+            .scoped(&format!("allocating {label} ({size} bytes)"), || {
+                self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            })?;
+        self.stats.buffers += 1;
+        Ok(buffer)
+    }
+
+    fn dummy(&mut self) -> Result<View> {
+        if let Some(d) = self.dummy {
+            return Ok(d);
+        }
+        let id = self.alloc(DType::F32, 1, "unused binding")?;
+        let view = View::new(id, 0, 1);
+        self.dummy = Some(view);
+        Ok(view)
+    }
+
+    /// Checks what wgpu would otherwise reject (or worse, clamp silently) for one bound view.
+    fn check_view(&self, op: &str, i: usize, v: &View) -> Result<()> {
+        let limits = &self.ctx.adapter.limits;
+        let buf = self.bufs.get(v.buf.0).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{op}: binding {} names a buffer this backend does not own",
+                i + 1
+            ))
+        })?;
+        let (offset, size) = (v.offset as u64 * 4, v.len as u64 * 4);
+        if v.len == 0 || v.end() > buf.len {
+            return Err(Error::Invalid(format!(
+                "{op}: binding {} ({}..{}) is empty or outside `{}` ({} elements)",
+                i + 1,
+                v.offset,
+                v.end(),
+                buf.label,
+                buf.len
+            )));
+        }
+        if offset % limits.min_storage_buffer_offset_alignment as u64 != 0 {
+            return Err(Error::Invalid(format!(
+                "{op}: binding {} starts at byte {offset} of `{}`, not a multiple of {}: tensors must \
+                 be laid out on 256-byte boundaries",
+                i + 1,
+                buf.label,
+                limits.min_storage_buffer_offset_alignment
+            )));
+        }
+        if size > limits.max_storage_buffer_binding_size {
+            return Err(Error::TooLarge {
+                what: format!("{op} binding {} (`{}`)", i + 1, buf.label),
+                bytes: size,
+                limit: limits.max_storage_buffer_binding_size,
+                kind: "storage binding",
+                adapter: self.ctx.adapter.title(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Backend for GpuBackend {
+    fn describe(&self) -> String {
+        format!("gpu: {}", self.ctx.describe())
+    }
+
+    fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId> {
+        let size = (len.max(1) as u64) * 4;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.create_buffer(label, size, usage)?;
+        self.bufs.push(GpuBuf {
+            buffer,
+            dtype,
+            len,
+            label: label.to_string(),
+        });
+        Ok(BufId(self.bufs.len() - 1))
+    }
+
+    fn write_f32(&mut self, view: View, data: &[f32]) -> Result<()> {
+        assert_eq!(
+            view.len,
+            data.len(),
+            "write_f32: view and data lengths differ"
+        );
+        let buf = &self.bufs[view.buf.0];
+        assert_eq!(
+            buf.dtype,
+            DType::F32,
+            "write_f32 into the u32 buffer `{}`",
+            buf.label
+        );
+        assert!(
+            view.end() <= buf.len,
+            "write_f32 past the end of `{}`",
+            buf.label
+        );
+        if !data.is_empty() {
+            self.ctx.queue.write_buffer(
+                &buf.buffer,
+                view.offset as u64 * 4,
+                bytemuck::cast_slice(data),
+            );
+        }
+        Ok(())
+    }
+
+    fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()> {
+        assert_eq!(
+            view.len,
+            data.len(),
+            "write_u32: view and data lengths differ"
+        );
+        let buf = &self.bufs[view.buf.0];
+        assert_eq!(
+            buf.dtype,
+            DType::U32,
+            "write_u32 into the f32 buffer `{}`",
+            buf.label
+        );
+        assert!(
+            view.end() <= buf.len,
+            "write_u32 past the end of `{}`",
+            buf.label
+        );
+        if !data.is_empty() {
+            self.ctx.queue.write_buffer(
+                &buf.buffer,
+                view.offset as u64 * 4,
+                bytemuck::cast_slice(data),
+            );
+        }
+        Ok(())
+    }
+
+    fn read_f32(&mut self, view: View) -> Result<Vec<f32>> {
+        if view.len == 0 {
+            return Ok(Vec::new());
+        }
+        let size = view.len as u64 * 4;
+        if self.staging.as_ref().is_none_or(|s| s.size() < size) {
+            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+            self.staging = Some(self.create_buffer("readback staging", size, usage)?);
+        }
+        let staging = self.staging.as_ref().unwrap();
+        let src = &self.bufs[view.buf.0].buffer;
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(src, view.offset as u64 * 4, staging, 0, size);
+        self.ctx.queue.submit([encoder.finish()]);
+        self.stats.submits += 1;
+        let slice = staging.slice(..size);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx.wait("reading back a result")?;
+        rx.recv()
+            .map_err(|_| Error::DeviceLost("the readback was abandoned".into()))?
+            .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
+        let data = {
+            let mapped = slice
+                .get_mapped_range()
+                .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
+            bytemuck::cast_slice::<u8, f32>(&mapped).to_vec()
+        };
+        staging.unmap();
+        Ok(data)
+    }
+
+    fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {
+        let dummy = self.dummy()?;
+        // One scratch buffer serves every op of the program: ops run one after another, and each
+        // uses its scratch only within its own dispatches.
+        let scratch_len = ops.iter().map(kernels::scratch_len).max().unwrap_or(0);
+        let scratch = if scratch_len > 0 {
+            View::new(
+                self.alloc(DType::F32, scratch_len, "reduction scratch")?,
+                0,
+                scratch_len,
+            )
+        } else {
+            dummy
+        };
+        let mut calls = Vec::new();
+        for op in ops {
+            op.check().map_err(Error::Invalid)?;
+            for call in kernels::calls(op, dummy, scratch) {
+                for (i, v) in call.views.iter().enumerate() {
+                    self.check_view(op.name(), i, v)?;
+                }
+                if call.groups.iter().any(|&g| g > kernels::MAX_GROUPS_PER_DIM) {
+                    return Err(Error::Invalid(format!(
+                        "{}: grid {:?} is beyond {} workgroups per dimension; use a smaller batch",
+                        op.name(),
+                        call.groups,
+                        kernels::MAX_GROUPS_PER_DIM
+                    )));
+                }
+                calls.push(call);
+            }
+        }
+        let params = if calls.is_empty() {
+            None
+        } else {
+            let mut bytes = vec![0u8; calls.len() * PARAM_SLOT as usize];
+            for (i, call) in calls.iter().enumerate() {
+                let words: &[u8] = bytemuck::cast_slice(&call.params);
+                let at = i * PARAM_SLOT as usize;
+                bytes[at..at + words.len()].copy_from_slice(words);
+            }
+            let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+            let buffer = self.create_buffer("kernel params", bytes.len() as u64, usage)?;
+            self.ctx.queue.write_buffer(&buffer, 0, &bytes);
+            Some(buffer)
+        };
+        let mut dispatches = Vec::with_capacity(calls.len());
+        for (i, call) in calls.iter().enumerate() {
+            let pipeline = self.ctx.pipeline(call)?;
+            let layout = pipeline.get_bind_group_layout(0);
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: params.as_ref().unwrap(),
+                    offset: i as u64 * PARAM_SLOT,
+                    size: NonZeroU64::new(PARAM_SLOT),
+                }),
+            }];
+            for (b, v) in call.views.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: b as u32 + 1,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &self.bufs[v.buf.0].buffer,
+                        offset: v.offset as u64 * 4,
+                        size: NonZeroU64::new(v.len as u64 * 4),
+                    }),
+                });
+            }
+            let bind_group =
+                self.ctx
+                    .scoped(&format!("binding the buffers of {}", call.entry), || {
+                        self.ctx
+                            .device
+                            .create_bind_group(&wgpu::BindGroupDescriptor {
+                                label: Some(call.entry),
+                                layout: &layout,
+                                entries: &entries,
+                            })
+                    })?;
+            self.stats.bind_groups += 1;
+            dispatches.push(Dispatch {
+                pipeline,
+                bind_group,
+                groups: call.groups,
+            });
+        }
+        self.plans.push(Plan {
+            dispatches,
+            _params: params,
+        });
+        Ok(PlanId(self.plans.len() - 1))
+    }
+
+    fn run(&mut self, plan: PlanId) -> Result<()> {
+        let plan = &self.plans[plan.0];
+        let mut encoder = self
+            .ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgslm program"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("wgslm program"),
+                timestamp_writes: None,
+            });
+            for d in &plan.dispatches {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        self.stats.submits += 1;
+        self.ctx.check_faults("running a program")
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        self.ctx.wait("waiting for the GPU")
+    }
+}

@@ -1,0 +1,14 @@
+//! wgslm: train small GPT-2 style language models on any GPU through hand-written WGSL kernels,
+//! with every kernel proven against a plain-Rust twin.
+//!
+//! Start at [`backend`] (the op set), [`cpu`] (the twins), [`gpu`] (wgpu) and [`verify`] (the checks
+//! that hold the two together). docs/ARCHITECTURE.md has the map.
+
+pub mod backend;
+pub mod cpu;
+mod error;
+pub mod gpu;
+pub mod rng;
+pub mod verify;
+
+pub use error::{Error, Result};

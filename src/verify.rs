@@ -1,0 +1,710 @@
+//! Kernel checks: each kernel on a backend against its CPU twin, on random data at awkward shapes.
+//!
+//! One list of cases serves the test suite (`tests/kernels.rs`, one `<kernel>_matches_cpu` test per
+//! kernel) and `wgslm verify` (every case on the user's adapter). A case builds its inputs from a seed,
+//! so the reference and the backend under test see the same numbers; it passes when every checked
+//! output is within `tolerance` (relative L2) of the twin's and a second run gives the same bits.
+
+use crate::backend::{AdamwHyper, Backend, DType, Op, View, WeightLayout, GLOBAL_NORM_PARTIALS};
+use crate::cpu::CpuBackend;
+use crate::rng::Rng;
+use crate::Result;
+
+/// The agreement every f32 kernel must reach with its twin.
+pub const TOLERANCE: f64 = 1e-5;
+
+enum Init {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+}
+
+/// Allocates a case's tensors on a backend and remembers their initial contents.
+pub struct Setup<'a> {
+    backend: &'a mut dyn Backend,
+    rng: Rng,
+    inits: Vec<(View, Init)>,
+}
+
+impl Setup<'_> {
+    /// A tensor of normal samples times `scale`, plus `shift`.
+    pub fn normal(&mut self, len: usize, scale: f64, shift: f64) -> Result<View> {
+        let data = (0..len)
+            .map(|_| (self.rng.normal() * scale + shift) as f32)
+            .collect();
+        self.with(data)
+    }
+
+    /// A tensor holding `data`.
+    pub fn with(&mut self, data: Vec<f32>) -> Result<View> {
+        let id = self.backend.alloc(DType::F32, data.len(), "verify")?;
+        let view = View::new(id, 0, data.len());
+        self.inits.push((view, Init::F32(data)));
+        Ok(view)
+    }
+
+    /// A u32 tensor of uniform integers below `bound`.
+    pub fn ids(&mut self, len: usize, bound: u32) -> Result<View> {
+        let data = (0..len)
+            .map(|_| self.rng.below(bound as u64) as u32)
+            .collect();
+        self.ids_with(data)
+    }
+
+    pub fn ids_with(&mut self, data: Vec<u32>) -> Result<View> {
+        let id = self.backend.alloc(DType::U32, data.len(), "verify")?;
+        let view = View::new(id, 0, data.len());
+        self.inits.push((view, Init::U32(data)));
+        Ok(view)
+    }
+
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    fn upload(&mut self) -> Result<()> {
+        for (view, init) in &self.inits {
+            match init {
+                Init::F32(d) => self.backend.write_f32(*view, d)?,
+                Init::U32(d) => self.backend.write_u32(*view, d)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a case builds: the ops to run and the outputs to compare (scratch outputs are left out).
+pub struct Built {
+    pub ops: Vec<Op>,
+    pub checked: Vec<(&'static str, View)>,
+}
+
+type Builder = Box<dyn Fn(&mut Setup) -> Result<Built> + Send + Sync>;
+
+/// One kernel at one shape.
+pub struct Case {
+    pub kernel: &'static str,
+    pub shape: String,
+    pub tolerance: f64,
+    build: Builder,
+}
+
+/// The result of one case on one backend.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub kernel: &'static str,
+    pub shape: String,
+    /// Worst relative L2 error over the checked outputs, and which output it was.
+    pub worst: f64,
+    pub worst_output: &'static str,
+    pub tolerance: f64,
+    /// A second run on the same input gave the same bits.
+    pub deterministic: bool,
+    /// The backend failed to run the case at all.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.deterministic && self.worst <= self.tolerance
+    }
+
+    /// One line for a table or an assertion message.
+    pub fn line(&self) -> String {
+        let verdict = if self.passed() { "PASS" } else { "FAIL" };
+        let detail = match &self.error {
+            Some(e) => e.clone(),
+            None if !self.deterministic => "a second run gave different bits".to_string(),
+            None => format!("rel L2 {:.2e} ({})", self.worst, self.worst_output),
+        };
+        format!("{verdict}  {:<22} {:<34} {detail}", self.kernel, self.shape)
+    }
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ in f64 (absolute when b is zero); NaN when either holds a NaN.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        diff += (x as f64 - y as f64).powi(2);
+        norm += (y as f64).powi(2);
+    }
+    if diff.is_nan() || norm.is_nan() {
+        return f64::NAN;
+    }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
+}
+
+fn seed_of(kernel: &str, shape: &str) -> u64 {
+    // FNV-1a: a stable seed per case, independent of the order cases run in.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in kernel.bytes().chain([0]).chain(shape.bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// The names of the checked outputs, and their values after each of `runs` runs.
+type Runs = (Vec<&'static str>, Vec<Vec<Vec<f32>>>);
+
+fn run_on(case: &Case, backend: &mut dyn Backend, runs: usize) -> Result<Runs> {
+    let mut setup = Setup {
+        backend,
+        rng: Rng::new(seed_of(case.kernel, &case.shape)),
+        inits: Vec::new(),
+    };
+    let built = (case.build)(&mut setup)?;
+    let plan = setup.backend.prepare(&built.ops)?;
+    let mut results = Vec::new();
+    for _ in 0..runs {
+        setup.upload()?;
+        setup.backend.run(plan)?;
+        let mut outs = Vec::new();
+        for (_, view) in &built.checked {
+            outs.push(setup.backend.read_f32(*view)?);
+        }
+        results.push(outs);
+    }
+    Ok((
+        built.checked.iter().map(|(name, _)| *name).collect(),
+        results,
+    ))
+}
+
+/// Runs `case` on the twin and on `backend`, twice on the latter.
+pub fn run_case(case: &Case, backend: &mut dyn Backend) -> Outcome {
+    let mut outcome = Outcome {
+        kernel: case.kernel,
+        shape: case.shape.clone(),
+        worst: 0.0,
+        worst_output: "",
+        tolerance: case.tolerance,
+        deterministic: true,
+        error: None,
+    };
+    let reference = match run_on(case, &mut CpuBackend::new(), 1) {
+        Ok((_, mut r)) => r.remove(0),
+        Err(e) => {
+            outcome.error = Some(format!("the CPU twin failed: {e}"));
+            return outcome;
+        }
+    };
+    let (names, runs) = match run_on(case, backend, 2) {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    for (i, (got, want)) in runs[0].iter().zip(&reference).enumerate() {
+        let err = rel_l2(got, want);
+        // NaN is the worst of all and stays.
+        if !outcome.worst.is_nan() && (err.is_nan() || err > outcome.worst || i == 0) {
+            outcome.worst = err;
+            outcome.worst_output = names[i];
+        }
+        outcome.deterministic &= got
+            .iter()
+            .zip(&runs[1][i])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+    }
+    outcome
+}
+
+fn case(
+    kernel: &'static str,
+    shape: String,
+    build: impl Fn(&mut Setup) -> Result<Built> + Send + Sync + 'static,
+) -> Case {
+    Case {
+        kernel,
+        shape,
+        tolerance: TOLERANCE,
+        build: Box::new(build),
+    }
+}
+
+/// Elementwise sizes: awkward small ones, and one whose grid needs more than 65,535 workgroups of 64.
+const ELEMENTWISE: [usize; 5] = [1, 7, 37, 129, 65_537 * 64 + 3];
+/// (rows, channels) for row kernels; the last has more rows than one grid dimension holds.
+const ROWS: [(usize, usize); 5] = [(1, 4), (7, 24), (37, 68), (129, 200), (65_600, 4)];
+/// (M, K, N) for matrix products: edges of every tile size; K long enough to be split into chunks;
+/// M long enough for several row blocks in the bias gradient and chunks in the weight gradient.
+const GEMM: [(usize, usize, usize); 7] = [
+    (1, 1, 1),
+    (7, 24, 37),
+    (37, 68, 65),
+    (129, 200, 24),
+    (65, 3, 129),
+    (4, 40_000, 3),
+    (70_000, 3, 2),
+];
+/// (B, T, C, NH) for attention: head sizes 4, 6, 17, 25, 128 (none a power of two but the first and
+/// last); the last has rows long enough that a row-per-invocation kernel would loop T·hs > 65,535 times.
+const ATTENTION: [(usize, usize, usize, usize); 5] = [
+    (1, 1, 4, 1),
+    (2, 7, 24, 4),
+    (1, 37, 68, 4),
+    (3, 65, 200, 8),
+    (1, 300, 256, 2),
+];
+/// (B, T, C, V) for the embedding; the last has more than 65,535 workgroups.
+const ENCODER: [(usize, usize, usize, usize); 5] = [
+    (1, 1, 4, 3),
+    (2, 7, 24, 65),
+    (3, 37, 68, 997),
+    (1, 129, 200, 65),
+    (64, 257, 256, 65),
+];
+/// (N, V) for cross-entropy; the last two exceed one grid dimension (rows, then elements).
+const CROSSENTROPY: [(usize, usize); 6] = [
+    (1, 3),
+    (7, 65),
+    (37, 997),
+    (129, 65),
+    (65_600, 3),
+    (70_000, 65),
+];
+
+/// Every case, grouped by kernel in schedule order.
+pub fn cases() -> Vec<Case> {
+    let mut all = Vec::new();
+
+    for n in ELEMENTWISE {
+        all.push(case("zero", format!("n={n}"), move |s| {
+            let out = s.normal(n, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::Zero { out }],
+                checked: vec![("out", out)],
+            })
+        }));
+    }
+    for (b, t, c, v) in ENCODER {
+        let shape = format!("B={b} T={t} C={c} V={v}");
+        all.push(case("encoder_forward", shape.clone(), move |s| {
+            let out = s.normal(b * t * c, 1.0, 0.0)?;
+            let tokens = s.ids(b * t, v as u32)?;
+            let wte = s.normal(v * c, 1.0, 0.0)?;
+            let wpe = s.normal((t + 3) * c, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::EncoderForward {
+                    out,
+                    tokens,
+                    wte,
+                    wpe,
+                    b,
+                    t,
+                    c,
+                }],
+                checked: vec![("out", out)],
+            })
+        }));
+        all.push(case("encoder_backward", shape, move |s| {
+            let dwte = s.normal(v * c, 1.0, 0.0)?;
+            let dwpe = s.normal((t + 3) * c, 1.0, 0.0)?;
+            let dout = s.normal(b * t * c, 1.0, 0.0)?;
+            let ids: Vec<u32> = (0..b * t).map(|_| s.rng().below(v as u64) as u32).collect();
+            let order = s.ids_with(crate::backend::encoder_order(&ids))?;
+            let tokens = s.ids_with(ids)?;
+            Ok(Built {
+                ops: vec![Op::EncoderBackward {
+                    dwte,
+                    dwpe,
+                    dout,
+                    tokens,
+                    order,
+                    b,
+                    t,
+                    c,
+                }],
+                checked: vec![("dwte", dwte), ("dwpe", dwpe)],
+            })
+        }));
+    }
+    for (n, c) in ROWS {
+        let shape = format!("N={n} C={c}");
+        all.push(case("layernorm_forward", shape.clone(), move |s| {
+            let out = s.normal(n * c, 1.0, 0.0)?;
+            let mean = s.normal(n, 1.0, 0.0)?;
+            let rstd = s.normal(n, 1.0, 0.0)?;
+            let inp = s.normal(n * c, 2.0, 0.5)?;
+            let weight = s.normal(c, 0.1, 1.0)?;
+            let bias = s.normal(c, 0.1, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::LayernormForward {
+                    out,
+                    mean,
+                    rstd,
+                    inp,
+                    weight,
+                    bias,
+                    n,
+                    c,
+                }],
+                checked: vec![("out", out), ("mean", mean), ("rstd", rstd)],
+            })
+        }));
+        all.push(case("layernorm_backward", shape, move |s| {
+            let dinp = s.normal(n * c, 1.0, 0.0)?;
+            let dweight = s.normal(c, 1.0, 0.0)?;
+            let dbias = s.normal(c, 1.0, 0.0)?;
+            let dout = s.normal(n * c, 1.0, 0.0)?;
+            let x: Vec<f32> = (0..n * c)
+                .map(|_| (s.rng().normal() * 2.0 + 0.5) as f32)
+                .collect();
+            // The saved statistics must be those of the input, as the forward pass leaves them.
+            let (mut mean, mut rstd) = (vec![0f32; n], vec![0f32; n]);
+            let mut y = vec![0f32; n * c];
+            let (w1, b0) = (vec![1f32; c], vec![0f32; c]);
+            crate::cpu::layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &w1, &b0, n, c);
+            let inp = s.with(x)?;
+            let weight = s.normal(c, 0.1, 1.0)?;
+            let mean = s.with(mean)?;
+            let rstd = s.with(rstd)?;
+            Ok(Built {
+                ops: vec![Op::LayernormBackward {
+                    dinp,
+                    dweight,
+                    dbias,
+                    dout,
+                    inp,
+                    weight,
+                    mean,
+                    rstd,
+                    n,
+                    c,
+                }],
+                checked: vec![("dinp", dinp), ("dweight", dweight), ("dbias", dbias)],
+            })
+        }));
+    }
+    for (m, k, n) in GEMM {
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let accumulate = (m + k + n + trans_a as usize) % 2 == 1;
+            let shape = format!(
+                "{m}x{k}x{n} {}{}{}",
+                if trans_a { "T" } else { "N" },
+                if trans_b { "T" } else { "N" },
+                if accumulate { " +=" } else { "" }
+            );
+            all.push(case("matmul", shape, move |s| {
+                let out = s.normal(m * n, 1.0, 0.0)?;
+                let a = s.normal(m * k, 1.0, 0.0)?;
+                let b = s.normal(k * n, 1.0, 0.0)?;
+                Ok(Built {
+                    ops: vec![Op::Matmul {
+                        out,
+                        a,
+                        b,
+                        m,
+                        k,
+                        n,
+                        trans_a,
+                        trans_b,
+                        accumulate,
+                    }],
+                    checked: vec![("out", out)],
+                })
+            }));
+        }
+        for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+            let has_bias = layout == WeightLayout::InOut || m % 2 == 1;
+            let shape = format!(
+                "{m}x{k}x{n} {layout:?}{}",
+                if has_bias { " +bias" } else { "" }
+            );
+            all.push(case("matmul_forward", shape.clone(), move |s| {
+                let out = s.normal(m * n, 1.0, 0.0)?;
+                let inp = s.normal(m * k, 1.0, 0.0)?;
+                let weight = s.normal(k * n, 0.5, 0.0)?;
+                let bias = if has_bias {
+                    Some(s.normal(n, 0.5, 0.0)?)
+                } else {
+                    None
+                };
+                Ok(Built {
+                    ops: vec![Op::MatmulForward {
+                        out,
+                        inp,
+                        weight,
+                        bias,
+                        m,
+                        k,
+                        n,
+                        layout,
+                    }],
+                    checked: vec![("out", out)],
+                })
+            }));
+            all.push(case("matmul_backward", shape, move |s| {
+                let dinp = s.normal(m * k, 1.0, 0.0)?;
+                let dweight = s.normal(k * n, 1.0, 0.0)?;
+                let dbias = if has_bias {
+                    Some(s.normal(n, 1.0, 0.0)?)
+                } else {
+                    None
+                };
+                let dout = s.normal(m * n, 1.0, 0.0)?;
+                let inp = s.normal(m * k, 1.0, 0.0)?;
+                let weight = s.normal(k * n, 0.5, 0.0)?;
+                let mut checked = vec![("dinp", dinp), ("dweight", dweight)];
+                checked.extend(dbias.map(|d| ("dbias", d)));
+                Ok(Built {
+                    ops: vec![Op::MatmulBackward {
+                        dinp,
+                        dweight,
+                        dbias,
+                        dout,
+                        inp,
+                        weight,
+                        m,
+                        k,
+                        n,
+                        layout,
+                    }],
+                    checked,
+                })
+            }));
+        }
+    }
+    for (b, t, c, nh) in ATTENTION {
+        let shape = format!("B={b} T={t} C={c} NH={nh} hs={}", c / nh);
+        all.push(case("attention_forward", shape.clone(), move |s| {
+            let out = s.normal(b * t * c, 1.0, 0.0)?;
+            let att = s.normal(b * nh * t * t, 1.0, 0.0)?;
+            let qkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::AttentionForward {
+                    out,
+                    att,
+                    qkv,
+                    b,
+                    t,
+                    c,
+                    nh,
+                }],
+                checked: vec![("out", out), ("att", att)],
+            })
+        }));
+        all.push(case("attention_backward", shape, move |s| {
+            let dqkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
+            let datt = s.normal(b * nh * t * t, 1.0, 0.0)?;
+            let dout = s.normal(b * t * c, 1.0, 0.0)?;
+            let q: Vec<f32> = (0..b * t * 3 * c)
+                .map(|_| s.rng().normal() as f32)
+                .collect();
+            // att must be the softmax of these q, k, as the forward pass leaves it.
+            let mut att = vec![0f32; b * nh * t * t];
+            crate::cpu::attention_forward(&mut vec![0f32; b * t * c], &mut att, &q, b, t, c, nh);
+            let qkv = s.with(q)?;
+            let att = s.with(att)?;
+            Ok(Built {
+                ops: vec![Op::AttentionBackward {
+                    dqkv,
+                    datt,
+                    dout,
+                    qkv,
+                    att,
+                    b,
+                    t,
+                    c,
+                    nh,
+                }],
+                checked: vec![("dqkv", dqkv)],
+            })
+        }));
+    }
+    for n in ELEMENTWISE {
+        let shape = format!("n={n}");
+        all.push(case("gelu_forward", shape.clone(), move |s| {
+            let out = s.normal(n, 1.0, 0.0)?;
+            let inp = s.normal(n, 3.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::GeluForward { out, inp, n }],
+                checked: vec![("out", out)],
+            })
+        }));
+        all.push(case("gelu_backward", shape.clone(), move |s| {
+            let dinp = s.normal(n, 1.0, 0.0)?;
+            let inp = s.normal(n, 3.0, 0.0)?;
+            let dout = s.normal(n, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::GeluBackward { dinp, inp, dout, n }],
+                checked: vec![("dinp", dinp)],
+            })
+        }));
+        all.push(case("residual_forward", shape.clone(), move |s| {
+            let out = s.normal(n, 1.0, 0.0)?;
+            let inp1 = s.normal(n, 1.0, 0.0)?;
+            let inp2 = s.normal(n, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::ResidualForward { out, inp1, inp2, n }],
+                checked: vec![("out", out)],
+            })
+        }));
+        all.push(case("residual_backward", shape, move |s| {
+            let dinp1 = s.normal(n, 1.0, 0.0)?;
+            let dinp2 = s.normal(n, 1.0, 0.0)?;
+            let dout = s.normal(n, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::ResidualBackward {
+                    dinp1,
+                    dinp2,
+                    dout,
+                    n,
+                }],
+                checked: vec![("dinp1", dinp1), ("dinp2", dinp2)],
+            })
+        }));
+    }
+    for (n, v) in CROSSENTROPY {
+        let shape = format!("N={n} V={v}");
+        all.push(case("crossentropy_forward", shape.clone(), move |s| {
+            let losses = s.normal(n, 1.0, 0.0)?;
+            let lse = s.normal(n, 1.0, 0.0)?;
+            let logits = s.normal(n * v, 3.0, 1.0)?;
+            let targets = s.ids(n, v as u32)?;
+            Ok(Built {
+                ops: vec![Op::CrossentropyForward {
+                    losses,
+                    lse,
+                    logits,
+                    targets,
+                    n,
+                    v,
+                }],
+                checked: vec![("losses", losses), ("lse", lse)],
+            })
+        }));
+        all.push(case("crossentropy_backward", shape, move |s| {
+            let dlogits = s.normal(n * v, 1.0, 0.0)?;
+            let l: Vec<f32> = (0..n * v)
+                .map(|_| (s.rng().normal() * 3.0 + 1.0) as f32)
+                .collect();
+            let tgt: Vec<u32> = (0..n).map(|_| s.rng().below(v as u64) as u32).collect();
+            let (mut losses, mut lse) = (vec![0f32; n], vec![0f32; n]);
+            crate::cpu::crossentropy_forward(&mut losses, &mut lse, &l, &tgt, n, v);
+            let logits = s.with(l)?;
+            let lse = s.with(lse)?;
+            let targets = s.ids_with(tgt)?;
+            let scale = 1.0 / n as f32;
+            Ok(Built {
+                ops: vec![Op::CrossentropyBackward {
+                    dlogits,
+                    logits,
+                    lse,
+                    targets,
+                    n,
+                    v,
+                    scale,
+                }],
+                checked: vec![("dlogits", dlogits)],
+            })
+        }));
+    }
+    for n in [1, 7, 37, 129, 10_007] {
+        all.push(case("reduce_sum", format!("n={n}"), move |s| {
+            let out = s.normal(1, 1.0, 0.0)?;
+            let inp = s.normal(n, 1.0, 0.5)?;
+            let scale = 1.0 / n as f32;
+            Ok(Built {
+                ops: vec![Op::ReduceSum { out, inp, n, scale }],
+                checked: vec![("out", out)],
+            })
+        }));
+    }
+    for n in [1, 7, 37, 129, 1_000_003] {
+        all.push(case("global_norm", format!("n={n}"), move |s| {
+            let out = s.normal(1, 1.0, 0.0)?;
+            let partials = s.normal(GLOBAL_NORM_PARTIALS, 1.0, 0.0)?;
+            let inp = s.normal(n, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::GlobalNorm {
+                    out,
+                    partials,
+                    inp,
+                    n,
+                }],
+                checked: vec![("out", out)],
+            })
+        }));
+    }
+    for (i, n) in ELEMENTWISE.into_iter().enumerate() {
+        // Vary clipping, decay and the step; the last case has a NaN norm and must change nothing.
+        let (clip, wd, nan) = [
+            (0.0, 0.0, false),
+            (1.0, 0.1, false),
+            (0.5, 0.1, false),
+            (0.0, 0.1, false),
+            (1.0, 0.1, true),
+        ][i];
+        let shape = format!(
+            "n={n} clip={clip} wd={wd}{}",
+            if nan { " norm=NaN" } else { "" }
+        );
+        all.push(case("adamw_update", shape, move |s| {
+            let params = s.normal(n, 1.0, 0.0)?;
+            let m = s.normal(n, 0.01, 0.0)?;
+            let vdata: Vec<f32> = (0..n)
+                .map(|_| (s.rng().normal() * 1e-3).powi(2) as f32)
+                .collect();
+            let v = s.with(vdata)?;
+            let grads = s.normal(n, 0.1, 0.0)?;
+            let t = 1 + s.rng().below(100);
+            let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, clip, t);
+            let hyper = s.with(hyper.to_words().to_vec())?;
+            let norm = s.with(vec![if nan { f32::NAN } else { 2.5 }])?;
+            Ok(Built {
+                ops: vec![Op::AdamwUpdate {
+                    params,
+                    grads,
+                    m,
+                    v,
+                    hyper,
+                    norm,
+                    n,
+                    weight_decay: wd,
+                }],
+                checked: vec![("params", params), ("m", m), ("v", v)],
+            })
+        }));
+    }
+    all
+}
+
+/// The kernels with cases, in schedule order.
+pub fn kernel_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for c in cases() {
+        if !names.contains(&c.kernel) {
+            names.push(c.kernel);
+        }
+    }
+    names
+}
+
+/// Runs every case of `kernel` on fresh backends from `make`; returns the outcomes.
+pub fn check_kernel(
+    kernel: &str,
+    make: &mut dyn FnMut() -> Result<Box<dyn Backend>>,
+) -> Vec<Outcome> {
+    cases()
+        .iter()
+        .filter(|c| c.kernel == kernel)
+        .map(|c| match make() {
+            Ok(mut backend) => run_case(c, backend.as_mut()),
+            Err(e) => Outcome {
+                kernel: c.kernel,
+                shape: c.shape.clone(),
+                worst: f64::NAN,
+                worst_output: "",
+                tolerance: c.tolerance,
+                deterministic: false,
+                error: Some(e.to_string()),
+            },
+        })
+        .collect()
+}

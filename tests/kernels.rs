@@ -1,0 +1,68 @@
+//! Every GPU kernel against its CPU twin, on random data at awkward sizes, plus determinism (each case
+//! runs twice and must give the same bits). The cases live in `wgslm::verify`, shared with
+//! `wgslm verify`.
+
+mod common;
+
+use wgslm::backend::Backend;
+use wgslm::gpu::GpuBackend;
+use wgslm::verify;
+
+fn check(kernel: &str) {
+    let Some(ctx) = common::gpu() else { return };
+    let outcomes = verify::check_kernel(kernel, &mut || {
+        Ok(Box::new(GpuBackend::with_context(ctx.clone())) as Box<dyn Backend>)
+    });
+    assert!(!outcomes.is_empty(), "no cases for {kernel}");
+    let report: Vec<String> = outcomes.iter().map(|o| o.line()).collect();
+    eprintln!("{}", report.join("\n"));
+    assert!(
+        outcomes.iter().all(|o| o.passed()),
+        "{kernel} disagrees with its twin:\n{}",
+        report.join("\n")
+    );
+}
+
+macro_rules! matches_cpu {
+    ($($test:ident => $kernel:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                check($kernel);
+            }
+        )*
+
+        /// Every kernel with cases has a test above, and every test names a kernel with cases.
+        #[test]
+        fn every_kernel_has_a_matches_cpu_test() {
+            let tested = [$($kernel),*];
+            let mut names = verify::kernel_names();
+            names.sort();
+            let mut tested_sorted = tested.to_vec();
+            tested_sorted.sort();
+            assert_eq!(names, tested_sorted);
+        }
+    };
+}
+
+matches_cpu! {
+    zero_matches_cpu => "zero",
+    encoder_forward_matches_cpu => "encoder_forward",
+    encoder_backward_matches_cpu => "encoder_backward",
+    layernorm_forward_matches_cpu => "layernorm_forward",
+    layernorm_backward_matches_cpu => "layernorm_backward",
+    matmul_matches_cpu => "matmul",
+    matmul_forward_matches_cpu => "matmul_forward",
+    matmul_backward_matches_cpu => "matmul_backward",
+    attention_forward_matches_cpu => "attention_forward",
+    attention_backward_matches_cpu => "attention_backward",
+    gelu_forward_matches_cpu => "gelu_forward",
+    gelu_backward_matches_cpu => "gelu_backward",
+    residual_forward_matches_cpu => "residual_forward",
+    residual_backward_matches_cpu => "residual_backward",
+    crossentropy_forward_matches_cpu => "crossentropy_forward",
+    crossentropy_backward_matches_cpu => "crossentropy_backward",
+    reduce_sum_matches_cpu => "reduce_sum",
+    global_norm_matches_cpu => "global_norm",
+    adamw_update_matches_cpu => "adamw_update",
+}
