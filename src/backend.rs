@@ -606,15 +606,13 @@ impl Op {
                 t,
                 c,
                 ..
-            } => {
-                if c == 0 || wte.len % c != 0 || wpe.len % c != 0 || wpe.len / c < t {
-                    return Err(format!("{name}: wte/wpe must be (V,{c}) and (>= {t},{c})"));
-                }
+            } if c == 0 || wte.len % c != 0 || wpe.len % c != 0 || wpe.len / c < t => {
+                return Err(format!("{name}: wte/wpe must be (V,{c}) and (>= {t},{c})"));
             }
-            Op::AttentionForward { c, nh, .. } | Op::AttentionBackward { c, nh, .. } => {
-                if nh == 0 || c % nh != 0 {
-                    return Err(format!("{name}: {nh} heads do not divide {c} channels"));
-                }
+            Op::AttentionForward { c, nh, .. } | Op::AttentionBackward { c, nh, .. }
+                if nh == 0 || c % nh != 0 =>
+            {
+                return Err(format!("{name}: {nh} heads do not divide {c} channels"));
             }
             _ => {}
         }

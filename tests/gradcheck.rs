@@ -1,0 +1,208 @@
+//! Every backward twin against central finite differences of its forward twin, in f64.
+//!
+//! Each check takes a scalar L = Σ w ⊙ forward(x) with a random w, so that dL/dout = w is what the
+//! backward twin receives, and compares the twin's gradient with (L(x + h) − L(x − h)) / 2h for every
+//! input element.
+
+use wgslm::backend::WeightLayout;
+use wgslm::cpu;
+use wgslm::rng::Rng;
+
+const H: f64 = 1e-6;
+/// Central differences in f64 with h = 1e-6 are good to about 1e-9 relative here; 1e-6 leaves room
+/// for curvature and still catches any wrong term.
+const TOL: f64 = 1e-6;
+
+fn randn(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Compares `analytic` with finite differences of `loss` around `x`, which it perturbs in place.
+fn assert_grad(what: &str, x: &mut [f64], analytic: &[f64], loss: &mut dyn FnMut(&[f64]) -> f64) {
+    assert_eq!(x.len(), analytic.len(), "{what}: gradient length");
+    let mut numeric = vec![0.0; x.len()];
+    for i in 0..x.len() {
+        let keep = x[i];
+        x[i] = keep + H;
+        let up = loss(x);
+        x[i] = keep - H;
+        let down = loss(x);
+        x[i] = keep;
+        numeric[i] = (up - down) / (2.0 * H);
+    }
+    let diff: f64 = numeric
+        .iter()
+        .zip(analytic)
+        .map(|(n, a)| (n - a).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = numeric.iter().map(|n| n * n).sum::<f64>().sqrt().max(1e-12);
+    assert!(
+        diff / norm <= TOL,
+        "{what}: analytic gradient differs from finite differences by {:.3e} (relative L2)\n\
+         analytic {analytic:?}\nnumeric  {numeric:?}",
+        diff / norm
+    );
+}
+
+#[test]
+fn encoder_backward_matches_finite_differences() {
+    let (b, t, c, v) = (2, 3, 5, 4);
+    let mut rng = Rng::new(1);
+    let tokens: Vec<u32> = vec![0, 3, 3, 1, 0, 3];
+    let mut wte = randn(&mut rng, v * c, 1.0);
+    let mut wpe = randn(&mut rng, (t + 1) * c, 1.0);
+    let w = randn(&mut rng, b * t * c, 1.0);
+    let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; (t + 1) * c]);
+    cpu::encoder_backward(&mut dwte, &mut dwpe, &w, &tokens, b, t, c);
+    let forward = |wte: &[f64], wpe: &[f64]| {
+        let mut out = vec![0.0; b * t * c];
+        cpu::encoder_forward(&mut out, &tokens, wte, wpe, b, t, c);
+        dot(&out, &w)
+    };
+    let wpe0 = wpe.clone();
+    assert_grad("dwte", &mut wte.clone(), &dwte, &mut |x| forward(x, &wpe0));
+    assert_grad("dwpe", &mut wpe, &dwpe, &mut |x| forward(&wte, x));
+    wte.clear();
+}
+
+#[test]
+fn layernorm_backward_matches_finite_differences() {
+    let (n, c) = (3, 7);
+    let mut rng = Rng::new(2);
+    let mut x = randn(&mut rng, n * c, 2.0);
+    let mut weight: Vec<f64> = randn(&mut rng, c, 0.3).iter().map(|g| 1.0 + g).collect();
+    let mut bias = randn(&mut rng, c, 0.3);
+    let w = randn(&mut rng, n * c, 1.0);
+    let forward = |x: &[f64], weight: &[f64], bias: &[f64]| {
+        let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        cpu::layernorm_forward(&mut out, &mut mean, &mut rstd, x, weight, bias, n, c);
+        (dot(&out, &w), mean, rstd)
+    };
+    let (_, mean, rstd) = forward(&x, &weight, &bias);
+    let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
+    cpu::layernorm_backward(
+        &mut dx, &mut dw, &mut db, &w, &x, &weight, &mean, &rstd, n, c,
+    );
+    let (x0, w0, b0) = (x.clone(), weight.clone(), bias.clone());
+    assert_grad("dinp", &mut x, &dx, &mut |v| forward(v, &w0, &b0).0);
+    assert_grad("dweight", &mut weight, &dw, &mut |v| forward(&x0, v, &b0).0);
+    assert_grad("dbias", &mut bias, &db, &mut |v| forward(&x0, &w0, v).0);
+}
+
+#[test]
+fn matmul_backward_matches_finite_differences() {
+    let (m, k, n) = (3, 5, 4);
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        let mut rng = Rng::new(3);
+        let mut inp = randn(&mut rng, m * k, 1.0);
+        let mut weight = randn(&mut rng, k * n, 1.0);
+        let mut bias = randn(&mut rng, n, 1.0);
+        let w = randn(&mut rng, m * n, 1.0);
+        let forward = |inp: &[f64], weight: &[f64], bias: &[f64]| {
+            let mut out = vec![0.0; m * n];
+            cpu::matmul_forward(&mut out, inp, weight, Some(bias), m, k, n, layout);
+            dot(&out, &w)
+        };
+        let (mut dinp, mut dweight, mut dbias) = (vec![0.0; m * k], vec![0.0; k * n], vec![0.0; n]);
+        cpu::matmul_backward(
+            &mut dinp,
+            &mut dweight,
+            Some(&mut dbias),
+            &w,
+            &inp,
+            &weight,
+            m,
+            k,
+            n,
+            layout,
+        );
+        let (i0, w0, b0) = (inp.clone(), weight.clone(), bias.clone());
+        assert_grad(&format!("dinp {layout:?}"), &mut inp, &dinp, &mut |v| {
+            forward(v, &w0, &b0)
+        });
+        assert_grad(
+            &format!("dweight {layout:?}"),
+            &mut weight,
+            &dweight,
+            &mut |v| forward(&i0, v, &b0),
+        );
+        assert_grad(&format!("dbias {layout:?}"), &mut bias, &dbias, &mut |v| {
+            forward(&i0, &w0, v)
+        });
+    }
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    // head size 3: not a power of two.
+    let (b, t, c, nh) = (2, 4, 6, 2);
+    let mut rng = Rng::new(4);
+    let mut qkv = randn(&mut rng, b * t * 3 * c, 1.0);
+    let w = randn(&mut rng, b * t * c, 1.0);
+    let forward = |qkv: &[f64]| {
+        let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
+        cpu::attention_forward(&mut out, &mut att, qkv, b, t, c, nh);
+        (dot(&out, &w), att)
+    };
+    let (_, att) = forward(&qkv);
+    let (mut dqkv, mut datt) = (vec![0.0; qkv.len()], vec![0.0; att.len()]);
+    cpu::attention_backward(&mut dqkv, &mut datt, &w, &qkv, &att, b, t, c, nh);
+    assert_grad("dqkv", &mut qkv, &dqkv, &mut |v| forward(v).0);
+}
+
+#[test]
+fn gelu_backward_matches_finite_differences() {
+    let n = 33;
+    let mut rng = Rng::new(5);
+    let mut x = randn(&mut rng, n, 3.0);
+    let w = randn(&mut rng, n, 1.0);
+    let mut dx = vec![0.0; n];
+    cpu::gelu_backward(&mut dx, &x, &w, n);
+    assert_grad("dinp", &mut x, &dx, &mut |v| {
+        let mut out = vec![0.0; n];
+        cpu::gelu_forward(&mut out, v, n);
+        dot(&out, &w)
+    });
+}
+
+#[test]
+fn residual_backward_matches_finite_differences() {
+    let n = 9;
+    let mut rng = Rng::new(6);
+    let mut a = randn(&mut rng, n, 1.0);
+    let mut b = randn(&mut rng, n, 1.0);
+    let w = randn(&mut rng, n, 1.0);
+    let (mut da, mut db) = (vec![0.0; n], vec![0.0; n]);
+    cpu::residual_backward(&mut da, &mut db, &w, n);
+    let forward = |a: &[f64], b: &[f64]| {
+        let mut out = vec![0.0; n];
+        cpu::residual_forward(&mut out, a, b, n);
+        dot(&out, &w)
+    };
+    let (a0, b0) = (a.clone(), b.clone());
+    assert_grad("dinp1", &mut a, &da, &mut |v| forward(v, &b0));
+    assert_grad("dinp2", &mut b, &db, &mut |v| forward(&a0, v));
+}
+
+#[test]
+fn crossentropy_backward_matches_finite_differences() {
+    let (n, v) = (4, 7);
+    let mut rng = Rng::new(7);
+    let mut logits = randn(&mut rng, n * v, 2.0);
+    let targets: Vec<u32> = vec![0, 6, 3, 3];
+    let scale = 1.0 / n as f64;
+    let forward = |l: &[f64]| {
+        let (mut losses, mut lse) = (vec![0.0; n], vec![0.0; n]);
+        cpu::crossentropy_forward(&mut losses, &mut lse, l, &targets, n, v);
+        (losses.iter().sum::<f64>() * scale, lse)
+    };
+    let (_, lse) = forward(&logits);
+    let mut dlogits = vec![0.0; n * v];
+    cpu::crossentropy_backward(&mut dlogits, &logits, &lse, &targets, n, v, scale);
+    assert_grad("dlogits", &mut logits, &dlogits, &mut |l| forward(l).0);
+}
