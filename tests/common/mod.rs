@@ -1,6 +1,7 @@
 //! Shared test helpers: the GPU every GPU test runs on, or a loud skip.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
 use wgslm::gpu::{DeviceChoice, GpuBackend, GpuContext};
@@ -23,7 +24,9 @@ pub fn gpu() -> Option<Arc<GpuContext>> {
                     !require,
                     "WGSLM_REQUIRE_GPU=1 but no GPU adapter could be opened: {e}"
                 );
-                eprintln!(
+                // Straight to the stderr handle: the test harness captures eprintln! of passing tests.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "!!!!! GPU TESTS SKIPPED: no GPU adapter ({e}). On Linux without a GPU, \
                      `apt-get install mesa-vulkan-drivers` gives a software Vulkan adapter; set \
                      WGSLM_REQUIRE_GPU=1 to make this a failure. !!!!!"
