@@ -236,13 +236,8 @@ pub enum Op {
         n: usize,
         scale: f32,
     },
-    /// `out[0] = sqrt(Σ inp[i]²)`, in a fixed order; `partials` (GLOBAL_NORM_PARTIALS) is scratch.
-    GlobalNorm {
-        out: View,
-        partials: View,
-        inp: View,
-        n: usize,
-    },
+    /// `out[0] = sqrt(Σ inp[i]²)`, in a fixed order.
+    GlobalNorm { out: View, inp: View, n: usize },
     /// AdamW on n elements. `hyper` is the step's [`AdamwHyper`] (written by the host before each
     /// step); `norm` (1) is the gradient's global norm, used for clipping. When the norm is not finite
     /// the update is skipped entirely. `weight_decay` is decoupled and chosen per parameter group.
@@ -257,10 +252,6 @@ pub enum Op {
         weight_decay: f32,
     },
 }
-
-/// Number of partial sums `GlobalNorm` reduces through. Fixed, so the order of summation (and so the
-/// bits of the result) does not depend on the adapter.
-pub const GLOBAL_NORM_PARTIALS: usize = 256;
 
 /// The per-step AdamW values the host writes into the `hyper` view (8 f32 words).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -575,9 +566,7 @@ impl Op {
             Op::CrossentropyForward { losses, lse, n, .. } => vec![(losses, n), (lse, n)],
             Op::CrossentropyBackward { dlogits, n, v, .. } => vec![(dlogits, n * v)],
             Op::ReduceSum { out, .. } => vec![(out, 1)],
-            Op::GlobalNorm { out, partials, .. } => {
-                vec![(out, 1), (partials, GLOBAL_NORM_PARTIALS)]
-            }
+            Op::GlobalNorm { out, .. } => vec![(out, 1)],
             Op::AdamwUpdate {
                 params, m, v, n, ..
             } => vec![(params, n), (m, n), (v, n)],

@@ -7,8 +7,12 @@
 pub mod backend;
 pub mod cpu;
 mod error;
+pub mod fsutil;
 pub mod gpu;
+pub mod grad;
+pub mod model;
 pub mod rng;
+pub mod tensors;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -66,3 +66,23 @@ matches_cpu! {
     global_norm_matches_cpu => "global_norm",
     adamw_update_matches_cpu => "adamw_update",
 }
+
+/// Whole-buffer ops split into binding-sized chunks on adapters with small binding limits; the
+/// chunked paths must agree with the twins too.
+#[test]
+fn chunked_whole_buffer_ops_match_cpu() {
+    let Some(ctx) = common::gpu() else { return };
+    for kernel in ["zero", "global_norm", "adamw_update"] {
+        let outcomes = verify::check_kernel(kernel, &mut || {
+            let mut gpu = GpuBackend::with_context(ctx.clone());
+            gpu.limit_bindings(1000);
+            Ok(Box::new(gpu) as Box<dyn Backend>)
+        });
+        let report: Vec<String> = outcomes.iter().map(|o| o.line()).collect();
+        assert!(
+            outcomes.iter().all(|o| o.passed()),
+            "{kernel} in chunks:\n{}",
+            report.join("\n")
+        );
+    }
+}

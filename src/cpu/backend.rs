@@ -302,7 +302,7 @@ impl CpuBackend {
                 let i = self.inputs(&[inp]);
                 self.with_outputs(&[out], |o| reduce_sum(o[0], &i[0], n, scale as f64))
             }
-            Op::GlobalNorm { out, inp, n, .. } => {
+            Op::GlobalNorm { out, inp, n } => {
                 let i = self.inputs(&[inp]);
                 self.with_outputs(&[out], |o| global_norm(o[0], &i[0], n))
             }

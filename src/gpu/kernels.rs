@@ -4,7 +4,7 @@
 //! 1, 2, ... (binding 0 is always the uniform params), which words the params hold, and the grid.
 //! docs/KERNELS.md describes the same contract for people writing drop-in kernels.
 
-use crate::backend::{Op, View, WeightLayout, GLOBAL_NORM_PARTIALS};
+use crate::backend::{Op, View, WeightLayout};
 
 /// Every shader file, compiled into the binary.
 pub const SHADERS: &[(&str, &str)] = &[
@@ -104,6 +104,27 @@ pub const MATMUL_K_CHUNK: usize = 16_384;
 /// Rows per block in the first stage of a column sum (bias and LayerNorm parameter gradients).
 pub const ROW_BLOCK: usize = 256;
 
+/// Partial sums per chunk in the first stage of `global_norm`; must equal PARTIALS in reduce.wgsl.
+/// Fixed, so the order of summation (and so the bits of the result) does not depend on the adapter.
+pub const NORM_PARTIALS: usize = 256;
+
+/// What the op → dispatch mapping needs to know beyond the op.
+#[derive(Clone, Copy, Debug)]
+pub struct Env {
+    /// A 1-element f32 view for bindings an entry declares but a call does not use.
+    pub dummy: View,
+    /// GPU-only scratch of at least [`scratch_len`] elements.
+    pub scratch: View,
+    /// The most elements one storage binding may hold (a multiple of 64). Whole-buffer ops (zero,
+    /// global norm, AdamW) are split into chunks of this size.
+    pub max_binding: usize,
+}
+
+/// `[offset, len)` pieces of `n` elements, each at most `max` long.
+fn chunks(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n.div_ceil(max).max(1)).map(move |i| (i * max, max.min(n - (i * max).min(n))))
+}
+
 /// One dispatch: an entry point (plus override constants), its buffers in binding order, its
 /// uniform params and its grid.
 #[derive(Clone, Debug, PartialEq)]
@@ -191,7 +212,7 @@ fn row_blocks(rows: usize) -> usize {
 
 /// Elements of GPU-only scratch an op needs (the first stage of a two-stage reduction); the backend
 /// allocates it when it prepares the program.
-pub fn scratch_len(op: &Op) -> usize {
+pub fn scratch_len(op: &Op, max_binding: usize) -> usize {
     match *op {
         Op::LayernormBackward { n, c, .. } => 2 * row_blocks(n) * c,
         Op::MatmulBackward {
@@ -200,6 +221,7 @@ pub fn scratch_len(op: &Op) -> usize {
             n,
             ..
         } => row_blocks(m) * n,
+        Op::GlobalNorm { n, .. } => NORM_PARTIALS * n.div_ceil(max_binding).max(1),
         _ => 0,
     }
 }
@@ -214,11 +236,20 @@ fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize
     )
 }
 
-/// The dispatches that run `op`, in order. `dummy` is a 1-element f32 view for unused bindings;
-/// `scratch` has at least [`scratch_len`] elements.
-pub fn calls(op: &Op, dummy: View, scratch: View) -> Vec<Call> {
+/// The dispatches that run `op`, in order.
+pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
+    let (dummy, scratch) = (env.dummy, env.scratch);
     match *op {
-        Op::Zero { out } => vec![call("zero", vec![out], vec![u(out.len)], per_item(out.len))],
+        Op::Zero { out } => chunks(out.len, env.max_binding)
+            .map(|(at, len)| {
+                call(
+                    "zero",
+                    vec![out.slice(at, len)],
+                    vec![u(len)],
+                    per_item(len),
+                )
+            })
+            .collect(),
         Op::EncoderForward {
             out,
             tokens,
@@ -551,25 +582,31 @@ pub fn calls(op: &Op, dummy: View, scratch: View) -> Vec<Call> {
                 [1, 1, 1],
             )]
         }
-        Op::GlobalNorm {
-            out,
-            partials,
-            inp,
-            n,
-        } => vec![
-            call(
-                "global_norm_partial",
-                vec![partials, inp],
-                vec![u(n), 0],
-                [GLOBAL_NORM_PARTIALS as u32, 1, 1],
-            ),
-            call(
+        Op::GlobalNorm { out, inp, n } => {
+            // Each chunk fills its own NORM_PARTIALS slots of scratch; one final pass sums them all.
+            let mut v: Vec<Call> = chunks(n, env.max_binding)
+                .enumerate()
+                .map(|(i, (at, len))| {
+                    call(
+                        "global_norm_partial",
+                        vec![
+                            scratch.slice(i * NORM_PARTIALS, NORM_PARTIALS),
+                            inp.slice(at, len),
+                        ],
+                        vec![u(len), 0],
+                        [NORM_PARTIALS as u32, 1, 1],
+                    )
+                })
+                .collect();
+            let partials = scratch.slice(0, v.len() * NORM_PARTIALS);
+            v.push(call(
                 "global_norm_final",
                 vec![out, partials],
-                vec![u(n), 0],
+                vec![u(partials.len), 0],
                 [1, 1, 1],
-            ),
-        ],
+            ));
+            v
+        }
         Op::AdamwUpdate {
             params,
             grads,
@@ -579,11 +616,16 @@ pub fn calls(op: &Op, dummy: View, scratch: View) -> Vec<Call> {
             norm,
             n,
             weight_decay,
-        } => vec![call(
-            "adamw_update",
-            vec![params, m, v, grads, hyper, norm],
-            vec![u(n), f(weight_decay)],
-            per_item(n),
-        )],
+        } => chunks(n, env.max_binding)
+            .map(|(at, len)| {
+                let piece = |x: View| x.slice(at, len);
+                call(
+                    "adamw_update",
+                    vec![piece(params), piece(m), piece(v), piece(grads), hyper, norm],
+                    vec![u(len), f(weight_decay)],
+                    per_item(len),
+                )
+            })
+            .collect(),
     }
 }

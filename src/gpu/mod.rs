@@ -53,6 +53,8 @@ pub struct GpuBackend {
     staging: Option<wgpu::Buffer>,
     dummy: Option<View>,
     stats: GpuStats,
+    /// Elements per storage binding for whole-buffer ops (see `kernels::Env::max_binding`).
+    max_binding: usize,
 }
 
 impl GpuBackend {
@@ -61,7 +63,10 @@ impl GpuBackend {
     }
 
     pub fn with_context(ctx: Arc<GpuContext>) -> Self {
+        let max_binding =
+            (ctx.adapter.limits.max_storage_buffer_binding_size / 4) as usize / 64 * 64;
         GpuBackend {
+            max_binding,
             ctx,
             bufs: Vec::new(),
             plans: Vec::new(),
@@ -73,6 +78,12 @@ impl GpuBackend {
 
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    /// Splits whole-buffer ops into chunks of at most `elements` (rounded down to a multiple of 64),
+    /// as a small adapter would. Tests use it to exercise the chunked paths.
+    pub fn limit_bindings(&mut self, elements: usize) {
+        self.max_binding = (elements / 64 * 64).clamp(64, self.max_binding);
     }
 
     pub fn stats(&self) -> GpuStats {
@@ -283,7 +294,11 @@ impl Backend for GpuBackend {
         let dummy = self.dummy()?;
         // One scratch buffer serves every op of the program: ops run one after another, and each
         // uses its scratch only within its own dispatches.
-        let scratch_len = ops.iter().map(kernels::scratch_len).max().unwrap_or(0);
+        let scratch_len = ops
+            .iter()
+            .map(|op| kernels::scratch_len(op, self.max_binding))
+            .max()
+            .unwrap_or(0);
         let scratch = if scratch_len > 0 {
             View::new(
                 self.alloc(DType::F32, scratch_len, "reduction scratch")?,
@@ -293,10 +308,15 @@ impl Backend for GpuBackend {
         } else {
             dummy
         };
+        let env = kernels::Env {
+            dummy,
+            scratch,
+            max_binding: self.max_binding,
+        };
         let mut calls = Vec::new();
         for op in ops {
             op.check().map_err(Error::Invalid)?;
-            for call in kernels::calls(op, dummy, scratch) {
+            for call in kernels::calls(op, &env) {
                 for (i, v) in call.views.iter().enumerate() {
                     self.check_view(op.name(), i, v)?;
                 }

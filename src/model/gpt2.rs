@@ -1,0 +1,797 @@
+//! The GPT-2 schedule: forward, backward in exact reverse, AdamW — written once as ops and run by any
+//! backend. Buffers are planned for a fixed batch shape when the model is built; a step then only
+//! writes the batch and the step's hyperparameters, runs one prepared program, and reads back the
+//! loss and the gradient norm.
+
+use super::layout::{ParamLayout, ALIGN};
+use super::ModelConfig;
+use crate::backend::{
+    encoder_order, AdamwHyper, Backend, BufId, DType, Op, PlanId, View, WeightLayout,
+};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// The fixed shape of a batch: `accum` micro-batches of (b, t) tokens per optimizer step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchShape {
+    pub b: usize,
+    pub t: usize,
+    pub accum: usize,
+}
+
+impl BatchShape {
+    pub fn tokens(&self) -> usize {
+        self.b * self.t
+    }
+}
+
+/// What the model is built for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// Forward only (sampling, evaluation): no gradients, no optimizer state.
+    Inference,
+    /// Forward, backward and AdamW, with decoupled weight decay on the 2-D tensors.
+    Train { weight_decay: f32 },
+}
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over every position of the step's micro-batches, before the update.
+    pub loss: f32,
+    /// Global L2 norm of the gradient, before clipping. Not finite means the update was skipped.
+    pub grad_norm: f32,
+}
+
+/// One block's activations (or their gradients), each (B,T,·) unless said.
+struct LayerActs {
+    ln1: View,
+    ln1_mean: View,
+    ln1_rstd: View,
+    qkv: View,
+    atty: View,
+    /// (B,NH,T,T)
+    att: View,
+    attproj: View,
+    res2: View,
+    ln2: View,
+    ln2_mean: View,
+    ln2_rstd: View,
+    fch: View,
+    fch_gelu: View,
+    fcproj: View,
+    res3: View,
+}
+
+struct Acts {
+    encoded: View,
+    layers: Vec<LayerActs>,
+    lnf: View,
+    lnf_mean: View,
+    lnf_rstd: View,
+    logits: View,
+    losses: View,
+    lse: View,
+}
+
+/// The activation gradients the backward pass accumulates into (zeroed before each micro-batch).
+impl Acts {
+    fn grad_views(&self) -> Vec<View> {
+        let mut v = vec![self.encoded];
+        for l in &self.layers {
+            v.extend([
+                l.ln1, l.qkv, l.atty, l.attproj, l.res2, l.ln2, l.fch, l.fch_gelu, l.fcproj, l.res3,
+            ]);
+        }
+        v.extend([self.lnf, self.logits]);
+        v
+    }
+}
+
+/// Allocates one buffer per activation tensor. Separate buffers let a kernel read one activation and
+/// write another without binding one buffer both read-only and writable.
+fn alloc_acts(
+    be: &mut dyn Backend,
+    cfg: &ModelConfig,
+    s: BatchShape,
+    grads: bool,
+    scalar: View,
+) -> Result<Acts> {
+    let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
+    let att_len = s.b * cfg.n_head * s.t * s.t;
+    let what = if grads { "gradient of " } else { "" };
+    // Gradients need no statistics (`stat` tensors), and one attention-score scratch serves every layer.
+    let mut alloc = |len: usize, name: &str, stat: bool| -> Result<View> {
+        if grads && stat {
+            return Ok(scalar);
+        }
+        Ok(View::new(
+            be.alloc(DType::F32, len, &format!("{what}{name}"))?,
+            0,
+            len,
+        ))
+    };
+    let datt = if grads {
+        Some(alloc(att_len, "attention scores", false)?)
+    } else {
+        None
+    };
+    let mut layers = Vec::new();
+    for l in 0..cfg.n_layer {
+        let p = |x: &str| format!("h.{l}.{x}");
+        layers.push(LayerActs {
+            ln1: alloc(n * c, &p("ln_1"), false)?,
+            ln1_mean: alloc(n, &p("ln_1 mean"), true)?,
+            ln1_rstd: alloc(n, &p("ln_1 rstd"), true)?,
+            qkv: alloc(n * 3 * c, &p("qkv"), false)?,
+            atty: alloc(n * c, &p("attention"), false)?,
+            att: match datt {
+                Some(d) => d,
+                None => alloc(att_len, &p("attention probabilities"), false)?,
+            },
+            attproj: alloc(n * c, &p("attention projection"), false)?,
+            res2: alloc(n * c, &p("residual 2"), false)?,
+            ln2: alloc(n * c, &p("ln_2"), false)?,
+            ln2_mean: alloc(n, &p("ln_2 mean"), true)?,
+            ln2_rstd: alloc(n, &p("ln_2 rstd"), true)?,
+            fch: alloc(n * 4 * c, &p("mlp fc"), false)?,
+            fch_gelu: alloc(n * 4 * c, &p("mlp gelu"), false)?,
+            fcproj: alloc(n * c, &p("mlp projection"), false)?,
+            res3: alloc(n * c, &p("residual 3"), false)?,
+        });
+    }
+    Ok(Acts {
+        encoded: alloc(n * c, "embedding", false)?,
+        layers,
+        lnf: alloc(n * c, "ln_f", false)?,
+        lnf_mean: alloc(n, "ln_f mean", true)?,
+        lnf_rstd: alloc(n, "ln_f rstd", true)?,
+        logits: alloc(n * v, "logits", false)?,
+        losses: alloc(n, "losses", true)?,
+        lse: alloc(n, "logsumexp", true)?,
+    })
+}
+
+/// Where the loss and the gradient norm live in the stats buffer (each on its own aligned slot).
+const LOSS_AT: usize = 0;
+const NORM_AT: usize = ALIGN;
+
+struct Train {
+    grads: BufId,
+    m: BufId,
+    v: BufId,
+    dacts: Acts,
+    grad_plan: PlanId,
+    step_plan: PlanId,
+}
+
+/// A GPT-2 model on a backend, planned for one batch shape.
+pub struct Gpt2 {
+    pub config: ModelConfig,
+    pub layout: ParamLayout,
+    pub shape: BatchShape,
+    backend: Box<dyn Backend>,
+    params: BufId,
+    acts: Acts,
+    tokens: Vec<View>,
+    targets: Vec<View>,
+    orders: Vec<View>,
+    stats: View,
+    hyper: View,
+    loss_plan: PlanId,
+    logits_plan: PlanId,
+    train: Option<Train>,
+}
+
+impl Gpt2 {
+    /// Allocates every buffer and prepares every program for `shape`. Parameters start at zero; load
+    /// them with [`Gpt2::set_params`].
+    pub fn new(
+        mut backend: Box<dyn Backend>,
+        config: ModelConfig,
+        shape: BatchShape,
+        mode: Mode,
+    ) -> Result<Self> {
+        config.validate()?;
+        if shape.b == 0 || shape.t == 0 || shape.accum == 0 {
+            return Err(Error::Invalid(format!(
+                "batch shape {shape:?}: every dimension must be at least 1"
+            )));
+        }
+        if shape.t > config.n_positions {
+            return Err(Error::Invalid(format!(
+                "sequence length {} is longer than the model's n_positions {}",
+                shape.t, config.n_positions
+            )));
+        }
+        let layout = ParamLayout::new(&config);
+        let be = backend.as_mut();
+        let params = be.alloc(DType::F32, layout.total, "parameters")?;
+        let stats = View::new(
+            be.alloc(DType::F32, NORM_AT + 1, "loss and gradient norm")?,
+            0,
+            NORM_AT + 1,
+        );
+        let hyper = View::new(
+            be.alloc(DType::F32, AdamwHyper::WORDS, "AdamW step values")?,
+            0,
+            AdamwHyper::WORDS,
+        );
+        let scalar = View::new(be.alloc(DType::F32, 1, "unused statistics")?, 0, 1);
+        let acts = alloc_acts(be, &config, shape, false, scalar)?;
+        let mut ids = |label: &str| -> Result<Vec<View>> {
+            (0..shape.accum)
+                .map(|i| {
+                    Ok(View::new(
+                        be.alloc(DType::U32, shape.tokens(), &format!("{label} {i}"))?,
+                        0,
+                        shape.tokens(),
+                    ))
+                })
+                .collect()
+        };
+        let (tokens, targets, orders) = (ids("tokens")?, ids("targets")?, ids("token order")?);
+        let mut model = Gpt2 {
+            config,
+            layout,
+            shape,
+            backend,
+            params,
+            acts,
+            tokens,
+            targets,
+            orders,
+            stats,
+            hyper,
+            loss_plan: PlanId(0),
+            logits_plan: PlanId(0),
+            train: None,
+        };
+        let stats = model.stats;
+        let mut loss_ops = vec![Op::Zero { out: stats }];
+        for micro in 0..shape.accum {
+            loss_ops.extend(model.forward_ops(micro, true));
+        }
+        model.loss_plan = model.backend.prepare(&loss_ops)?;
+        model.logits_plan = model.backend.prepare(&model.forward_ops(0, false))?;
+
+        if let Mode::Train { weight_decay } = mode {
+            let be = model.backend.as_mut();
+            let total = model.layout.total;
+            let grads = be.alloc(DType::F32, total, "gradients")?;
+            let m = be.alloc(DType::F32, total, "AdamW m")?;
+            let v = be.alloc(DType::F32, total, "AdamW v")?;
+            let dacts = alloc_acts(be, &model.config, shape, true, scalar)?;
+            let mut train = Train {
+                grads,
+                m,
+                v,
+                dacts,
+                grad_plan: PlanId(0),
+                step_plan: PlanId(0),
+            };
+            let mut ops = vec![
+                Op::Zero {
+                    out: View::new(grads, 0, total),
+                },
+                Op::Zero { out: stats },
+            ];
+            for micro in 0..shape.accum {
+                ops.extend(model.forward_ops(micro, true));
+                ops.extend(model.backward_ops(&train, micro));
+            }
+            ops.push(Op::GlobalNorm {
+                out: stats.slice(NORM_AT, 1),
+                inp: View::new(grads, 0, total),
+                n: total,
+            });
+            train.grad_plan = model.backend.prepare(&ops)?;
+            for ((start, end), wd) in [
+                (model.layout.decay_range, weight_decay),
+                (model.layout.no_decay_range, 0.0),
+            ] {
+                if end > start {
+                    let at = |buf: BufId| View::new(buf, start, end - start);
+                    ops.push(Op::AdamwUpdate {
+                        params: at(model.params),
+                        grads: at(grads),
+                        m: at(m),
+                        v: at(v),
+                        hyper: model.hyper,
+                        norm: stats.slice(NORM_AT, 1),
+                        n: end - start,
+                        weight_decay: wd,
+                    });
+                }
+            }
+            train.step_plan = model.backend.prepare(&ops)?;
+            model.train = Some(train);
+        }
+        Ok(model)
+    }
+
+    fn param(&self, index: usize) -> View {
+        let s = &self.layout.specs[index];
+        View::new(self.params, s.offset, s.len())
+    }
+
+    fn grad(&self, train: &Train, index: usize) -> View {
+        let s = &self.layout.specs[index];
+        View::new(train.grads, s.offset, s.len())
+    }
+
+    /// The forward pass of micro-batch `micro`, and (with `loss`) the cross-entropy added into the
+    /// stats buffer's loss slot as a mean over the whole step.
+    fn forward_ops(&self, micro: usize, loss: bool) -> Vec<Op> {
+        let (cfg, s, a, l) = (&self.config, self.shape, &self.acts, &self.layout);
+        let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
+        let p = |i: usize| self.param(i);
+        let mut ops = vec![Op::EncoderForward {
+            out: a.encoded,
+            tokens: self.tokens[micro],
+            wte: p(l.wte),
+            wpe: p(l.wpe),
+            b: s.b,
+            t: s.t,
+            c,
+        }];
+        let mut x = a.encoded;
+        for (la, li) in a.layers.iter().zip(&l.layers) {
+            let linear = |out: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
+                Op::MatmulForward {
+                    out,
+                    inp,
+                    weight: p(w),
+                    bias: Some(p(bias)),
+                    m: n,
+                    k,
+                    n: nn,
+                    layout: WeightLayout::InOut,
+                }
+            };
+            ops.extend([
+                Op::LayernormForward {
+                    out: la.ln1,
+                    mean: la.ln1_mean,
+                    rstd: la.ln1_rstd,
+                    inp: x,
+                    weight: p(li.ln_1_w),
+                    bias: p(li.ln_1_b),
+                    n,
+                    c,
+                },
+                linear(la.qkv, la.ln1, li.c_attn_w, li.c_attn_b, c, 3 * c),
+                Op::AttentionForward {
+                    out: la.atty,
+                    att: la.att,
+                    qkv: la.qkv,
+                    b: s.b,
+                    t: s.t,
+                    c,
+                    nh: cfg.n_head,
+                },
+                linear(la.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
+                Op::ResidualForward {
+                    out: la.res2,
+                    inp1: x,
+                    inp2: la.attproj,
+                    n: n * c,
+                },
+                Op::LayernormForward {
+                    out: la.ln2,
+                    mean: la.ln2_mean,
+                    rstd: la.ln2_rstd,
+                    inp: la.res2,
+                    weight: p(li.ln_2_w),
+                    bias: p(li.ln_2_b),
+                    n,
+                    c,
+                },
+                linear(la.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
+                Op::GeluForward {
+                    out: la.fch_gelu,
+                    inp: la.fch,
+                    n: n * 4 * c,
+                },
+                linear(
+                    la.fcproj,
+                    la.fch_gelu,
+                    li.mlp_proj_w,
+                    li.mlp_proj_b,
+                    4 * c,
+                    c,
+                ),
+                Op::ResidualForward {
+                    out: la.res3,
+                    inp1: la.res2,
+                    inp2: la.fcproj,
+                    n: n * c,
+                },
+            ]);
+            x = la.res3;
+        }
+        ops.extend([
+            Op::LayernormForward {
+                out: a.lnf,
+                mean: a.lnf_mean,
+                rstd: a.lnf_rstd,
+                inp: x,
+                weight: p(l.ln_f_w),
+                bias: p(l.ln_f_b),
+                n,
+                c,
+            },
+            // The output head is tied to the token embedding: logits = lnf · wteᵀ.
+            Op::MatmulForward {
+                out: a.logits,
+                inp: a.lnf,
+                weight: p(l.wte),
+                bias: None,
+                m: n,
+                k: c,
+                n: v,
+                layout: WeightLayout::OutIn,
+            },
+        ]);
+        if loss {
+            ops.extend([
+                Op::CrossentropyForward {
+                    losses: a.losses,
+                    lse: a.lse,
+                    logits: a.logits,
+                    targets: self.targets[micro],
+                    n,
+                    v,
+                },
+                Op::ReduceSum {
+                    out: self.stats.slice(LOSS_AT, 1),
+                    inp: a.losses,
+                    n,
+                    scale: self.loss_scale(),
+                },
+            ]);
+        }
+        ops
+    }
+
+    /// d(step loss)/d(loss at one position): the loss is the mean over every position of every
+    /// micro-batch.
+    fn loss_scale(&self) -> f32 {
+        (1.0 / (self.shape.tokens() * self.shape.accum) as f64) as f32
+    }
+
+    /// The backward pass of micro-batch `micro`, in exact reverse of the forward pass, accumulating
+    /// into the parameter gradients.
+    fn backward_ops(&self, train: &Train, micro: usize) -> Vec<Op> {
+        let (cfg, s, a, d, l) = (
+            &self.config,
+            self.shape,
+            &self.acts,
+            &train.dacts,
+            &self.layout,
+        );
+        let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
+        let p = |i: usize| self.param(i);
+        let g = |i: usize| self.grad(train, i);
+        let mut ops: Vec<Op> = d
+            .grad_views()
+            .into_iter()
+            .map(|out| Op::Zero { out })
+            .collect();
+        let last = a.layers.last().map_or(a.encoded, |la| la.res3);
+        let dlast = d.layers.last().map_or(d.encoded, |la| la.res3);
+        ops.extend([
+            Op::CrossentropyBackward {
+                dlogits: d.logits,
+                logits: a.logits,
+                lse: a.lse,
+                targets: self.targets[micro],
+                n,
+                v,
+                scale: self.loss_scale(),
+            },
+            Op::MatmulBackward {
+                dinp: d.lnf,
+                dweight: g(l.wte),
+                dbias: None,
+                dout: d.logits,
+                inp: a.lnf,
+                weight: p(l.wte),
+                m: n,
+                k: c,
+                n: v,
+                layout: WeightLayout::OutIn,
+            },
+            Op::LayernormBackward {
+                dinp: dlast,
+                dweight: g(l.ln_f_w),
+                dbias: g(l.ln_f_b),
+                dout: d.lnf,
+                inp: last,
+                weight: p(l.ln_f_w),
+                mean: a.lnf_mean,
+                rstd: a.lnf_rstd,
+                n,
+                c,
+            },
+        ]);
+        for i in (0..cfg.n_layer).rev() {
+            let (la, da, li) = (&a.layers[i], &d.layers[i], &l.layers[i]);
+            let (x, dx) = if i == 0 {
+                (a.encoded, d.encoded)
+            } else {
+                (a.layers[i - 1].res3, d.layers[i - 1].res3)
+            };
+            let linear =
+                |dinp: View, dout: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
+                    Op::MatmulBackward {
+                        dinp,
+                        dweight: g(w),
+                        dbias: Some(g(bias)),
+                        dout,
+                        inp,
+                        weight: p(w),
+                        m: n,
+                        k,
+                        n: nn,
+                        layout: WeightLayout::InOut,
+                    }
+                };
+            ops.extend([
+                Op::ResidualBackward {
+                    dinp1: da.res2,
+                    dinp2: da.fcproj,
+                    dout: da.res3,
+                    n: n * c,
+                },
+                linear(
+                    da.fch_gelu,
+                    da.fcproj,
+                    la.fch_gelu,
+                    li.mlp_proj_w,
+                    li.mlp_proj_b,
+                    4 * c,
+                    c,
+                ),
+                Op::GeluBackward {
+                    dinp: da.fch,
+                    inp: la.fch,
+                    dout: da.fch_gelu,
+                    n: n * 4 * c,
+                },
+                linear(da.ln2, da.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
+                Op::LayernormBackward {
+                    dinp: da.res2,
+                    dweight: g(li.ln_2_w),
+                    dbias: g(li.ln_2_b),
+                    dout: da.ln2,
+                    inp: la.res2,
+                    weight: p(li.ln_2_w),
+                    mean: la.ln2_mean,
+                    rstd: la.ln2_rstd,
+                    n,
+                    c,
+                },
+                Op::ResidualBackward {
+                    dinp1: dx,
+                    dinp2: da.attproj,
+                    dout: da.res2,
+                    n: n * c,
+                },
+                linear(
+                    da.atty,
+                    da.attproj,
+                    la.atty,
+                    li.attn_proj_w,
+                    li.attn_proj_b,
+                    c,
+                    c,
+                ),
+                Op::AttentionBackward {
+                    dqkv: da.qkv,
+                    datt: da.att,
+                    dout: da.atty,
+                    qkv: la.qkv,
+                    att: la.att,
+                    b: s.b,
+                    t: s.t,
+                    c,
+                    nh: cfg.n_head,
+                },
+                linear(da.ln1, da.qkv, la.ln1, li.c_attn_w, li.c_attn_b, c, 3 * c),
+                Op::LayernormBackward {
+                    dinp: dx,
+                    dweight: g(li.ln_1_w),
+                    dbias: g(li.ln_1_b),
+                    dout: da.ln1,
+                    inp: x,
+                    weight: p(li.ln_1_w),
+                    mean: la.ln1_mean,
+                    rstd: la.ln1_rstd,
+                    n,
+                    c,
+                },
+            ]);
+        }
+        ops.push(Op::EncoderBackward {
+            dwte: g(l.wte),
+            dwpe: g(l.wpe),
+            dout: d.encoded,
+            tokens: self.tokens[micro],
+            order: self.orders[micro],
+            b: s.b,
+            t: s.t,
+            c,
+        });
+        ops
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn backend_mut(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
+    fn train(&self) -> Result<&Train> {
+        self.train
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("this model was built for inference only".into()))
+    }
+
+    /// Loads micro-batch `micro`: `inputs` and `targets` are (B,T) token ids below the vocabulary size.
+    pub fn set_batch(&mut self, micro: usize, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        let want = self.shape.tokens();
+        if inputs.len() != want || targets.len() != want {
+            return Err(Error::Invalid(format!(
+                "a batch of {} inputs and {} targets for a model planned for B·T = {want}",
+                inputs.len(),
+                targets.len()
+            )));
+        }
+        let v = self.config.vocab_size;
+        for (what, ids) in [("input", inputs), ("target", targets)] {
+            if let Some((i, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
+                return Err(Error::Invalid(format!(
+                    "{what} token {id} at position {i} is outside the vocabulary of {v}; was the data \
+                     prepared with another tokenizer?"
+                )));
+            }
+        }
+        let order = encoder_order(inputs);
+        let be = self.backend.as_mut();
+        be.write_u32(self.tokens[micro], inputs)?;
+        be.write_u32(self.targets[micro], targets)?;
+        be.write_u32(self.orders[micro], &order)
+    }
+
+    /// Writes every parameter (a flat buffer laid out by `self.layout`).
+    pub fn set_params(&mut self, flat: &[f32]) -> Result<()> {
+        self.check_flat(flat.len())?;
+        self.backend
+            .write_f32(View::new(self.params, 0, self.layout.total), flat)
+    }
+
+    fn check_flat(&self, len: usize) -> Result<()> {
+        if len != self.layout.total {
+            return Err(Error::Invalid(format!(
+                "{len} values for a model whose layout holds {}",
+                self.layout.total
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every parameter, flat.
+    pub fn params(&mut self) -> Result<Vec<f32>> {
+        self.backend
+            .read_f32(View::new(self.params, 0, self.layout.total))
+    }
+
+    /// Every parameter gradient of the last step, flat.
+    pub fn grads(&mut self) -> Result<Vec<f32>> {
+        let grads = self.train()?.grads;
+        self.backend
+            .read_f32(View::new(grads, 0, self.layout.total))
+    }
+
+    /// AdamW's moments (m, v), flat.
+    pub fn optimizer_state(&mut self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (m, v) = (self.train()?.m, self.train()?.v);
+        let total = self.layout.total;
+        Ok((
+            self.backend.read_f32(View::new(m, 0, total))?,
+            self.backend.read_f32(View::new(v, 0, total))?,
+        ))
+    }
+
+    pub fn set_optimizer_state(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
+        self.check_flat(m.len())?;
+        self.check_flat(v.len())?;
+        let (mb, vb) = (self.train()?.m, self.train()?.v);
+        let total = self.layout.total;
+        self.backend.write_f32(View::new(mb, 0, total), m)?;
+        self.backend.write_f32(View::new(vb, 0, total), v)
+    }
+
+    fn read_stats(&mut self) -> Result<StepStats> {
+        let s = self.backend.read_f32(self.stats)?;
+        Ok(StepStats {
+            loss: s[LOSS_AT],
+            grad_norm: s[NORM_AT],
+        })
+    }
+
+    /// Forward and backward over the loaded micro-batches; leaves the gradients in place.
+    pub fn compute_grads(&mut self) -> Result<StepStats> {
+        let plan = self.train()?.grad_plan;
+        self.backend.run(plan)?;
+        self.read_stats()
+    }
+
+    /// One optimizer step over the loaded micro-batches: zero gradients, forward, backward, global
+    /// norm, clipping and AdamW, as one program (one submission on the GPU).
+    pub fn step(&mut self, hyper: &AdamwHyper) -> Result<StepStats> {
+        let plan = self.train()?.step_plan;
+        self.backend.write_f32(self.hyper, &hyper.to_words())?;
+        self.backend.run(plan)?;
+        self.read_stats()
+    }
+
+    /// The mean loss over the loaded micro-batches, forward only.
+    pub fn eval_loss(&mut self) -> Result<f32> {
+        self.backend.run(self.loss_plan)?;
+        Ok(self.read_stats()?.loss)
+    }
+
+    /// Runs the forward pass of micro-batch 0 and returns its logits, (B,T,V) flat.
+    pub fn logits(&mut self) -> Result<Vec<f32>> {
+        self.backend.run(self.logits_plan)?;
+        self.backend.read_f32(self.acts.logits)
+    }
+
+    /// The logits the last forward pass left (of the last micro-batch it ran), (B,T,V) flat.
+    pub fn last_logits(&mut self) -> Result<Vec<f32>> {
+        self.backend.read_f32(self.acts.logits)
+    }
+
+    /// The logits left by the last forward pass at one position of micro-batch 0: (V).
+    pub fn logits_at(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
+        let v = self.config.vocab_size;
+        let row = b * self.shape.t + t;
+        self.backend.read_f32(self.acts.logits.slice(row * v, v))
+    }
+
+    /// Runs the forward pass of micro-batch 0 without reading anything back.
+    pub fn forward(&mut self) -> Result<()> {
+        self.backend.run(self.logits_plan)
+    }
+}
+
+/// GPT-2's initialisation: N(0, 0.02) for weights and embeddings, scaled by 1/sqrt(2·n_layer) for the
+/// two projections that feed the residual stream; zero biases; LayerNorm gains of one.
+pub fn init_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
+    let layout = ParamLayout::new(cfg);
+    let mut flat = vec![0f32; layout.total];
+    let mut rng = Rng::new(seed);
+    let residual_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+    for s in &layout.specs {
+        let out = &mut flat[s.offset..s.offset + s.len()];
+        if s.name.ends_with("ln_1.weight")
+            || s.name.ends_with("ln_2.weight")
+            || s.name.ends_with("ln_f.weight")
+        {
+            out.fill(1.0);
+        } else if s.decay {
+            let std = if s.name.ends_with("c_proj.weight") {
+                residual_std
+            } else {
+                0.02
+            };
+            out.iter_mut()
+                .for_each(|x| *x = (rng.normal() * std) as f32);
+        }
+    }
+    flat
+}
