@@ -620,6 +620,17 @@ impl Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PlanId(pub usize);
 
+/// How many objects a backend has created so far. A training step must leave every count but
+/// `submits` unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Created {
+    pub buffers: usize,
+    pub bind_groups: usize,
+    /// Pipelines built on the device (on the GPU, shared by every backend on it).
+    pub pipelines: usize,
+    pub submits: usize,
+}
+
 /// What the model schedule and the tests need from a compute backend.
 ///
 /// `prepare` is where all the work of planning happens (pipelines, bind groups, uniforms on the GPU);
@@ -639,4 +650,6 @@ pub trait Backend {
     fn run(&mut self, plan: PlanId) -> Result<()>;
     /// Waits until all submitted work has finished (and reports any fault it raised).
     fn sync(&mut self) -> Result<()>;
+    /// Objects created so far.
+    fn created(&self) -> Created;
 }

@@ -16,3 +16,11 @@ pub mod tensors;
 pub mod verify;
 
 pub use error::{Error, Result};
+
+/// Opens the backend `--device` names: the CPU reference for `cpu`, otherwise a GPU adapter.
+pub fn open_backend(choice: &gpu::DeviceChoice) -> Result<Box<dyn backend::Backend>> {
+    Ok(match choice {
+        gpu::DeviceChoice::Cpu => Box::new(cpu::CpuBackend::new()),
+        gpu => Box::new(gpu::GpuBackend::new(gpu)?),
+    })
+}

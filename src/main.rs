@@ -1,5 +1,6 @@
 //! The `wgslm` command line. Parsing and printing only: the work is done by the library.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use wgslm::backend::Backend;
 use wgslm::gpu::{list_adapters, DeviceChoice, GpuBackend, GpuContext};
+use wgslm::grad::GradOptions;
 use wgslm::verify;
 
 #[derive(Parser)]
@@ -25,6 +27,36 @@ struct Cli {
 enum Command {
     /// List every GPU adapter: index, name, API, type, driver, limits and optional features.
     Devices,
+    /// Loss, logits and every gradient of a Hugging Face GPT-2 on one batch (and optionally AdamW
+    /// steps), written as safetensors in the format of the PyTorch reference fixture.
+    Grad {
+        /// A directory with config.json and model.safetensors (GPT2LMHeadModel layout).
+        #[arg(long)]
+        model: PathBuf,
+        /// safetensors with `inputs` and `targets`, [B, T], int32 or int64.
+        #[arg(long)]
+        batch: PathBuf,
+        /// Where to write the results.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also run this many AdamW steps on the same batch (writes `losses` and `step1.*`).
+        #[arg(long, default_value_t = 0)]
+        adamw_steps: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f32,
+        #[arg(long, default_value_t = 0.9)]
+        beta1: f32,
+        #[arg(long, default_value_t = 0.95)]
+        beta2: f32,
+        #[arg(long, default_value_t = 1e-8)]
+        eps: f32,
+        /// Decoupled weight decay, applied to tensors with two or more dimensions.
+        #[arg(long, default_value_t = 0.1)]
+        weight_decay: f32,
+        /// auto, vulkan, metal, dx12, gl, an index from `wgslm devices`, or cpu.
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
     /// Check every kernel on an adapter against its CPU twin; exits non-zero on any failure.
     Verify {
         /// auto, vulkan, metal, dx12, gl, or an index from `wgslm devices`.
@@ -51,7 +83,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => devices(),
         Command::Verify { device, kernel } => verify(&device, kernel.as_deref()),
+        Command::Grad {
+            model,
+            batch,
+            out,
+            adamw_steps,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            device,
+        } => {
+            let opts = GradOptions {
+                adamw_steps,
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            };
+            grad(&model, &batch, &out, &opts, &device)
+        }
     }
+}
+
+fn grad(
+    model: &Path,
+    batch: &Path,
+    out: &Path,
+    opts: &GradOptions,
+    device: &str,
+) -> anyhow::Result<()> {
+    let backend = wgslm::open_backend(&device.parse()?)?;
+    eprintln!("running on {}", backend.describe());
+    let result = wgslm::grad::run(backend, model, batch, opts)?;
+    wgslm::grad::write(out, &result)?;
+    println!("loss {:.6}", result.loss);
+    if !result.losses.is_empty() {
+        let losses: Vec<String> = result.losses.iter().map(|l| format!("{l:.6}")).collect();
+        println!("losses before each AdamW step: {}", losses.join(" "));
+    }
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 fn mib(bytes: u64) -> String {

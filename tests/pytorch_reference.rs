@@ -118,6 +118,71 @@ fn run(backend: Box<dyn Backend>) -> GradOutput {
     .unwrap()
 }
 
+/// `wgslm grad` through the real binary: the file it writes holds what the reference holds.
+fn grad_cli(device: &str) -> String {
+    let out = std::env::temp_dir().join(format!(
+        "wgslm-grad-{device}-{}.safetensors",
+        std::process::id()
+    ));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_wgslm"))
+        .args(["grad", "--model"])
+        .arg(fixture(""))
+        .arg("--batch")
+        .arg(fixture("batch.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--adamw-steps", "10", "--device", device])
+        .status()
+        .unwrap();
+    assert!(status.success(), "wgslm grad --device {device} failed");
+    let file = TensorFile::open(&out).unwrap();
+    let (config, params) = wgslm::model::hf::load(&fixture("")).unwrap();
+    let layout = ParamLayout::new(&config);
+    let flat = |prefix: &str| {
+        let mut v = vec![0f32; layout.total];
+        for (i, s) in layout.specs.iter().enumerate() {
+            let t = file
+                .f32(&format!("{prefix}.{}", s.name), Some(&s.shape))
+                .unwrap();
+            v[s.offset..s.offset + s.len()].copy_from_slice(&t);
+            let _ = i;
+        }
+        v
+    };
+    let output = GradOutput {
+        config,
+        shape: wgslm::model::BatchShape {
+            b: 4,
+            t: 64,
+            accum: 1,
+        },
+        loss: file.f32("loss", Some(&[])).unwrap()[0],
+        logits: file.f32("logits", Some(&[4, 64, 512])).unwrap(),
+        params,
+        grads: flat("grad"),
+        losses: file.f32("losses", Some(&[10])).unwrap(),
+        step1: flat("step1"),
+    };
+    let _ = std::fs::remove_file(&out);
+    check_against_reference(&output, &format!("wgslm grad --device {device}"))
+}
+
+#[test]
+fn grad_command_reproduces_the_reference_on_cpu() {
+    eprintln!("{}", grad_cli("cpu"));
+}
+
+#[test]
+fn grad_command_reproduces_the_reference_on_the_gpu() {
+    if common::gpu().is_none() {
+        return;
+    }
+    eprintln!(
+        "{}",
+        grad_cli(&std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()))
+    );
+}
+
 #[test]
 fn cpu_backend_matches_pytorch() {
     let report = check_against_reference(&run(Box::new(CpuBackend::new())), "cpu");

@@ -1,7 +1,7 @@
 //! `CpuBackend`: runs a program of ops by calling the twins, in f32.
 
 use super::*;
-use crate::backend::{AdamwHyper, Backend, BufId, DType, Op, PlanId, View};
+use crate::backend::{AdamwHyper, Backend, BufId, Created, DType, Op, PlanId, View};
 use crate::{Error, Result};
 
 enum Buf {
@@ -389,5 +389,12 @@ impl Backend for CpuBackend {
 
     fn sync(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    fn created(&self) -> Created {
+        Created {
+            buffers: self.bufs.len(),
+            ..Created::default()
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 pub use context::{list_adapters, AdapterSummary, DeviceChoice, GpuContext};
 
-use crate::backend::{Backend, BufId, DType, Op, PlanId, View};
+use crate::backend::{Backend, BufId, Created, DType, Op, PlanId, View};
 use crate::{Error, Result};
 
 /// Bytes per uniform-params slot: the largest `min_uniform_buffer_offset_alignment` WebGPU allows.
@@ -34,16 +34,6 @@ struct Plan {
     _params: Option<wgpu::Buffer>,
 }
 
-/// How many wgpu objects the backend has created: a training step must leave these unchanged.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GpuStats {
-    pub buffers: usize,
-    pub bind_groups: usize,
-    /// Pipelines built on the device (shared by every backend on it).
-    pub pipelines: usize,
-    pub submits: usize,
-}
-
 /// Buffers and prepared programs on one device. Cheap to create: pipelines live in the shared
 /// [`GpuContext`].
 pub struct GpuBackend {
@@ -52,7 +42,7 @@ pub struct GpuBackend {
     plans: Vec<Plan>,
     staging: Option<wgpu::Buffer>,
     dummy: Option<View>,
-    stats: GpuStats,
+    stats: Created,
     /// Elements per storage binding for whole-buffer ops (see `kernels::Env::max_binding`).
     max_binding: usize,
 }
@@ -72,7 +62,7 @@ impl GpuBackend {
             plans: Vec::new(),
             staging: None,
             dummy: None,
-            stats: GpuStats::default(),
+            stats: Created::default(),
         }
     }
 
@@ -84,13 +74,6 @@ impl GpuBackend {
     /// as a small adapter would. Tests use it to exercise the chunked paths.
     pub fn limit_bindings(&mut self, elements: usize) {
         self.max_binding = (elements / 64 * 64).clamp(64, self.max_binding);
-    }
-
-    pub fn stats(&self) -> GpuStats {
-        GpuStats {
-            pipelines: self.ctx.pipelines_built(),
-            ..self.stats
-        }
     }
 
     /// Bytes allocated in storage buffers.
@@ -418,5 +401,12 @@ impl Backend for GpuBackend {
 
     fn sync(&mut self) -> Result<()> {
         self.ctx.wait("waiting for the GPU")
+    }
+
+    fn created(&self) -> Created {
+        Created {
+            pipelines: self.ctx.pipelines_built(),
+            ..self.stats
+        }
     }
 }
