@@ -40,16 +40,8 @@ impl View {
 
     /// A sub-range of this view; `offset` is relative to this view's start.
     pub fn slice(&self, offset: usize, len: usize) -> View {
-        assert!(
-            offset + len <= self.len,
-            "slice {offset}+{len} outside a view of {} elements",
-            self.len
-        );
-        View {
-            buf: self.buf,
-            offset: self.offset + offset,
-            len,
-        }
+        assert!(offset + len <= self.len, "slice {offset}+{len} outside a view of {} elements", self.len);
+        View { buf: self.buf, offset: self.offset + offset, len }
     }
 
     pub fn end(&self) -> usize {
@@ -77,15 +69,7 @@ pub enum Op {
     /// `out[i] = 0`.
     Zero { out: View },
     /// `out (B,T,C) = wte[tokens[b,t]] + wpe[t]`; tokens (B,T) u32, wte (V,C), wpe (>=T,C).
-    EncoderForward {
-        out: View,
-        tokens: View,
-        wte: View,
-        wpe: View,
-        b: usize,
-        t: usize,
-        c: usize,
-    },
+    EncoderForward { out: View, tokens: View, wte: View, wpe: View, b: usize, t: usize, c: usize },
     /// `dwte[tokens[b,t]] += dout[b,t]`, `dwpe[t] += Σ_b dout[b,t]`. `order` (B·T) u32 is
     /// `encoder_order(tokens)`: positions sorted by token, which lets the GPU sum each token's rows in a
     /// fixed order without float atomics.
@@ -164,15 +148,7 @@ pub enum Op {
     /// Causal self-attention. qkv (B,T,3C) holds q, k, v side by side, head h at columns h·hd..(h+1)·hd
     /// of each; out (B,T,C); att (B,NH,T,T) saves the softmax probabilities (row t valid for t2 <= t).
     /// Scores are scaled by 1/sqrt(hd).
-    AttentionForward {
-        out: View,
-        att: View,
-        qkv: View,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    },
+    AttentionForward { out: View, att: View, qkv: View, b: usize, t: usize, c: usize, nh: usize },
     /// Accumulates dqkv (B,T,3C) from dout (B,T,C); `datt` (B,NH,T,T) is scratch.
     AttentionBackward {
         dqkv: View,
@@ -188,36 +164,14 @@ pub enum Op {
     /// `out = gelu_tanh(inp)`, n elements ("gelu_new").
     GeluForward { out: View, inp: View, n: usize },
     /// `dinp += gelu_tanh'(inp) * dout`.
-    GeluBackward {
-        dinp: View,
-        inp: View,
-        dout: View,
-        n: usize,
-    },
+    GeluBackward { dinp: View, inp: View, dout: View, n: usize },
     /// `out = inp1 + inp2`, n elements.
-    ResidualForward {
-        out: View,
-        inp1: View,
-        inp2: View,
-        n: usize,
-    },
+    ResidualForward { out: View, inp1: View, inp2: View, n: usize },
     /// `dinp1 += dout; dinp2 += dout`.
-    ResidualBackward {
-        dinp1: View,
-        dinp2: View,
-        dout: View,
-        n: usize,
-    },
+    ResidualBackward { dinp1: View, dinp2: View, dout: View, n: usize },
     /// Fused softmax + cross-entropy per row: `losses[i] = lse_i - logits[i, targets[i]]` with
     /// `lse_i = log Σ_v exp(logits[i,v])`, saved in lse (N). logits (N,V), targets (N) u32.
-    CrossentropyForward {
-        losses: View,
-        lse: View,
-        logits: View,
-        targets: View,
-        n: usize,
-        v: usize,
-    },
+    CrossentropyForward { losses: View, lse: View, logits: View, targets: View, n: usize, v: usize },
     /// `dlogits[i,v] += scale * (softmax(logits[i])[v] - [v == targets[i]])`; scale is dL/dlosses[i]
     /// (1/(B·T) for a mean).
     CrossentropyBackward {
@@ -230,12 +184,7 @@ pub enum Op {
         scale: f32,
     },
     /// `out[0] += scale * Σ inp[i]`, summed in a fixed order.
-    ReduceSum {
-        out: View,
-        inp: View,
-        n: usize,
-        scale: f32,
-    },
+    ReduceSum { out: View, inp: View, n: usize, scale: f32 },
     /// `out[0] = sqrt(Σ inp[i]²)`, in a fixed order.
     GlobalNorm { out: View, inp: View, n: usize },
     /// AdamW on n elements. `hyper` is the step's [`AdamwHyper`] (written by the host before each
@@ -357,134 +306,44 @@ impl Op {
     pub fn inputs(&self) -> Vec<(View, usize)> {
         match *self {
             Op::Zero { .. } => vec![],
-            Op::EncoderForward {
-                tokens,
-                wte,
-                wpe,
-                b,
-                t,
-                c,
-                ..
-            } => {
-                vec![
-                    (tokens, b * t),
-                    (wte, wte.len / c.max(1) * c),
-                    (wpe, wpe.len.max(t * c)),
-                ]
+            Op::EncoderForward { tokens, wte, wpe, b, t, c, .. } => {
+                vec![(tokens, b * t), (wte, wte.len / c.max(1) * c), (wpe, wpe.len.max(t * c))]
             }
-            Op::EncoderBackward {
-                dout,
-                tokens,
-                order,
-                b,
-                t,
-                c,
-                ..
-            } => {
+            Op::EncoderBackward { dout, tokens, order, b, t, c, .. } => {
                 vec![(dout, b * t * c), (tokens, b * t), (order, b * t)]
             }
-            Op::LayernormForward {
-                inp,
-                weight,
-                bias,
-                n,
-                c,
-                ..
-            } => {
+            Op::LayernormForward { inp, weight, bias, n, c, .. } => {
                 vec![(inp, n * c), (weight, c), (bias, c)]
             }
-            Op::LayernormBackward {
-                dout,
-                inp,
-                weight,
-                mean,
-                rstd,
-                n,
-                c,
-                ..
-            } => {
-                vec![
-                    (dout, n * c),
-                    (inp, n * c),
-                    (weight, c),
-                    (mean, n),
-                    (rstd, n),
-                ]
+            Op::LayernormBackward { dout, inp, weight, mean, rstd, n, c, .. } => {
+                vec![(dout, n * c), (inp, n * c), (weight, c), (mean, n), (rstd, n)]
             }
             Op::Matmul { a, b, m, k, n, .. } => vec![(a, m * k), (b, k * n)],
-            Op::MatmulForward {
-                inp,
-                weight,
-                bias,
-                m,
-                k,
-                n,
-                ..
-            } => {
+            Op::MatmulForward { inp, weight, bias, m, k, n, .. } => {
                 let mut v = vec![(inp, m * k), (weight, k * n)];
                 v.extend(bias.map(|b| (b, n)));
                 v
             }
-            Op::MatmulBackward {
-                dout,
-                inp,
-                weight,
-                m,
-                k,
-                n,
-                ..
-            } => {
+            Op::MatmulBackward { dout, inp, weight, m, k, n, .. } => {
                 vec![(dout, m * n), (inp, m * k), (weight, k * n)]
             }
             Op::AttentionForward { qkv, b, t, c, .. } => vec![(qkv, b * t * 3 * c)],
-            Op::AttentionBackward {
-                dout,
-                qkv,
-                att,
-                b,
-                t,
-                c,
-                nh,
-                ..
-            } => {
-                vec![
-                    (dout, b * t * c),
-                    (qkv, b * t * 3 * c),
-                    (att, b * nh * t * t),
-                ]
+            Op::AttentionBackward { dout, qkv, att, b, t, c, nh, .. } => {
+                vec![(dout, b * t * c), (qkv, b * t * 3 * c), (att, b * nh * t * t)]
             }
             Op::GeluForward { inp, n, .. } => vec![(inp, n)],
             Op::GeluBackward { inp, dout, n, .. } => vec![(inp, n), (dout, n)],
             Op::ResidualForward { inp1, inp2, n, .. } => vec![(inp1, n), (inp2, n)],
             Op::ResidualBackward { dout, n, .. } => vec![(dout, n)],
-            Op::CrossentropyForward {
-                logits,
-                targets,
-                n,
-                v,
-                ..
-            } => {
+            Op::CrossentropyForward { logits, targets, n, v, .. } => {
                 vec![(logits, n * v), (targets, n)]
             }
-            Op::CrossentropyBackward {
-                logits,
-                lse,
-                targets,
-                n,
-                v,
-                ..
-            } => {
+            Op::CrossentropyBackward { logits, lse, targets, n, v, .. } => {
                 vec![(logits, n * v), (lse, n), (targets, n)]
             }
             Op::ReduceSum { inp, n, .. } => vec![(inp, n)],
             Op::GlobalNorm { inp, n, .. } => vec![(inp, n)],
-            Op::AdamwUpdate {
-                grads,
-                hyper,
-                norm,
-                n,
-                ..
-            } => {
+            Op::AdamwUpdate { grads, hyper, norm, n, .. } => {
                 vec![(grads, n), (hyper, AdamwHyper::WORDS), (norm, 1)]
             }
         }
@@ -495,81 +354,37 @@ impl Op {
         match *self {
             Op::Zero { out } => vec![(out, out.len)],
             Op::EncoderForward { out, b, t, c, .. } => vec![(out, b * t * c)],
-            Op::EncoderBackward {
-                dwte, dwpe, t, c, ..
-            } => {
+            Op::EncoderBackward { dwte, dwpe, t, c, .. } => {
                 vec![(dwte, dwte.len / c.max(1) * c), (dwpe, dwpe.len.max(t * c))]
             }
-            Op::LayernormForward {
-                out,
-                mean,
-                rstd,
-                n,
-                c,
-                ..
-            } => {
+            Op::LayernormForward { out, mean, rstd, n, c, .. } => {
                 vec![(out, n * c), (mean, n), (rstd, n)]
             }
-            Op::LayernormBackward {
-                dinp,
-                dweight,
-                dbias,
-                n,
-                c,
-                ..
-            } => {
+            Op::LayernormBackward { dinp, dweight, dbias, n, c, .. } => {
                 vec![(dinp, n * c), (dweight, c), (dbias, c)]
             }
             Op::Matmul { out, m, n, .. } => vec![(out, m * n)],
             Op::MatmulForward { out, m, n, .. } => vec![(out, m * n)],
-            Op::MatmulBackward {
-                dinp,
-                dweight,
-                dbias,
-                m,
-                k,
-                n,
-                ..
-            } => {
+            Op::MatmulBackward { dinp, dweight, dbias, m, k, n, .. } => {
                 let mut v = vec![(dinp, m * k), (dweight, k * n)];
                 v.extend(dbias.map(|b| (b, n)));
                 v
             }
-            Op::AttentionForward {
-                out,
-                att,
-                b,
-                t,
-                c,
-                nh,
-                ..
-            } => {
+            Op::AttentionForward { out, att, b, t, c, nh, .. } => {
                 vec![(out, b * t * c), (att, b * nh * t * t)]
             }
-            Op::AttentionBackward {
-                dqkv,
-                datt,
-                b,
-                t,
-                c,
-                nh,
-                ..
-            } => {
+            Op::AttentionBackward { dqkv, datt, b, t, c, nh, .. } => {
                 vec![(dqkv, b * t * 3 * c), (datt, b * nh * t * t)]
             }
             Op::GeluForward { out, n, .. } => vec![(out, n)],
             Op::GeluBackward { dinp, n, .. } => vec![(dinp, n)],
             Op::ResidualForward { out, n, .. } => vec![(out, n)],
-            Op::ResidualBackward {
-                dinp1, dinp2, n, ..
-            } => vec![(dinp1, n), (dinp2, n)],
+            Op::ResidualBackward { dinp1, dinp2, n, .. } => vec![(dinp1, n), (dinp2, n)],
             Op::CrossentropyForward { losses, lse, n, .. } => vec![(losses, n), (lse, n)],
             Op::CrossentropyBackward { dlogits, n, v, .. } => vec![(dlogits, n * v)],
             Op::ReduceSum { out, .. } => vec![(out, 1)],
             Op::GlobalNorm { out, .. } => vec![(out, 1)],
-            Op::AdamwUpdate {
-                params, m, v, n, ..
-            } => vec![(params, n), (m, n), (v, n)],
+            Op::AdamwUpdate { params, m, v, n, .. } => vec![(params, n), (m, n), (v, n)],
         }
     }
 
@@ -581,21 +396,14 @@ impl Op {
         let (ins, outs) = (self.inputs(), self.outputs());
         for (i, (view, want)) in ins.iter().chain(outs.iter()).enumerate() {
             if view.len != *want {
-                return Err(format!(
-                    "{name}: view #{i} has {} elements, the shape needs {want}",
-                    view.len
-                ));
+                return Err(format!("{name}: view #{i} has {} elements, the shape needs {want}", view.len));
             }
         }
         match *self {
             Op::EncoderForward { wte, wpe, t, c, .. }
-            | Op::EncoderBackward {
-                dwte: wte,
-                dwpe: wpe,
-                t,
-                c,
-                ..
-            } if c == 0 || wte.len % c != 0 || wpe.len % c != 0 || wpe.len / c < t => {
+            | Op::EncoderBackward { dwte: wte, dwpe: wpe, t, c, .. }
+                if c == 0 || wte.len % c != 0 || wpe.len % c != 0 || wpe.len / c < t =>
+            {
                 return Err(format!("{name}: wte/wpe must be (V,{c}) and (>= {t},{c})"));
             }
             Op::AttentionForward { c, nh, .. } | Op::AttentionBackward { c, nh, .. }
@@ -652,4 +460,9 @@ pub trait Backend {
     fn sync(&mut self) -> Result<()>;
     /// Objects created so far.
     fn created(&self) -> Created;
+    /// Runs a prepared program one kernel at a time and returns each kernel's wall time, for
+    /// profiling; backends that cannot do this return an empty list.
+    fn profile(&mut self, _plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
+        Ok(Vec::new())
+    }
 }

@@ -7,11 +7,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No adapter matches the `--device` the user asked for.
-    #[error("no adapter matches --device {wanted}; available: {available}. Run `wgslm devices` to list them")]
+    #[error(
+        "no adapter matches --device {wanted}; available: {available}. Run `wgslm devices` to list them"
+    )]
     NoAdapter { wanted: String, available: String },
 
     /// The user's `--device` value is not one we understand.
-    #[error("--device {0}: expected auto, vulkan, metal, dx12, gl, cpu or an adapter index from `wgslm devices`")]
+    #[error(
+        "--device {0}: expected auto, vulkan, metal, dx12, gl, cpu or an adapter index from `wgslm devices`"
+    )]
     BadDevice(String),
 
     /// wgpu refused to create a device on the chosen adapter.
@@ -20,13 +24,7 @@ pub enum Error {
 
     /// An allocation is larger than the adapter allows.
     #[error("{what} needs {bytes} bytes but {adapter} allows at most {limit} bytes per {kind}; use a smaller model or batch")]
-    TooLarge {
-        what: String,
-        bytes: u64,
-        limit: u64,
-        kind: &'static str,
-        adapter: String,
-    },
+    TooLarge { what: String, bytes: u64, limit: u64, kind: &'static str, adapter: String },
 
     /// The GPU ran out of memory.
     #[error("out of GPU memory while {0}; use a smaller model or batch")]
@@ -42,12 +40,7 @@ pub enum Error {
 
     /// A WGSL source did not compile.
     #[error("{path}:{line}:{column}: {message}")]
-    Shader {
-        path: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Shader { path: String, line: usize, column: usize, message: String },
 
     /// A user-supplied file could not be read or written.
     #[error("{}: {source}", path.display())]
@@ -64,9 +57,6 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }

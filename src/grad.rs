@@ -22,14 +22,7 @@ pub struct GradOptions {
 
 impl Default for GradOptions {
     fn default() -> Self {
-        GradOptions {
-            adamw_steps: 0,
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        }
+        GradOptions { adamw_steps: 0, lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
     }
 }
 
@@ -75,12 +68,7 @@ pub fn read_batch(path: &Path, vocab: usize) -> Result<(Vec<u32>, Vec<u32>, usiz
             })
             .collect()
     };
-    Ok((
-        ids("inputs", inputs)?,
-        ids("targets", targets)?,
-        shape[0],
-        shape[1],
-    ))
+    Ok((ids("inputs", inputs)?, ids("targets", targets)?, shape[0], shape[1]))
 }
 
 /// Runs the model in `model_dir` on the batch in `batch_file`.
@@ -100,14 +88,7 @@ pub fn run(
         )));
     }
     let shape = BatchShape { b, t, accum: 1 };
-    let mut model = Gpt2::new(
-        backend,
-        config,
-        shape,
-        Mode::Train {
-            weight_decay: opts.weight_decay,
-        },
-    )?;
+    let mut model = Gpt2::new(backend, config, shape, Mode::Train { weight_decay: opts.weight_decay })?;
     model.set_params(&params)?;
     model.set_batch(0, &inputs, &targets)?;
     let stats = model.compute_grads()?;
@@ -121,16 +102,7 @@ pub fn run(
             step1 = model.params()?;
         }
     }
-    Ok(GradOutput {
-        config,
-        shape,
-        loss: stats.loss,
-        logits,
-        params,
-        grads,
-        losses,
-        step1,
-    })
+    Ok(GradOutput { config, shape, loss: stats.loss, logits, params, grads, losses, step1 })
 }
 
 /// Writes the output in the reference format: `loss` [], `logits` [B,T,V], `grad.<HF name>`, and with
@@ -144,10 +116,7 @@ pub fn write(path: &Path, out: &GradOutput) -> Result<()> {
         ("logits".into(), Tensor::F32(&out.logits, vec![b, t, v])),
     ];
     for (i, s) in layout.specs.iter().enumerate() {
-        list.push((
-            format!("grad.{}", s.name),
-            Tensor::F32(layout.slice(&out.grads, i), s.shape.clone()),
-        ));
+        list.push((format!("grad.{}", s.name), Tensor::F32(layout.slice(&out.grads, i), s.shape.clone())));
         if !out.step1.is_empty() {
             list.push((
                 format!("step1.{}", s.name),
@@ -156,10 +125,7 @@ pub fn write(path: &Path, out: &GradOutput) -> Result<()> {
         }
     }
     if !out.losses.is_empty() {
-        list.push((
-            "losses".into(),
-            Tensor::F32(&out.losses, vec![out.losses.len()]),
-        ));
+        list.push(("losses".into(), Tensor::F32(&out.losses, vec![out.losses.len()])));
     }
     tensors::write(path, list, None)
 }

@@ -6,13 +6,16 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod data;
 mod error;
 pub mod fsutil;
 pub mod gpu;
 pub mod grad;
 pub mod model;
 pub mod rng;
+pub mod sample;
 pub mod tensors;
+pub mod train;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -22,10 +22,7 @@ pub enum Tensor<'a> {
 impl TensorFile {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = fsutil::read(path)?;
-        let file = TensorFile {
-            path: path.to_path_buf(),
-            bytes,
-        };
+        let file = TensorFile { path: path.to_path_buf(), bytes };
         file.parsed()?;
         Ok(file)
     }
@@ -45,9 +42,7 @@ impl TensorFile {
 
     /// Every tensor name in the file.
     pub fn names(&self) -> Vec<String> {
-        self.parsed()
-            .map(|st| st.names().into_iter().map(String::from).collect())
-            .unwrap_or_default()
+        self.parsed().map(|st| st.names().into_iter().map(String::from).collect()).unwrap_or_default()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -57,24 +52,18 @@ impl TensorFile {
     /// The tensor's shape and dtype.
     pub fn info(&self, name: &str) -> Result<(Vec<usize>, Dtype)> {
         let st = self.parsed()?;
-        let t = st.tensor(name).map_err(|_| {
-            Error::Invalid(format!(
-                "{}: tensor `{name}` is missing",
-                self.path.display()
-            ))
-        })?;
+        let t = st
+            .tensor(name)
+            .map_err(|_| Error::Invalid(format!("{}: tensor `{name}` is missing", self.path.display())))?;
         Ok((t.shape().to_vec(), t.dtype()))
     }
 
     /// An f32 tensor, checked against the expected shape when one is given.
     pub fn f32(&self, name: &str, shape: Option<&[usize]>) -> Result<Vec<f32>> {
         let st = self.parsed()?;
-        let t = st.tensor(name).map_err(|_| {
-            Error::Invalid(format!(
-                "{}: tensor `{name}` is missing",
-                self.path.display()
-            ))
-        })?;
+        let t = st
+            .tensor(name)
+            .map_err(|_| Error::Invalid(format!("{}: tensor `{name}` is missing", self.path.display())))?;
         if let Some(want) = shape {
             if t.shape() != want {
                 return Err(Error::Invalid(format!(
@@ -92,32 +81,24 @@ impl TensorFile {
                 t.dtype()
             )));
         }
-        Ok(t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
     /// An integer tensor (I32 or I64) as i64, with its shape.
     pub fn ints(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
         let st = self.parsed()?;
-        let t = st.tensor(name).map_err(|_| {
-            Error::Invalid(format!(
-                "{}: tensor `{name}` is missing",
-                self.path.display()
-            ))
-        })?;
+        let t = st
+            .tensor(name)
+            .map_err(|_| Error::Invalid(format!("{}: tensor `{name}` is missing", self.path.display())))?;
         let data = match t.dtype() {
             Dtype::I32 => t
                 .data()
                 .chunks_exact(4)
                 .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
                 .collect(),
-            Dtype::I64 => t
-                .data()
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
+            Dtype::I64 => {
+                t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+            }
             other => {
                 return Err(Error::Invalid(format!(
                     "{}: tensor `{name}` is {other:?}, expected I32 or I64 token ids",
@@ -137,18 +118,8 @@ pub fn serialize(
     let owned: Vec<(String, Dtype, Vec<usize>, &[u8])> = tensors
         .iter()
         .map(|(name, t)| match t {
-            Tensor::F32(d, s) => (
-                name.clone(),
-                Dtype::F32,
-                s.clone(),
-                bytemuck::cast_slice::<f32, u8>(d),
-            ),
-            Tensor::I32(d, s) => (
-                name.clone(),
-                Dtype::I32,
-                s.clone(),
-                bytemuck::cast_slice::<i32, u8>(d),
-            ),
+            Tensor::F32(d, s) => (name.clone(), Dtype::F32, s.clone(), bytemuck::cast_slice::<f32, u8>(d)),
+            Tensor::I32(d, s) => (name.clone(), Dtype::I32, s.clone(), bytemuck::cast_slice::<i32, u8>(d)),
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
@@ -159,8 +130,7 @@ pub fn serialize(
             Ok((name.clone(), view))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, metadata)
-        .map_err(|e| Error::Invalid(format!("serialising tensors: {e}")))
+    safetensors::serialize(views, metadata).map_err(|e| Error::Invalid(format!("serialising tensors: {e}")))
 }
 
 /// Writes tensors to `path` atomically.

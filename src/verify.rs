@@ -28,9 +28,7 @@ pub struct Setup<'a> {
 impl Setup<'_> {
     /// A tensor of normal samples times `scale`, plus `shift`.
     pub fn normal(&mut self, len: usize, scale: f64, shift: f64) -> Result<View> {
-        let data = (0..len)
-            .map(|_| (self.rng.normal() * scale + shift) as f32)
-            .collect();
+        let data = (0..len).map(|_| (self.rng.normal() * scale + shift) as f32).collect();
         self.with(data)
     }
 
@@ -44,9 +42,7 @@ impl Setup<'_> {
 
     /// A u32 tensor of uniform integers below `bound`.
     pub fn ids(&mut self, len: usize, bound: u32) -> Result<View> {
-        let data = (0..len)
-            .map(|_| self.rng.below(bound as u64) as u32)
-            .collect();
+        let data = (0..len).map(|_| self.rng.below(bound as u64) as u32).collect();
         self.ids_with(data)
     }
 
@@ -151,11 +147,7 @@ fn seed_of(kernel: &str, shape: &str) -> u64 {
 type Runs = (Vec<&'static str>, Vec<Vec<Vec<f32>>>);
 
 fn run_on(case: &Case, backend: &mut dyn Backend, runs: usize) -> Result<Runs> {
-    let mut setup = Setup {
-        backend,
-        rng: Rng::new(seed_of(case.kernel, &case.shape)),
-        inits: Vec::new(),
-    };
+    let mut setup = Setup { backend, rng: Rng::new(seed_of(case.kernel, &case.shape)), inits: Vec::new() };
     let built = (case.build)(&mut setup)?;
     let plan = setup.backend.prepare(&built.ops)?;
     let mut results = Vec::new();
@@ -168,10 +160,7 @@ fn run_on(case: &Case, backend: &mut dyn Backend, runs: usize) -> Result<Runs> {
         }
         results.push(outs);
     }
-    Ok((
-        built.checked.iter().map(|(name, _)| *name).collect(),
-        results,
-    ))
+    Ok((built.checked.iter().map(|(name, _)| *name).collect(), results))
 }
 
 /// Runs `case` on the twin and on `backend`, twice on the latter.
@@ -206,10 +195,7 @@ pub fn run_case(case: &Case, backend: &mut dyn Backend) -> Outcome {
             outcome.worst = err;
             outcome.worst_output = names[i];
         }
-        outcome.deterministic &= got
-            .iter()
-            .zip(&runs[1][i])
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+        outcome.deterministic &= got.iter().zip(&runs[1][i]).all(|(a, b)| a.to_bits() == b.to_bits());
     }
     outcome
 }
@@ -219,12 +205,7 @@ fn case(
     shape: String,
     build: impl Fn(&mut Setup) -> Result<Built> + Send + Sync + 'static,
 ) -> Case {
-    Case {
-        kernel,
-        shape,
-        tolerance: TOLERANCE,
-        build: Box::new(build),
-    }
+    Case { kernel, shape, tolerance: TOLERANCE, build: Box::new(build) }
 }
 
 /// Elementwise sizes: awkward small ones, and one whose grid needs more than 65,535 workgroups of 64.
@@ -233,7 +214,8 @@ const ELEMENTWISE: [usize; 5] = [1, 7, 37, 129, 65_537 * 64 + 3];
 const ROWS: [(usize, usize); 5] = [(1, 4), (7, 24), (37, 68), (129, 200), (65_600, 4)];
 /// (M, K, N) for matrix products: edges of every tile size; K long enough to be split into chunks;
 /// M long enough for several row blocks in the bias gradient and chunks in the weight gradient.
-const GEMM: [(usize, usize, usize); 7] = [
+/// Some have every dimension a multiple of 4, the condition of the vec4 variants.
+const GEMM: [(usize, usize, usize); 9] = [
     (1, 1, 1),
     (7, 24, 37),
     (37, 68, 65),
@@ -241,33 +223,18 @@ const GEMM: [(usize, usize, usize); 7] = [
     (65, 3, 129),
     (4, 40_000, 3),
     (70_000, 3, 2),
+    (36, 100, 68),
+    (124, 36, 132),
 ];
 /// (B, T, C, NH) for attention: head sizes 4, 6, 17, 25, 128 (none a power of two but the first and
 /// last); the last has rows long enough that a row-per-invocation kernel would loop T·hs > 65,535 times.
-const ATTENTION: [(usize, usize, usize, usize); 5] = [
-    (1, 1, 4, 1),
-    (2, 7, 24, 4),
-    (1, 37, 68, 4),
-    (3, 65, 200, 8),
-    (1, 300, 256, 2),
-];
+const ATTENTION: [(usize, usize, usize, usize); 5] =
+    [(1, 1, 4, 1), (2, 7, 24, 4), (1, 37, 68, 4), (3, 65, 200, 8), (1, 300, 256, 2)];
 /// (B, T, C, V) for the embedding; the last has more than 65,535 workgroups.
-const ENCODER: [(usize, usize, usize, usize); 5] = [
-    (1, 1, 4, 3),
-    (2, 7, 24, 65),
-    (3, 37, 68, 997),
-    (1, 129, 200, 65),
-    (64, 257, 256, 65),
-];
+const ENCODER: [(usize, usize, usize, usize); 5] =
+    [(1, 1, 4, 3), (2, 7, 24, 65), (3, 37, 68, 997), (1, 129, 200, 65), (64, 257, 256, 65)];
 /// (N, V) for cross-entropy; the last two exceed one grid dimension (rows, then elements).
-const CROSSENTROPY: [(usize, usize); 6] = [
-    (1, 3),
-    (7, 65),
-    (37, 997),
-    (129, 65),
-    (65_600, 3),
-    (70_000, 65),
-];
+const CROSSENTROPY: [(usize, usize); 6] = [(1, 3), (7, 65), (37, 997), (129, 65), (65_600, 3), (70_000, 65)];
 
 /// Every case, grouped by kernel in schedule order.
 pub fn cases() -> Vec<Case> {
@@ -276,10 +243,7 @@ pub fn cases() -> Vec<Case> {
     for n in ELEMENTWISE {
         all.push(case("zero", format!("n={n}"), move |s| {
             let out = s.normal(n, 1.0, 0.0)?;
-            Ok(Built {
-                ops: vec![Op::Zero { out }],
-                checked: vec![("out", out)],
-            })
+            Ok(Built { ops: vec![Op::Zero { out }], checked: vec![("out", out)] })
         }));
     }
     for (b, t, c, v) in ENCODER {
@@ -290,15 +254,7 @@ pub fn cases() -> Vec<Case> {
             let wte = s.normal(v * c, 1.0, 0.0)?;
             let wpe = s.normal((t + 3) * c, 1.0, 0.0)?;
             Ok(Built {
-                ops: vec![Op::EncoderForward {
-                    out,
-                    tokens,
-                    wte,
-                    wpe,
-                    b,
-                    t,
-                    c,
-                }],
+                ops: vec![Op::EncoderForward { out, tokens, wte, wpe, b, t, c }],
                 checked: vec![("out", out)],
             })
         }));
@@ -310,16 +266,7 @@ pub fn cases() -> Vec<Case> {
             let order = s.ids_with(crate::backend::encoder_order(&ids))?;
             let tokens = s.ids_with(ids)?;
             Ok(Built {
-                ops: vec![Op::EncoderBackward {
-                    dwte,
-                    dwpe,
-                    dout,
-                    tokens,
-                    order,
-                    b,
-                    t,
-                    c,
-                }],
+                ops: vec![Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c }],
                 checked: vec![("dwte", dwte), ("dwpe", dwpe)],
             })
         }));
@@ -334,16 +281,7 @@ pub fn cases() -> Vec<Case> {
             let weight = s.normal(c, 0.1, 1.0)?;
             let bias = s.normal(c, 0.1, 0.0)?;
             Ok(Built {
-                ops: vec![Op::LayernormForward {
-                    out,
-                    mean,
-                    rstd,
-                    inp,
-                    weight,
-                    bias,
-                    n,
-                    c,
-                }],
+                ops: vec![Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c }],
                 checked: vec![("out", out), ("mean", mean), ("rstd", rstd)],
             })
         }));
@@ -352,9 +290,7 @@ pub fn cases() -> Vec<Case> {
             let dweight = s.normal(c, 1.0, 0.0)?;
             let dbias = s.normal(c, 1.0, 0.0)?;
             let dout = s.normal(n * c, 1.0, 0.0)?;
-            let x: Vec<f32> = (0..n * c)
-                .map(|_| (s.rng().normal() * 2.0 + 0.5) as f32)
-                .collect();
+            let x: Vec<f32> = (0..n * c).map(|_| (s.rng().normal() * 2.0 + 0.5) as f32).collect();
             // The saved statistics must be those of the input, as the forward pass leaves them.
             let (mut mean, mut rstd) = (vec![0f32; n], vec![0f32; n]);
             let mut y = vec![0f32; n * c];
@@ -395,58 +331,28 @@ pub fn cases() -> Vec<Case> {
                 let a = s.normal(m * k, 1.0, 0.0)?;
                 let b = s.normal(k * n, 1.0, 0.0)?;
                 Ok(Built {
-                    ops: vec![Op::Matmul {
-                        out,
-                        a,
-                        b,
-                        m,
-                        k,
-                        n,
-                        trans_a,
-                        trans_b,
-                        accumulate,
-                    }],
+                    ops: vec![Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate }],
                     checked: vec![("out", out)],
                 })
             }));
         }
         for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
             let has_bias = layout == WeightLayout::InOut || m % 2 == 1;
-            let shape = format!(
-                "{m}x{k}x{n} {layout:?}{}",
-                if has_bias { " +bias" } else { "" }
-            );
+            let shape = format!("{m}x{k}x{n} {layout:?}{}", if has_bias { " +bias" } else { "" });
             all.push(case("matmul_forward", shape.clone(), move |s| {
                 let out = s.normal(m * n, 1.0, 0.0)?;
                 let inp = s.normal(m * k, 1.0, 0.0)?;
                 let weight = s.normal(k * n, 0.5, 0.0)?;
-                let bias = if has_bias {
-                    Some(s.normal(n, 0.5, 0.0)?)
-                } else {
-                    None
-                };
+                let bias = if has_bias { Some(s.normal(n, 0.5, 0.0)?) } else { None };
                 Ok(Built {
-                    ops: vec![Op::MatmulForward {
-                        out,
-                        inp,
-                        weight,
-                        bias,
-                        m,
-                        k,
-                        n,
-                        layout,
-                    }],
+                    ops: vec![Op::MatmulForward { out, inp, weight, bias, m, k, n, layout }],
                     checked: vec![("out", out)],
                 })
             }));
             all.push(case("matmul_backward", shape, move |s| {
                 let dinp = s.normal(m * k, 1.0, 0.0)?;
                 let dweight = s.normal(k * n, 1.0, 0.0)?;
-                let dbias = if has_bias {
-                    Some(s.normal(n, 1.0, 0.0)?)
-                } else {
-                    None
-                };
+                let dbias = if has_bias { Some(s.normal(n, 1.0, 0.0)?) } else { None };
                 let dout = s.normal(m * n, 1.0, 0.0)?;
                 let inp = s.normal(m * k, 1.0, 0.0)?;
                 let weight = s.normal(k * n, 0.5, 0.0)?;
@@ -477,15 +383,7 @@ pub fn cases() -> Vec<Case> {
             let att = s.normal(b * nh * t * t, 1.0, 0.0)?;
             let qkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
             Ok(Built {
-                ops: vec![Op::AttentionForward {
-                    out,
-                    att,
-                    qkv,
-                    b,
-                    t,
-                    c,
-                    nh,
-                }],
+                ops: vec![Op::AttentionForward { out, att, qkv, b, t, c, nh }],
                 checked: vec![("out", out), ("att", att)],
             })
         }));
@@ -493,26 +391,14 @@ pub fn cases() -> Vec<Case> {
             let dqkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
             let datt = s.normal(b * nh * t * t, 1.0, 0.0)?;
             let dout = s.normal(b * t * c, 1.0, 0.0)?;
-            let q: Vec<f32> = (0..b * t * 3 * c)
-                .map(|_| s.rng().normal() as f32)
-                .collect();
+            let q: Vec<f32> = (0..b * t * 3 * c).map(|_| s.rng().normal() as f32).collect();
             // att must be the softmax of these q, k, as the forward pass leaves it.
             let mut att = vec![0f32; b * nh * t * t];
             crate::cpu::attention_forward(&mut vec![0f32; b * t * c], &mut att, &q, b, t, c, nh);
             let qkv = s.with(q)?;
             let att = s.with(att)?;
             Ok(Built {
-                ops: vec![Op::AttentionBackward {
-                    dqkv,
-                    datt,
-                    dout,
-                    qkv,
-                    att,
-                    b,
-                    t,
-                    c,
-                    nh,
-                }],
+                ops: vec![Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh }],
                 checked: vec![("dqkv", dqkv)],
             })
         }));
@@ -522,40 +408,26 @@ pub fn cases() -> Vec<Case> {
         all.push(case("gelu_forward", shape.clone(), move |s| {
             let out = s.normal(n, 1.0, 0.0)?;
             let inp = s.normal(n, 3.0, 0.0)?;
-            Ok(Built {
-                ops: vec![Op::GeluForward { out, inp, n }],
-                checked: vec![("out", out)],
-            })
+            Ok(Built { ops: vec![Op::GeluForward { out, inp, n }], checked: vec![("out", out)] })
         }));
         all.push(case("gelu_backward", shape.clone(), move |s| {
             let dinp = s.normal(n, 1.0, 0.0)?;
             let inp = s.normal(n, 3.0, 0.0)?;
             let dout = s.normal(n, 1.0, 0.0)?;
-            Ok(Built {
-                ops: vec![Op::GeluBackward { dinp, inp, dout, n }],
-                checked: vec![("dinp", dinp)],
-            })
+            Ok(Built { ops: vec![Op::GeluBackward { dinp, inp, dout, n }], checked: vec![("dinp", dinp)] })
         }));
         all.push(case("residual_forward", shape.clone(), move |s| {
             let out = s.normal(n, 1.0, 0.0)?;
             let inp1 = s.normal(n, 1.0, 0.0)?;
             let inp2 = s.normal(n, 1.0, 0.0)?;
-            Ok(Built {
-                ops: vec![Op::ResidualForward { out, inp1, inp2, n }],
-                checked: vec![("out", out)],
-            })
+            Ok(Built { ops: vec![Op::ResidualForward { out, inp1, inp2, n }], checked: vec![("out", out)] })
         }));
         all.push(case("residual_backward", shape, move |s| {
             let dinp1 = s.normal(n, 1.0, 0.0)?;
             let dinp2 = s.normal(n, 1.0, 0.0)?;
             let dout = s.normal(n, 1.0, 0.0)?;
             Ok(Built {
-                ops: vec![Op::ResidualBackward {
-                    dinp1,
-                    dinp2,
-                    dout,
-                    n,
-                }],
+                ops: vec![Op::ResidualBackward { dinp1, dinp2, dout, n }],
                 checked: vec![("dinp1", dinp1), ("dinp2", dinp2)],
             })
         }));
@@ -568,22 +440,13 @@ pub fn cases() -> Vec<Case> {
             let logits = s.normal(n * v, 3.0, 1.0)?;
             let targets = s.ids(n, v as u32)?;
             Ok(Built {
-                ops: vec![Op::CrossentropyForward {
-                    losses,
-                    lse,
-                    logits,
-                    targets,
-                    n,
-                    v,
-                }],
+                ops: vec![Op::CrossentropyForward { losses, lse, logits, targets, n, v }],
                 checked: vec![("losses", losses), ("lse", lse)],
             })
         }));
         all.push(case("crossentropy_backward", shape, move |s| {
             let dlogits = s.normal(n * v, 1.0, 0.0)?;
-            let l: Vec<f32> = (0..n * v)
-                .map(|_| (s.rng().normal() * 3.0 + 1.0) as f32)
-                .collect();
+            let l: Vec<f32> = (0..n * v).map(|_| (s.rng().normal() * 3.0 + 1.0) as f32).collect();
             let tgt: Vec<u32> = (0..n).map(|_| s.rng().below(v as u64) as u32).collect();
             let (mut losses, mut lse) = (vec![0f32; n], vec![0f32; n]);
             crate::cpu::crossentropy_forward(&mut losses, &mut lse, &l, &tgt, n, v);
@@ -592,15 +455,7 @@ pub fn cases() -> Vec<Case> {
             let targets = s.ids_with(tgt)?;
             let scale = 1.0 / n as f32;
             Ok(Built {
-                ops: vec![Op::CrossentropyBackward {
-                    dlogits,
-                    logits,
-                    lse,
-                    targets,
-                    n,
-                    v,
-                    scale,
-                }],
+                ops: vec![Op::CrossentropyBackward { dlogits, logits, lse, targets, n, v, scale }],
                 checked: vec![("dlogits", dlogits)],
             })
         }));
@@ -610,41 +465,25 @@ pub fn cases() -> Vec<Case> {
             let out = s.normal(1, 1.0, 0.0)?;
             let inp = s.normal(n, 1.0, 0.5)?;
             let scale = 1.0 / n as f32;
-            Ok(Built {
-                ops: vec![Op::ReduceSum { out, inp, n, scale }],
-                checked: vec![("out", out)],
-            })
+            Ok(Built { ops: vec![Op::ReduceSum { out, inp, n, scale }], checked: vec![("out", out)] })
         }));
     }
     for n in [1, 7, 37, 129, 1_000_003] {
         all.push(case("global_norm", format!("n={n}"), move |s| {
             let out = s.normal(1, 1.0, 0.0)?;
             let inp = s.normal(n, 1.0, 0.0)?;
-            Ok(Built {
-                ops: vec![Op::GlobalNorm { out, inp, n }],
-                checked: vec![("out", out)],
-            })
+            Ok(Built { ops: vec![Op::GlobalNorm { out, inp, n }], checked: vec![("out", out)] })
         }));
     }
     for (i, n) in ELEMENTWISE.into_iter().enumerate() {
         // Vary clipping, decay and the step; the last case has a NaN norm and must change nothing.
-        let (clip, wd, nan) = [
-            (0.0, 0.0, false),
-            (1.0, 0.1, false),
-            (0.5, 0.1, false),
-            (0.0, 0.1, false),
-            (1.0, 0.1, true),
-        ][i];
-        let shape = format!(
-            "n={n} clip={clip} wd={wd}{}",
-            if nan { " norm=NaN" } else { "" }
-        );
+        let (clip, wd, nan) =
+            [(0.0, 0.0, false), (1.0, 0.1, false), (0.5, 0.1, false), (0.0, 0.1, false), (1.0, 0.1, true)][i];
+        let shape = format!("n={n} clip={clip} wd={wd}{}", if nan { " norm=NaN" } else { "" });
         all.push(case("adamw_update", shape, move |s| {
             let params = s.normal(n, 1.0, 0.0)?;
             let m = s.normal(n, 0.01, 0.0)?;
-            let vdata: Vec<f32> = (0..n)
-                .map(|_| (s.rng().normal() * 1e-3).powi(2) as f32)
-                .collect();
+            let vdata: Vec<f32> = (0..n).map(|_| (s.rng().normal() * 1e-3).powi(2) as f32).collect();
             let v = s.with(vdata)?;
             let grads = s.normal(n, 0.1, 0.0)?;
             let t = 1 + s.rng().below(100);
@@ -652,16 +491,7 @@ pub fn cases() -> Vec<Case> {
             let hyper = s.with(hyper.to_words().to_vec())?;
             let norm = s.with(vec![if nan { f32::NAN } else { 2.5 }])?;
             Ok(Built {
-                ops: vec![Op::AdamwUpdate {
-                    params,
-                    grads,
-                    m,
-                    v,
-                    hyper,
-                    norm,
-                    n,
-                    weight_decay: wd,
-                }],
+                ops: vec![Op::AdamwUpdate { params, grads, m, v, hyper, norm, n, weight_decay: wd }],
                 checked: vec![("params", params), ("m", m), ("v", v)],
             })
         }));
@@ -681,10 +511,7 @@ pub fn kernel_names() -> Vec<&'static str> {
 }
 
 /// Runs every case of `kernel` on fresh backends from `make`; returns the outcomes.
-pub fn check_kernel(
-    kernel: &str,
-    make: &mut dyn FnMut() -> Result<Box<dyn Backend>>,
-) -> Vec<Outcome> {
+pub fn check_kernel(kernel: &str, make: &mut dyn FnMut() -> Result<Box<dyn Backend>>) -> Vec<Outcome> {
     cases()
         .iter()
         .filter(|c| c.kernel == kernel)

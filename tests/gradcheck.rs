@@ -34,12 +34,7 @@ fn assert_grad(what: &str, x: &mut [f64], analytic: &[f64], loss: &mut dyn FnMut
         x[i] = keep;
         numeric[i] = (up - down) / (2.0 * H);
     }
-    let diff: f64 = numeric
-        .iter()
-        .zip(analytic)
-        .map(|(n, a)| (n - a).powi(2))
-        .sum::<f64>()
-        .sqrt();
+    let diff: f64 = numeric.iter().zip(analytic).map(|(n, a)| (n - a).powi(2)).sum::<f64>().sqrt();
     let norm: f64 = numeric.iter().map(|n| n * n).sum::<f64>().sqrt().max(1e-12);
     assert!(
         diff / norm <= TOL,
@@ -85,9 +80,7 @@ fn layernorm_backward_matches_finite_differences() {
     };
     let (_, mean, rstd) = forward(&x, &weight, &bias);
     let (mut dx, mut dw, mut db) = (vec![0.0; n * c], vec![0.0; c], vec![0.0; c]);
-    cpu::layernorm_backward(
-        &mut dx, &mut dw, &mut db, &w, &x, &weight, &mean, &rstd, n, c,
-    );
+    cpu::layernorm_backward(&mut dx, &mut dw, &mut db, &w, &x, &weight, &mean, &rstd, n, c);
     let (x0, w0, b0) = (x.clone(), weight.clone(), bias.clone());
     assert_grad("dinp", &mut x, &dx, &mut |v| forward(v, &w0, &b0).0);
     assert_grad("dweight", &mut weight, &dw, &mut |v| forward(&x0, v, &b0).0);
@@ -109,31 +102,11 @@ fn matmul_backward_matches_finite_differences() {
             dot(&out, &w)
         };
         let (mut dinp, mut dweight, mut dbias) = (vec![0.0; m * k], vec![0.0; k * n], vec![0.0; n]);
-        cpu::matmul_backward(
-            &mut dinp,
-            &mut dweight,
-            Some(&mut dbias),
-            &w,
-            &inp,
-            &weight,
-            m,
-            k,
-            n,
-            layout,
-        );
+        cpu::matmul_backward(&mut dinp, &mut dweight, Some(&mut dbias), &w, &inp, &weight, m, k, n, layout);
         let (i0, w0, b0) = (inp.clone(), weight.clone(), bias.clone());
-        assert_grad(&format!("dinp {layout:?}"), &mut inp, &dinp, &mut |v| {
-            forward(v, &w0, &b0)
-        });
-        assert_grad(
-            &format!("dweight {layout:?}"),
-            &mut weight,
-            &dweight,
-            &mut |v| forward(&i0, v, &b0),
-        );
-        assert_grad(&format!("dbias {layout:?}"), &mut bias, &dbias, &mut |v| {
-            forward(&i0, &w0, v)
-        });
+        assert_grad(&format!("dinp {layout:?}"), &mut inp, &dinp, &mut |v| forward(v, &w0, &b0));
+        assert_grad(&format!("dweight {layout:?}"), &mut weight, &dweight, &mut |v| forward(&i0, v, &b0));
+        assert_grad(&format!("dbias {layout:?}"), &mut bias, &dbias, &mut |v| forward(&i0, &w0, v));
     }
 }
 

@@ -5,22 +5,29 @@
 mod common;
 
 use wgslm::backend::Backend;
+use wgslm::gpu::kernels::MATMUL_VARIANTS;
 use wgslm::gpu::GpuBackend;
 use wgslm::verify;
 
 fn check(kernel: &str) {
     let Some(ctx) = common::gpu() else { return };
-    let outcomes = verify::check_kernel(kernel, &mut || {
-        Ok(Box::new(GpuBackend::with_context(ctx.clone())) as Box<dyn Backend>)
-    });
-    assert!(!outcomes.is_empty(), "no cases for {kernel}");
-    let report: Vec<String> = outcomes.iter().map(|o| o.line()).collect();
-    eprintln!("{}", report.join("\n"));
-    assert!(
-        outcomes.iter().all(|o| o.passed()),
-        "{kernel} disagrees with its twin:\n{}",
-        report.join("\n")
-    );
+    // Kernels built on matmul run once per matmul variant.
+    let variants: &[&str] = if kernel.starts_with("matmul") { MATMUL_VARIANTS } else { &["vec4"] };
+    for variant in variants {
+        let outcomes = verify::check_kernel(kernel, &mut || {
+            let mut gpu = GpuBackend::with_context(ctx.clone());
+            gpu.set_matmul_variant(variant)?;
+            Ok(Box::new(gpu) as Box<dyn Backend>)
+        });
+        assert!(!outcomes.is_empty(), "no cases for {kernel}");
+        let report: Vec<String> = outcomes.iter().map(|o| o.line()).collect();
+        eprintln!("{variant}:\n{}", report.join("\n"));
+        assert!(
+            outcomes.iter().all(|o| o.passed()),
+            "{kernel} ({variant}) disagrees with its twin:\n{}",
+            report.join("\n")
+        );
+    }
 }
 
 macro_rules! matches_cpu {
@@ -79,10 +86,6 @@ fn chunked_whole_buffer_ops_match_cpu() {
             Ok(Box::new(gpu) as Box<dyn Backend>)
         });
         let report: Vec<String> = outcomes.iter().map(|o| o.line()).collect();
-        assert!(
-            outcomes.iter().all(|o| o.passed()),
-            "{kernel} in chunks:\n{}",
-            report.join("\n")
-        );
+        assert!(outcomes.iter().all(|o| o.passed()), "{kernel} in chunks:\n{}", report.join("\n"));
     }
 }

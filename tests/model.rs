@@ -14,13 +14,8 @@ use wgslm::verify::rel_l2;
 
 /// n_embd 48 with 3 heads (head size 16), vocab 997, T 37 of 40 positions, B 3: nothing a power of two
 /// that need not be.
-const AWKWARD: ModelConfig = ModelConfig {
-    n_layer: 2,
-    n_head: 3,
-    n_embd: 48,
-    vocab_size: 997,
-    n_positions: 40,
-};
+const AWKWARD: ModelConfig =
+    ModelConfig { n_layer: 2, n_head: 3, n_embd: 48, vocab_size: 997, n_positions: 40 };
 
 /// Parameters with every tensor random (gains near one), so that a kernel ignoring a bias fails.
 fn random_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
@@ -30,11 +25,7 @@ fn random_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
     for s in &layout.specs {
         let gain = s.name.contains("ln_") && s.name.ends_with(".weight");
         for x in &mut flat[s.offset..s.offset + s.len()] {
-            *x = if gain {
-                1.0 + 0.1 * rng.normal() as f32
-            } else {
-                0.08 * rng.normal() as f32
-            };
+            *x = if gain { 1.0 + 0.1 * rng.normal() as f32 } else { 0.08 * rng.normal() as f32 };
         }
     }
     flat
@@ -63,12 +54,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
 
 fn assert_grads_close(layout: &ParamLayout, got: &[f32], want: &[f32], tol: f64) {
     for (i, s) in layout.specs.iter().enumerate() {
-        assert_close(
-            &format!("grad {}", s.name),
-            layout.slice(got, i),
-            layout.slice(want, i),
-            tol,
-        );
+        assert_close(&format!("grad {}", s.name), layout.slice(got, i), layout.slice(want, i), tol);
     }
 }
 
@@ -77,50 +63,26 @@ fn gpu_matches_cpu_on_an_awkward_model() {
     let Some(gpu) = common::gpu_backend() else {
         return;
     };
-    let shape = BatchShape {
-        b: 3,
-        t: 37,
-        accum: 2,
-    };
+    let shape = BatchShape { b: 3, t: 37, accum: 2 };
     let mut g = build(Box::new(gpu), AWKWARD, shape, 7);
     let mut c = build(Box::new(CpuBackend::new()), AWKWARD, shape, 7);
     let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
-    assert!(
-        (sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(),
-        "loss {} vs {}",
-        sg.loss,
-        sc.loss
-    );
+    assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "loss {} vs {}", sg.loss, sc.loss);
     assert!(
         (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
         "norm {} vs {}",
         sg.grad_norm,
         sc.grad_norm
     );
-    assert_close(
-        "logits",
-        &g.last_logits().unwrap(),
-        &c.last_logits().unwrap(),
-        1e-5,
-    );
-    assert_grads_close(
-        &g.layout.clone(),
-        &g.grads().unwrap(),
-        &c.grads().unwrap(),
-        1e-5,
-    );
+    assert_close("logits", &g.last_logits().unwrap(), &c.last_logits().unwrap(), 1e-5);
+    assert_grads_close(&g.layout.clone(), &g.grads().unwrap(), &c.grads().unwrap(), 1e-5);
 
     // Three steps with clipping active (the norm is well above 0.5): updates and losses agree.
     let before = c.params().unwrap();
     for t in 1..=3 {
         let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 0.5, t);
         let (lg, lc) = (g.step(&hyper).unwrap(), c.step(&hyper).unwrap());
-        assert!(
-            (lg.loss - lc.loss).abs() <= 1e-4,
-            "step {t} loss {} vs {}",
-            lg.loss,
-            lc.loss
-        );
+        assert!((lg.loss - lc.loss).abs() <= 1e-4, "step {t} loss {} vs {}", lg.loss, lc.loss);
     }
     let (pg, pc) = (g.params().unwrap(), c.params().unwrap());
     let dg: Vec<f32> = pg.iter().zip(&before).map(|(a, b)| a - b).collect();
@@ -131,22 +93,13 @@ fn gpu_matches_cpu_on_an_awkward_model() {
 /// Accumulating two micro-batches gives the mean of their losses and of their gradients.
 #[test]
 fn gradient_accumulation_averages_micro_batches() {
-    let cfg = ModelConfig {
-        n_layer: 1,
-        n_head: 2,
-        n_embd: 16,
-        vocab_size: 37,
-        n_positions: 8,
-    };
+    let cfg = ModelConfig { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 37, n_positions: 8 };
     let (b, t) = (2, 7);
     let params = random_params(&cfg, 3);
     let mut rng = Rng::new(4);
     let batches: Vec<(Vec<u32>, Vec<u32>)> = (0..2)
         .map(|_| {
-            (
-                random_tokens(&mut rng, b * t, cfg.vocab_size),
-                random_tokens(&mut rng, b * t, cfg.vocab_size),
-            )
+            (random_tokens(&mut rng, b * t, cfg.vocab_size), random_tokens(&mut rng, b * t, cfg.vocab_size))
         })
         .collect();
     let new = |accum| {
@@ -176,11 +129,7 @@ fn gradient_accumulation_averages_micro_batches() {
         }
     }
     let mean = (losses[0] + losses[1]) / 2.0;
-    assert!(
-        (s.loss - mean).abs() <= 1e-6 * mean,
-        "loss {} vs mean {mean}",
-        s.loss
-    );
+    assert!((s.loss - mean).abs() <= 1e-6 * mean, "loss {} vs mean {mean}", s.loss);
     assert_grads_close(&both.layout.clone(), &both.grads().unwrap(), &sum, 1e-6);
 }
 
@@ -191,23 +140,8 @@ fn a_training_step_allocates_nothing() {
     let Some(gpu) = common::gpu_backend() else {
         return;
     };
-    let cfg = ModelConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 32,
-        vocab_size: 50,
-        n_positions: 16,
-    };
-    let mut model = build(
-        Box::new(gpu),
-        cfg,
-        BatchShape {
-            b: 2,
-            t: 16,
-            accum: 2,
-        },
-        1,
-    );
+    let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: 50, n_positions: 16 };
+    let mut model = build(Box::new(gpu), cfg, BatchShape { b: 2, t: 16, accum: 2 }, 1);
     let hyper = AdamwHyper::at_step(1e-3, 0.9, 0.95, 1e-8, 1.0, 1);
     model.step(&hyper).unwrap();
     let after_first = model.backend().created();
@@ -217,11 +151,7 @@ fn a_training_step_allocates_nothing() {
     let now = model.backend().created();
     assert_eq!(
         (now.buffers, now.bind_groups, now.pipelines),
-        (
-            after_first.buffers,
-            after_first.bind_groups,
-            after_first.pipelines
-        ),
+        (after_first.buffers, after_first.bind_groups, after_first.pipelines),
         "a step created GPU objects"
     );
     assert_eq!(
@@ -238,12 +168,7 @@ fn hf_export_import_round_trip_is_bit_exact() {
     hf::save(&dir, &AWKWARD, &flat, Some(5)).unwrap();
     let (cfg, back) = hf::load(&dir).unwrap();
     assert_eq!(cfg, AWKWARD);
-    assert!(
-        flat.iter()
-            .zip(&back)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "the round trip changed bits"
-    );
+    assert!(flat.iter().zip(&back).all(|(a, b)| a.to_bits() == b.to_bits()), "the round trip changed bits");
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
@@ -255,11 +180,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 
 /// Writes a model directory with the given tensors and the AWKWARD config.
 fn write_model(dir: &Path, tensors: Vec<(String, Tensor<'_>)>) {
-    std::fs::write(
-        dir.join("config.json"),
-        hf::config_json(&AWKWARD, None).to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), hf::config_json(&AWKWARD, None).to_string()).unwrap();
     tensors::write(&dir.join("model.safetensors"), tensors, None).unwrap();
 }
 
@@ -288,17 +209,9 @@ fn hf_import_accepts_what_transformers_writes() {
 
     // No `transformer.` prefix, mask buffers present, lm_head.weight equal to wte.
     let dir = tempdir("import-variants");
-    let mut t = hf_tensors(&layout, &flat, |n| {
-        Some(n.trim_start_matches("transformer.").to_string())
-    });
-    t.push((
-        "h.0.attn.bias".into(),
-        Tensor::F32(&mask, vec![1, 1, 40, 40]),
-    ));
-    t.push((
-        "h.1.attn.masked_bias".into(),
-        Tensor::F32(&mask[..1], vec![]),
-    ));
+    let mut t = hf_tensors(&layout, &flat, |n| Some(n.trim_start_matches("transformer.").to_string()));
+    t.push(("h.0.attn.bias".into(), Tensor::F32(&mask, vec![1, 1, 40, 40])));
+    t.push(("h.1.attn.masked_bias".into(), Tensor::F32(&mask[..1], vec![])));
     t.push(("lm_head.weight".into(), Tensor::F32(wte, vec![997, 48])));
     write_model(&dir, t);
     let (_, back) = hf::load(&dir).unwrap();
@@ -311,79 +224,66 @@ fn hf_import_names_what_is_wrong() {
     let flat = random_params(&AWKWARD, 13);
     let other = vec![0.5f32; 997 * 48];
     let ints = vec![0i32; 48];
-    let cases: Vec<(&str, Vec<(String, Tensor<'_>)>, &str)> = vec![
-        (
-            "missing",
-            hf_tensors(&layout, &flat, |n| {
-                (n != "transformer.h.1.ln_2.bias").then(|| n.to_string())
-            }),
-            "transformer.h.1.ln_2.bias` is missing",
-        ),
-        (
-            "unexpected",
-            {
-                let mut t = hf_tensors(&layout, &flat, |n| Some(n.to_string()));
-                t.push((
-                    "transformer.h.2.ln_1.weight".into(),
-                    Tensor::F32(&flat[..48], vec![48]),
-                ));
-                t
-            },
-            "unexpected tensor `transformer.h.2.ln_1.weight`",
-        ),
-        (
-            "untied",
-            {
-                let mut t = hf_tensors(&layout, &flat, |n| Some(n.to_string()));
-                t.push(("lm_head.weight".into(), Tensor::F32(&other, vec![997, 48])));
-                t
-            },
-            "lm_head.weight differs from wte",
-        ),
-        (
-            "shape",
-            hf_tensors(&layout, &flat, |n| Some(n.to_string()))
-                .into_iter()
-                .map(|(n, t)| {
-                    if n == "transformer.h.0.attn.c_proj.weight" {
-                        let Tensor::F32(d, _) = t else { unreachable!() };
-                        (n, Tensor::F32(d, vec![96, 24]))
-                    } else {
-                        (n, t)
-                    }
-                })
-                .collect(),
-            "`transformer.h.0.attn.c_proj.weight` has shape [96, 24], expected [48, 48]",
-        ),
-        (
-            "dtype",
-            hf_tensors(&layout, &flat, |n| Some(n.to_string()))
-                .into_iter()
-                .map(|(n, t)| {
-                    if n == "transformer.ln_f.bias" {
-                        (n, Tensor::I32(&ints, vec![48]))
-                    } else {
-                        (n, t)
-                    }
-                })
-                .collect(),
-            "`transformer.ln_f.bias` is I32, expected F32",
-        ),
-    ];
+    let cases: Vec<(&str, Vec<(String, Tensor<'_>)>, &str)> =
+        vec![
+            (
+                "missing",
+                hf_tensors(&layout, &flat, |n| (n != "transformer.h.1.ln_2.bias").then(|| n.to_string())),
+                "transformer.h.1.ln_2.bias` is missing",
+            ),
+            (
+                "unexpected",
+                {
+                    let mut t = hf_tensors(&layout, &flat, |n| Some(n.to_string()));
+                    t.push(("transformer.h.2.ln_1.weight".into(), Tensor::F32(&flat[..48], vec![48])));
+                    t
+                },
+                "unexpected tensor `transformer.h.2.ln_1.weight`",
+            ),
+            (
+                "untied",
+                {
+                    let mut t = hf_tensors(&layout, &flat, |n| Some(n.to_string()));
+                    t.push(("lm_head.weight".into(), Tensor::F32(&other, vec![997, 48])));
+                    t
+                },
+                "lm_head.weight differs from wte",
+            ),
+            (
+                "shape",
+                hf_tensors(&layout, &flat, |n| Some(n.to_string()))
+                    .into_iter()
+                    .map(|(n, t)| {
+                        if n == "transformer.h.0.attn.c_proj.weight" {
+                            let Tensor::F32(d, _) = t else { unreachable!() };
+                            (n, Tensor::F32(d, vec![96, 24]))
+                        } else {
+                            (n, t)
+                        }
+                    })
+                    .collect(),
+                "`transformer.h.0.attn.c_proj.weight` has shape [96, 24], expected [48, 48]",
+            ),
+            (
+                "dtype",
+                hf_tensors(&layout, &flat, |n| Some(n.to_string()))
+                    .into_iter()
+                    .map(|(n, t)| {
+                        if n == "transformer.ln_f.bias" {
+                            (n, Tensor::I32(&ints, vec![48]))
+                        } else {
+                            (n, t)
+                        }
+                    })
+                    .collect(),
+                "`transformer.ln_f.bias` is I32, expected F32",
+            ),
+        ];
     for (name, tensors, want) in cases {
         let dir = tempdir(&format!("import-{name}"));
         write_model(&dir, tensors);
-        let err = hf::load(&dir)
-            .err()
-            .unwrap_or_else(|| panic!("{name}: loaded"))
-            .to_string();
-        assert!(
-            err.contains(want),
-            "{name}: the error `{err}` does not say `{want}`"
-        );
-        assert!(
-            err.contains("model.safetensors"),
-            "{name}: the error `{err}` does not name the file"
-        );
+        let err = hf::load(&dir).err().unwrap_or_else(|| panic!("{name}: loaded")).to_string();
+        assert!(err.contains(want), "{name}: the error `{err}` does not say `{want}`");
+        assert!(err.contains("model.safetensors"), "{name}: the error `{err}` does not name the file");
     }
 }

@@ -15,21 +15,12 @@ use wgslm::tensors::TensorFile;
 use wgslm::verify::rel_l2;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/gpt2-tiny")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny").join(name)
 }
 
 /// The reference's AdamW: lr 1e-3, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on 2-D tensors.
 fn reference_options() -> GradOptions {
-    GradOptions {
-        adamw_steps: 10,
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    }
+    GradOptions { adamw_steps: 10, lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
 }
 
 /// Compares an output with expected.safetensors; returns a report of the worst errors, and fails on
@@ -42,24 +33,16 @@ fn check_against_reference(out: &GradOutput, backend: &str) -> String {
     let want_loss = exp.f32("loss", Some(&[])).unwrap()[0];
     let loss_err = (out.loss - want_loss).abs() as f64 / want_loss.abs() as f64;
     if loss_err > 1e-5 {
-        failures.push(format!(
-            "loss {} vs {want_loss}: relative {loss_err:.2e} > 1e-5",
-            out.loss
-        ));
+        failures.push(format!("loss {} vs {want_loss}: relative {loss_err:.2e} > 1e-5", out.loss));
     }
-    let logits_err = rel_l2(
-        &out.logits,
-        &exp.f32("logits", Some(&[4, 64, 512])).unwrap(),
-    );
+    let logits_err = rel_l2(&out.logits, &exp.f32("logits", Some(&[4, 64, 512])).unwrap());
     if logits_err > 1e-5 {
         failures.push(format!("logits: relative L2 {logits_err:.2e} > 1e-5"));
     }
     let (mut grad_worst, mut grad_worst_name) = (0.0f64, String::new());
     let (mut step_worst, mut step_worst_name) = (0.0f64, String::new());
     for (i, s) in layout.specs.iter().enumerate() {
-        let want = exp
-            .f32(&format!("grad.{}", s.name), Some(&s.shape))
-            .unwrap();
+        let want = exp.f32(&format!("grad.{}", s.name), Some(&s.shape)).unwrap();
         let err = rel_l2(layout.slice(&out.grads, i), &want);
         if err > 1e-5 || err.is_nan() {
             failures.push(format!("grad.{}: relative L2 {err:.2e} > 1e-5", s.name));
@@ -69,22 +52,12 @@ fn check_against_reference(out: &GradOutput, backend: &str) -> String {
         }
         // Adam's first step divides by |g|, so compare the update itself.
         let before = layout.slice(&out.params, i);
-        let want_after = exp
-            .f32(&format!("step1.{}", s.name), Some(&s.shape))
-            .unwrap();
-        let ours: Vec<f32> = layout
-            .slice(&out.step1, i)
-            .iter()
-            .zip(before)
-            .map(|(a, b)| a - b)
-            .collect();
+        let want_after = exp.f32(&format!("step1.{}", s.name), Some(&s.shape)).unwrap();
+        let ours: Vec<f32> = layout.slice(&out.step1, i).iter().zip(before).map(|(a, b)| a - b).collect();
         let theirs: Vec<f32> = want_after.iter().zip(before).map(|(a, b)| a - b).collect();
         let err = rel_l2(&ours, &theirs);
         if err > 5e-3 || err.is_nan() {
-            failures.push(format!(
-                "step1.{} update: relative L2 {err:.2e} > 5e-3",
-                s.name
-            ));
+            failures.push(format!("step1.{} update: relative L2 {err:.2e} > 5e-3", s.name));
         }
         if err > step_worst {
             (step_worst, step_worst_name) = (err, s.name.clone());
@@ -109,21 +82,12 @@ fn check_against_reference(out: &GradOutput, backend: &str) -> String {
 }
 
 fn run(backend: Box<dyn Backend>) -> GradOutput {
-    grad::run(
-        backend,
-        &fixture(""),
-        &fixture("batch.safetensors"),
-        &reference_options(),
-    )
-    .unwrap()
+    grad::run(backend, &fixture(""), &fixture("batch.safetensors"), &reference_options()).unwrap()
 }
 
 /// `wgslm grad` through the real binary: the file it writes holds what the reference holds.
 fn grad_cli(device: &str) -> String {
-    let out = std::env::temp_dir().join(format!(
-        "wgslm-grad-{device}-{}.safetensors",
-        std::process::id()
-    ));
+    let out = std::env::temp_dir().join(format!("wgslm-grad-{device}-{}.safetensors", std::process::id()));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_wgslm"))
         .args(["grad", "--model"])
         .arg(fixture(""))
@@ -141,9 +105,7 @@ fn grad_cli(device: &str) -> String {
     let flat = |prefix: &str| {
         let mut v = vec![0f32; layout.total];
         for (i, s) in layout.specs.iter().enumerate() {
-            let t = file
-                .f32(&format!("{prefix}.{}", s.name), Some(&s.shape))
-                .unwrap();
+            let t = file.f32(&format!("{prefix}.{}", s.name), Some(&s.shape)).unwrap();
             v[s.offset..s.offset + s.len()].copy_from_slice(&t);
             let _ = i;
         }
@@ -151,11 +113,7 @@ fn grad_cli(device: &str) -> String {
     };
     let output = GradOutput {
         config,
-        shape: wgslm::model::BatchShape {
-            b: 4,
-            t: 64,
-            accum: 1,
-        },
+        shape: wgslm::model::BatchShape { b: 4, t: 64, accum: 1 },
         loss: file.f32("loss", Some(&[])).unwrap()[0],
         logits: file.f32("logits", Some(&[4, 64, 512])).unwrap(),
         params,
@@ -177,10 +135,7 @@ fn grad_command_reproduces_the_reference_on_the_gpu() {
     if common::gpu().is_none() {
         return;
     }
-    eprintln!(
-        "{}",
-        grad_cli(&std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()))
-    );
+    eprintln!("{}", grad_cli(&std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into())));
 }
 
 #[test]

@@ -23,11 +23,7 @@ fn shader_files() -> Vec<(String, String)> {
 #[test]
 fn every_shader_parses_and_validates() {
     let files = shader_files();
-    assert!(
-        files.len() >= 7,
-        "expected the kernel files in shaders/, found {}",
-        files.len()
-    );
+    assert!(files.len() >= 7, "expected the kernel files in shaders/, found {}", files.len());
     let errors: Vec<String> = files
         .iter()
         .filter_map(|(name, src)| validate_wgsl(&format!("shaders/{name}"), src).err())
@@ -39,17 +35,11 @@ fn every_shader_parses_and_validates() {
 #[test]
 fn every_shader_file_is_compiled_into_the_binary() {
     let on_disk = shader_files();
-    let mut embedded: Vec<(String, String)> = SHADERS
-        .iter()
-        .map(|(n, s)| (n.to_string(), s.to_string()))
-        .collect();
+    let mut embedded: Vec<(String, String)> =
+        SHADERS.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect();
     embedded.sort();
     let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        names(&on_disk),
-        names(&embedded),
-        "shaders/ and kernels::SHADERS list different files"
-    );
+    assert_eq!(names(&on_disk), names(&embedded), "shaders/ and kernels::SHADERS list different files");
 }
 
 #[test]
@@ -64,8 +54,6 @@ fn a_broken_shader_is_reported_with_file_line_and_column() {
     }
     // A module that parses but does not validate (a type error) is reported too.
     let src = "fn f() -> u32 {\n    let x: f32 = 1.0;\n    return x;\n}\n";
-    let err = validate_wgsl("shaders/typed.wgsl", src)
-        .unwrap_err()
-        .to_string();
+    let err = validate_wgsl("shaders/typed.wgsl", src).unwrap_err().to_string();
     assert!(err.starts_with("shaders/typed.wgsl:"), "{err}");
 }

@@ -23,20 +23,13 @@ pub fn attention_forward<F: Real>(
         for h in 0..nh {
             for t1 in 0..t {
                 for (t2, r) in row.iter_mut().enumerate().take(t1 + 1) {
-                    *r = (0..hs)
-                        .map(|i| at(bb, t1, 0, h, i) * at(bb, t2, 1, h, i))
-                        .sum::<f64>()
-                        * scale;
+                    *r = (0..hs).map(|i| at(bb, t1, 0, h, i) * at(bb, t2, 1, h, i)).sum::<f64>() * scale;
                 }
                 let max = row[..=t1].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = row[..=t1].iter().map(|s| (s - max).exp()).sum();
                 let arow = (((bb * nh) + h) * t + t1) * t;
                 for t2 in 0..t {
-                    let p = if t2 <= t1 {
-                        (row[t2] - max).exp() / sum
-                    } else {
-                        0.0
-                    };
+                    let p = if t2 <= t1 { (row[t2] - max).exp() / sum } else { 0.0 };
                     row[t2] = p;
                     att[arow + t2] = F::of(p);
                 }
@@ -65,9 +58,8 @@ pub fn attention_backward<F: Real>(
 ) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f64).sqrt();
-    let idx = |bb: usize, tt: usize, part: usize, h: usize, i: usize| {
-        (bb * t + tt) * 3 * c + part * c + h * hs + i
-    };
+    let idx =
+        |bb: usize, tt: usize, part: usize, h: usize, i: usize| (bb * t + tt) * 3 * c + part * c + h * hs + i;
     let mut dp = vec![0.0f64; t];
     for bb in 0..b {
         for h in 0..nh {
@@ -76,31 +68,19 @@ pub fn attention_backward<F: Real>(
                 let dout_at = |i: usize| dout[(bb * t + t1) * c + h * hs + i].get();
                 // d(probabilities) = dout · v, then back through the softmax.
                 for (t2, d) in dp.iter_mut().enumerate().take(t1 + 1) {
-                    *d = (0..hs)
-                        .map(|i| dout_at(i) * qkv[idx(bb, t2, 2, h, i)].get())
-                        .sum();
+                    *d = (0..hs).map(|i| dout_at(i) * qkv[idx(bb, t2, 2, h, i)].get()).sum();
                 }
                 let dot: f64 = (0..=t1).map(|t2| att[arow + t2].get() * dp[t2]).sum();
                 for t2 in 0..t {
-                    let pre = if t2 <= t1 {
-                        att[arow + t2].get() * (dp[t2] - dot) * scale
-                    } else {
-                        0.0
-                    };
+                    let pre = if t2 <= t1 { att[arow + t2].get() * (dp[t2] - dot) * scale } else { 0.0 };
                     datt[arow + t2] = F::of(pre);
                     if t2 > t1 {
                         continue;
                     }
                     let p = att[arow + t2].get();
                     for i in 0..hs {
-                        add(
-                            &mut dqkv[idx(bb, t1, 0, h, i)],
-                            pre * qkv[idx(bb, t2, 1, h, i)].get(),
-                        );
-                        add(
-                            &mut dqkv[idx(bb, t2, 1, h, i)],
-                            pre * qkv[idx(bb, t1, 0, h, i)].get(),
-                        );
+                        add(&mut dqkv[idx(bb, t1, 0, h, i)], pre * qkv[idx(bb, t2, 1, h, i)].get());
+                        add(&mut dqkv[idx(bb, t2, 1, h, i)], pre * qkv[idx(bb, t1, 0, h, i)].get());
                         add(&mut dqkv[idx(bb, t2, 2, h, i)], p * dout_at(i));
                     }
                 }

@@ -48,21 +48,15 @@ impl CpuBackend {
         ids.dedup();
         let mut taken: Vec<(BufId, Vec<f32>)> = ids
             .iter()
-            .map(
-                |&id| match std::mem::replace(&mut self.bufs[id.0], Buf::F32(Vec::new())) {
-                    Buf::F32(d) => (id, d),
-                    Buf::U32(_) => panic!("buffer {id:?} is u32 where an f32 output was expected"),
-                },
-            )
+            .map(|&id| match std::mem::replace(&mut self.bufs[id.0], Buf::F32(Vec::new())) {
+                Buf::F32(d) => (id, d),
+                Buf::U32(_) => panic!("buffer {id:?} is u32 where an f32 output was expected"),
+            })
             .collect();
         let mut slots: Vec<Option<&mut [f32]>> = (0..views.len()).map(|_| None).collect();
         for (id, data) in taken.iter_mut() {
-            let mut mine: Vec<(usize, View)> = views
-                .iter()
-                .copied()
-                .enumerate()
-                .filter(|(_, v)| v.buf == *id)
-                .collect();
+            let mut mine: Vec<(usize, View)> =
+                views.iter().copied().enumerate().filter(|(_, v)| v.buf == *id).collect();
             mine.sort_by_key(|(_, v)| v.offset);
             let mut rest: &mut [f32] = data;
             let mut base = 0;
@@ -86,31 +80,12 @@ impl CpuBackend {
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::Zero { out } => self.with_outputs(&[out], |o| zero(o[0])),
-            Op::EncoderForward {
-                out,
-                tokens,
-                wte,
-                wpe,
-                b,
-                t,
-                c,
-            } => {
+            Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => {
                 let tok = self.u32s(tokens).to_vec();
                 let i = self.inputs(&[wte, wpe]);
-                self.with_outputs(&[out], |o| {
-                    encoder_forward(o[0], &tok, &i[0], &i[1], b, t, c)
-                })
+                self.with_outputs(&[out], |o| encoder_forward(o[0], &tok, &i[0], &i[1], b, t, c))
             }
-            Op::EncoderBackward {
-                dwte,
-                dwpe,
-                dout,
-                tokens,
-                b,
-                t,
-                c,
-                ..
-            } => {
+            Op::EncoderBackward { dwte, dwpe, dout, tokens, b, t, c, .. } => {
                 let tok = self.u32s(tokens).to_vec();
                 let i = self.inputs(&[dout]);
                 self.with_outputs(&[dwte, dwpe], |o| {
@@ -118,126 +93,52 @@ impl CpuBackend {
                     encoder_backward(dwte, dwpe, &i[0], &tok, b, t, c)
                 })
             }
-            Op::LayernormForward {
-                out,
-                mean,
-                rstd,
-                inp,
-                weight,
-                bias,
-                n,
-                c,
-            } => {
+            Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => {
                 let i = self.inputs(&[inp, weight, bias]);
                 self.with_outputs(&[out, mean, rstd], |o| {
                     let [out, mean, rstd] = o else { unreachable!() };
                     layernorm_forward(out, mean, rstd, &i[0], &i[1], &i[2], n, c)
                 })
             }
-            Op::LayernormBackward {
-                dinp,
-                dweight,
-                dbias,
-                dout,
-                inp,
-                weight,
-                mean,
-                rstd,
-                n,
-                c,
-            } => {
+            Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c } => {
                 let i = self.inputs(&[dout, inp, weight, mean, rstd]);
                 self.with_outputs(&[dinp, dweight, dbias], |o| {
-                    let [dinp, dweight, dbias] = o else {
-                        unreachable!()
-                    };
-                    layernorm_backward(
-                        dinp, dweight, dbias, &i[0], &i[1], &i[2], &i[3], &i[4], n, c,
-                    )
+                    let [dinp, dweight, dbias] = o else { unreachable!() };
+                    layernorm_backward(dinp, dweight, dbias, &i[0], &i[1], &i[2], &i[3], &i[4], n, c)
                 })
             }
-            Op::Matmul {
-                out,
-                a,
-                b,
-                m,
-                k,
-                n,
-                trans_a,
-                trans_b,
-                accumulate,
-            } => {
+            Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
                 let i = self.inputs(&[a, b]);
                 self.with_outputs(&[out], |o| {
                     matmul(o[0], &i[0], &i[1], m, k, n, trans_a, trans_b, accumulate)
                 })
             }
-            Op::MatmulForward {
-                out,
-                inp,
-                weight,
-                bias,
-                m,
-                k,
-                n,
-                layout,
-            } => {
+            Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
                 let i = self.inputs(&[inp, weight]);
                 let bias = bias.map(|b| self.f32s(b).to_vec());
                 self.with_outputs(&[out], |o| {
                     matmul_forward(o[0], &i[0], &i[1], bias.as_deref(), m, k, n, layout)
                 })
             }
-            Op::MatmulBackward {
-                dinp,
-                dweight,
-                dbias,
-                dout,
-                inp,
-                weight,
-                m,
-                k,
-                n,
-                layout,
-            } => {
+            Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m, k, n, layout } => {
                 let i = self.inputs(&[dout, inp, weight]);
                 let mut outs = vec![dinp, dweight];
                 outs.extend(dbias);
                 self.with_outputs(&outs, |o| {
                     let (first, rest) = o.split_at_mut(2);
-                    let [dinp, dweight] = first else {
-                        unreachable!()
-                    };
+                    let [dinp, dweight] = first else { unreachable!() };
                     let dbias = rest.first_mut().map(|d| &mut **d);
                     matmul_backward(dinp, dweight, dbias, &i[0], &i[1], &i[2], m, k, n, layout)
                 })
             }
-            Op::AttentionForward {
-                out,
-                att,
-                qkv,
-                b,
-                t,
-                c,
-                nh,
-            } => {
+            Op::AttentionForward { out, att, qkv, b, t, c, nh } => {
                 let i = self.inputs(&[qkv]);
                 self.with_outputs(&[out, att], |o| {
                     let [out, att] = o else { unreachable!() };
                     attention_forward(out, att, &i[0], b, t, c, nh)
                 })
             }
-            Op::AttentionBackward {
-                dqkv,
-                datt,
-                dout,
-                qkv,
-                att,
-                b,
-                t,
-                c,
-                nh,
-            } => {
+            Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh } => {
                 let i = self.inputs(&[dout, qkv, att]);
                 self.with_outputs(&[dqkv, datt], |o| {
                     let [dqkv, datt] = o else { unreachable!() };
@@ -256,26 +157,14 @@ impl CpuBackend {
                 let i = self.inputs(&[inp1, inp2]);
                 self.with_outputs(&[out], |o| residual_forward(o[0], &i[0], &i[1], n))
             }
-            Op::ResidualBackward {
-                dinp1,
-                dinp2,
-                dout,
-                n,
-            } => {
+            Op::ResidualBackward { dinp1, dinp2, dout, n } => {
                 let i = self.inputs(&[dout]);
                 self.with_outputs(&[dinp1, dinp2], |o| {
                     let [d1, d2] = o else { unreachable!() };
                     residual_backward(d1, d2, &i[0], n)
                 })
             }
-            Op::CrossentropyForward {
-                losses,
-                lse,
-                logits,
-                targets,
-                n,
-                v,
-            } => {
+            Op::CrossentropyForward { losses, lse, logits, targets, n, v } => {
                 let tgt = self.u32s(targets).to_vec();
                 let i = self.inputs(&[logits]);
                 self.with_outputs(&[losses, lse], |o| {
@@ -283,15 +172,7 @@ impl CpuBackend {
                     crossentropy_forward(losses, lse, &i[0], &tgt, n, v)
                 })
             }
-            Op::CrossentropyBackward {
-                dlogits,
-                logits,
-                lse,
-                targets,
-                n,
-                v,
-                scale,
-            } => {
+            Op::CrossentropyBackward { dlogits, logits, lse, targets, n, v, scale } => {
                 let tgt = self.u32s(targets).to_vec();
                 let i = self.inputs(&[logits, lse]);
                 self.with_outputs(&[dlogits], |o| {
@@ -306,16 +187,7 @@ impl CpuBackend {
                 let i = self.inputs(&[inp]);
                 self.with_outputs(&[out], |o| global_norm(o[0], &i[0], n))
             }
-            Op::AdamwUpdate {
-                params,
-                grads,
-                m,
-                v,
-                hyper,
-                norm,
-                n,
-                weight_decay,
-            } => {
+            Op::AdamwUpdate { params, grads, m, v, hyper, norm, n, weight_decay } => {
                 let i = self.inputs(&[grads, hyper, norm]);
                 let h = AdamwHyper::from_words(&i[1]);
                 self.with_outputs(&[params, m, v], |o| {
@@ -341,11 +213,7 @@ impl Backend for CpuBackend {
     }
 
     fn write_f32(&mut self, view: View, data: &[f32]) -> Result<()> {
-        assert_eq!(
-            view.len,
-            data.len(),
-            "write_f32: view and data lengths differ"
-        );
+        assert_eq!(view.len, data.len(), "write_f32: view and data lengths differ");
         match &mut self.bufs[view.buf.0] {
             Buf::F32(d) => d[view.offset..view.end()].copy_from_slice(data),
             Buf::U32(_) => panic!("write_f32 into the u32 buffer {:?}", view.buf),
@@ -354,11 +222,7 @@ impl Backend for CpuBackend {
     }
 
     fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()> {
-        assert_eq!(
-            view.len,
-            data.len(),
-            "write_u32: view and data lengths differ"
-        );
+        assert_eq!(view.len, data.len(), "write_u32: view and data lengths differ");
         match &mut self.bufs[view.buf.0] {
             Buf::U32(d) => d[view.offset..view.end()].copy_from_slice(data),
             Buf::F32(_) => panic!("write_u32 into the f32 buffer {:?}", view.buf),
@@ -392,9 +256,6 @@ impl Backend for CpuBackend {
     }
 
     fn created(&self) -> Created {
-        Created {
-            buffers: self.bufs.len(),
-            ..Created::default()
-        }
+        Created { buffers: self.bufs.len(), ..Created::default() }
     }
 }

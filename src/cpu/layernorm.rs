@@ -54,10 +54,7 @@ pub fn layernorm_backward<F: Real>(
         for i in 0..c {
             add(&mut dbias[i], dout[at(i)].get());
             add(&mut dweight[i], norm(i) * dout[at(i)].get());
-            add(
-                &mut dinp[at(i)],
-                (dnorm(i) - dnorm_mean - norm(i) * dnorm_norm_mean) * s,
-            );
+            add(&mut dinp[at(i)], (dnorm(i) - dnorm_mean - norm(i) * dnorm_norm_mean) * s);
         }
     }
 }

@@ -22,11 +22,7 @@ pub fn matmul<F: Real>(
     for i in 0..m {
         for j in 0..n {
             let s: f64 = (0..k).map(|p| a_at(i, p) * b_at(p, j)).sum();
-            let prev = if accumulate {
-                out[i * n + j].get()
-            } else {
-                0.0
-            };
+            let prev = if accumulate { out[i * n + j].get() } else { 0.0 };
             out[i * n + j] = F::of(prev + s);
         }
     }
@@ -79,17 +75,14 @@ pub fn matmul_backward<F: Real>(
 ) {
     for i in 0..m {
         for p in 0..k {
-            let s: f64 = (0..n)
-                .map(|j| dout[i * n + j].get() * weight[weight_index(layout, p, j, k, n)].get())
-                .sum();
+            let s: f64 =
+                (0..n).map(|j| dout[i * n + j].get() * weight[weight_index(layout, p, j, k, n)].get()).sum();
             add(&mut dinp[i * k + p], s);
         }
     }
     for p in 0..k {
         for j in 0..n {
-            let s: f64 = (0..m)
-                .map(|i| inp[i * k + p].get() * dout[i * n + j].get())
-                .sum();
+            let s: f64 = (0..m).map(|i| inp[i * k + p].get() * dout[i * n + j].get()).sum();
             add(&mut dweight[weight_index(layout, p, j, k, n)], s);
         }
     }

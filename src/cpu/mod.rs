@@ -24,9 +24,7 @@ pub use matmul::{matmul, matmul_backward, matmul_forward};
 pub use optim::{adamw_update, global_norm, reduce_sum};
 
 /// A float the twins compute with: f32 for the backend, f64 for gradient checks.
-pub trait Real:
-    Copy + Default + PartialEq + PartialOrd + std::fmt::Debug + Send + Sync + 'static
-{
+pub trait Real: Copy + Default + PartialEq + PartialOrd + std::fmt::Debug + Send + Sync + 'static {
     fn of(x: f64) -> Self;
     fn get(self) -> f64;
 }

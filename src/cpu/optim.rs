@@ -5,21 +5,12 @@ use crate::backend::{clip_scale, AdamwHyper};
 
 /// out[0] += scale · Σ inp (n).
 pub fn reduce_sum<F: Real>(out: &mut [F], inp: &[F], n: usize, scale: f64) {
-    add(
-        &mut out[0],
-        scale * inp[..n].iter().map(|x| x.get()).sum::<f64>(),
-    );
+    add(&mut out[0], scale * inp[..n].iter().map(|x| x.get()).sum::<f64>());
 }
 
 /// out[0] = sqrt(Σ inp² (n)).
 pub fn global_norm<F: Real>(out: &mut [F], inp: &[F], n: usize) {
-    out[0] = F::of(
-        inp[..n]
-            .iter()
-            .map(|x| x.get() * x.get())
-            .sum::<f64>()
-            .sqrt(),
-    );
+    out[0] = F::of(inp[..n].iter().map(|x| x.get() * x.get()).sum::<f64>().sqrt());
 }
 
 /// AdamW on n elements (PyTorch's algorithm: decoupled decay `p *= 1 - lr·wd`, bias-corrected moments),

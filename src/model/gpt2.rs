@@ -5,9 +5,7 @@
 
 use super::layout::{ParamLayout, ALIGN};
 use super::ModelConfig;
-use crate::backend::{
-    encoder_order, AdamwHyper, Backend, BufId, DType, Op, PlanId, View, WeightLayout,
-};
+use crate::backend::{encoder_order, AdamwHyper, Backend, BufId, DType, Op, PlanId, View, WeightLayout};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -79,9 +77,7 @@ impl Acts {
     fn grad_views(&self) -> Vec<View> {
         let mut v = vec![self.encoded];
         for l in &self.layers {
-            v.extend([
-                l.ln1, l.qkv, l.atty, l.attproj, l.res2, l.ln2, l.fch, l.fch_gelu, l.fcproj, l.res3,
-            ]);
+            v.extend([l.ln1, l.qkv, l.atty, l.attproj, l.res2, l.ln2, l.fch, l.fch_gelu, l.fcproj, l.res3]);
         }
         v.extend([self.lnf, self.logits]);
         v
@@ -105,17 +101,9 @@ fn alloc_acts(
         if grads && stat {
             return Ok(scalar);
         }
-        Ok(View::new(
-            be.alloc(DType::F32, len, &format!("{what}{name}"))?,
-            0,
-            len,
-        ))
+        Ok(View::new(be.alloc(DType::F32, len, &format!("{what}{name}"))?, 0, len))
     };
-    let datt = if grads {
-        Some(alloc(att_len, "attention scores", false)?)
-    } else {
-        None
-    };
+    let datt = if grads { Some(alloc(att_len, "attention scores", false)?) } else { None };
     let mut layers = Vec::new();
     for l in 0..cfg.n_layer {
         let p = |x: &str| format!("h.{l}.{x}");
@@ -156,6 +144,38 @@ fn alloc_acts(
 const LOSS_AT: usize = 0;
 const NORM_AT: usize = ALIGN;
 
+/// A batch shape's worth of inputs and activations: the training frame, or a one-sequence frame for
+/// sampling that shares the parameters.
+struct Frame {
+    shape: BatchShape,
+    acts: Acts,
+    tokens: Vec<View>,
+    targets: Vec<View>,
+    orders: Vec<View>,
+}
+
+impl Frame {
+    fn new(
+        be: &mut dyn Backend,
+        cfg: &ModelConfig,
+        shape: BatchShape,
+        scalar: View,
+        label: &str,
+    ) -> Result<Self> {
+        let acts = alloc_acts(be, cfg, shape, false, scalar)?;
+        let mut ids = |what: &str| -> Result<Vec<View>> {
+            (0..shape.accum)
+                .map(|i| {
+                    let id = be.alloc(DType::U32, shape.tokens(), &format!("{label}{what} {i}"))?;
+                    Ok(View::new(id, 0, shape.tokens()))
+                })
+                .collect()
+        };
+        let (tokens, targets, orders) = (ids("tokens")?, ids("targets")?, ids("token order")?);
+        Ok(Frame { shape, acts, tokens, targets, orders })
+    }
+}
+
 struct Train {
     grads: BufId,
     m: BufId,
@@ -172,10 +192,10 @@ pub struct Gpt2 {
     pub shape: BatchShape,
     backend: Box<dyn Backend>,
     params: BufId,
-    acts: Acts,
-    tokens: Vec<View>,
-    targets: Vec<View>,
-    orders: Vec<View>,
+    main: Frame,
+    /// A (1, T) frame and its logits program, when sampling is enabled on a training model.
+    sampler: Option<(Frame, PlanId)>,
+    scalar: View,
     stats: View,
     hyper: View,
     loss_plan: PlanId,
@@ -194,9 +214,7 @@ impl Gpt2 {
     ) -> Result<Self> {
         config.validate()?;
         if shape.b == 0 || shape.t == 0 || shape.accum == 0 {
-            return Err(Error::Invalid(format!(
-                "batch shape {shape:?}: every dimension must be at least 1"
-            )));
+            return Err(Error::Invalid(format!("batch shape {shape:?}: every dimension must be at least 1")));
         }
         if shape.t > config.n_positions {
             return Err(Error::Invalid(format!(
@@ -207,40 +225,20 @@ impl Gpt2 {
         let layout = ParamLayout::new(&config);
         let be = backend.as_mut();
         let params = be.alloc(DType::F32, layout.total, "parameters")?;
-        let stats = View::new(
-            be.alloc(DType::F32, NORM_AT + 1, "loss and gradient norm")?,
-            0,
-            NORM_AT + 1,
-        );
-        let hyper = View::new(
-            be.alloc(DType::F32, AdamwHyper::WORDS, "AdamW step values")?,
-            0,
-            AdamwHyper::WORDS,
-        );
+        let stats = View::new(be.alloc(DType::F32, NORM_AT + 1, "loss and gradient norm")?, 0, NORM_AT + 1);
+        let hyper =
+            View::new(be.alloc(DType::F32, AdamwHyper::WORDS, "AdamW step values")?, 0, AdamwHyper::WORDS);
         let scalar = View::new(be.alloc(DType::F32, 1, "unused statistics")?, 0, 1);
-        let acts = alloc_acts(be, &config, shape, false, scalar)?;
-        let mut ids = |label: &str| -> Result<Vec<View>> {
-            (0..shape.accum)
-                .map(|i| {
-                    Ok(View::new(
-                        be.alloc(DType::U32, shape.tokens(), &format!("{label} {i}"))?,
-                        0,
-                        shape.tokens(),
-                    ))
-                })
-                .collect()
-        };
-        let (tokens, targets, orders) = (ids("tokens")?, ids("targets")?, ids("token order")?);
+        let main = Frame::new(be, &config, shape, scalar, "")?;
         let mut model = Gpt2 {
             config,
             layout,
             shape,
             backend,
             params,
-            acts,
-            tokens,
-            targets,
-            orders,
+            main,
+            sampler: None,
+            scalar,
             stats,
             hyper,
             loss_plan: PlanId(0),
@@ -250,10 +248,10 @@ impl Gpt2 {
         let stats = model.stats;
         let mut loss_ops = vec![Op::Zero { out: stats }];
         for micro in 0..shape.accum {
-            loss_ops.extend(model.forward_ops(micro, true));
+            loss_ops.extend(model.forward_ops(&model.main, micro, true));
         }
         model.loss_plan = model.backend.prepare(&loss_ops)?;
-        model.logits_plan = model.backend.prepare(&model.forward_ops(0, false))?;
+        model.logits_plan = model.backend.prepare(&model.forward_ops(&model.main, 0, false))?;
 
         if let Mode::Train { weight_decay } = mode {
             let be = model.backend.as_mut();
@@ -262,22 +260,10 @@ impl Gpt2 {
             let m = be.alloc(DType::F32, total, "AdamW m")?;
             let v = be.alloc(DType::F32, total, "AdamW v")?;
             let dacts = alloc_acts(be, &model.config, shape, true, scalar)?;
-            let mut train = Train {
-                grads,
-                m,
-                v,
-                dacts,
-                grad_plan: PlanId(0),
-                step_plan: PlanId(0),
-            };
-            let mut ops = vec![
-                Op::Zero {
-                    out: View::new(grads, 0, total),
-                },
-                Op::Zero { out: stats },
-            ];
+            let mut train = Train { grads, m, v, dacts, grad_plan: PlanId(0), step_plan: PlanId(0) };
+            let mut ops = vec![Op::Zero { out: View::new(grads, 0, total) }, Op::Zero { out: stats }];
             for micro in 0..shape.accum {
-                ops.extend(model.forward_ops(micro, true));
+                ops.extend(model.forward_ops(&model.main, micro, true));
                 ops.extend(model.backward_ops(&train, micro));
             }
             ops.push(Op::GlobalNorm {
@@ -286,10 +272,9 @@ impl Gpt2 {
                 n: total,
             });
             train.grad_plan = model.backend.prepare(&ops)?;
-            for ((start, end), wd) in [
-                (model.layout.decay_range, weight_decay),
-                (model.layout.no_decay_range, 0.0),
-            ] {
+            for ((start, end), wd) in
+                [(model.layout.decay_range, weight_decay), (model.layout.no_decay_range, 0.0)]
+            {
                 if end > start {
                     let at = |buf: BufId| View::new(buf, start, end - start);
                     ops.push(Op::AdamwUpdate {
@@ -322,13 +307,13 @@ impl Gpt2 {
 
     /// The forward pass of micro-batch `micro`, and (with `loss`) the cross-entropy added into the
     /// stats buffer's loss slot as a mean over the whole step.
-    fn forward_ops(&self, micro: usize, loss: bool) -> Vec<Op> {
-        let (cfg, s, a, l) = (&self.config, self.shape, &self.acts, &self.layout);
+    fn forward_ops(&self, frame: &Frame, micro: usize, loss: bool) -> Vec<Op> {
+        let (cfg, s, a, l) = (&self.config, frame.shape, &frame.acts, &self.layout);
         let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
         let p = |i: usize| self.param(i);
         let mut ops = vec![Op::EncoderForward {
             out: a.encoded,
-            tokens: self.tokens[micro],
+            tokens: frame.tokens[micro],
             wte: p(l.wte),
             wpe: p(l.wpe),
             b: s.b,
@@ -337,8 +322,8 @@ impl Gpt2 {
         }];
         let mut x = a.encoded;
         for (la, li) in a.layers.iter().zip(&l.layers) {
-            let linear = |out: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
-                Op::MatmulForward {
+            let linear =
+                |out: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| Op::MatmulForward {
                     out,
                     inp,
                     weight: p(w),
@@ -347,8 +332,7 @@ impl Gpt2 {
                     k,
                     n: nn,
                     layout: WeightLayout::InOut,
-                }
-            };
+                };
             ops.extend([
                 Op::LayernormForward {
                     out: la.ln1,
@@ -371,12 +355,7 @@ impl Gpt2 {
                     nh: cfg.n_head,
                 },
                 linear(la.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
-                Op::ResidualForward {
-                    out: la.res2,
-                    inp1: x,
-                    inp2: la.attproj,
-                    n: n * c,
-                },
+                Op::ResidualForward { out: la.res2, inp1: x, inp2: la.attproj, n: n * c },
                 Op::LayernormForward {
                     out: la.ln2,
                     mean: la.ln2_mean,
@@ -388,25 +367,9 @@ impl Gpt2 {
                     c,
                 },
                 linear(la.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
-                Op::GeluForward {
-                    out: la.fch_gelu,
-                    inp: la.fch,
-                    n: n * 4 * c,
-                },
-                linear(
-                    la.fcproj,
-                    la.fch_gelu,
-                    li.mlp_proj_w,
-                    li.mlp_proj_b,
-                    4 * c,
-                    c,
-                ),
-                Op::ResidualForward {
-                    out: la.res3,
-                    inp1: la.res2,
-                    inp2: la.fcproj,
-                    n: n * c,
-                },
+                Op::GeluForward { out: la.fch_gelu, inp: la.fch, n: n * 4 * c },
+                linear(la.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c),
+                Op::ResidualForward { out: la.res3, inp1: la.res2, inp2: la.fcproj, n: n * c },
             ]);
             x = la.res3;
         }
@@ -439,7 +402,7 @@ impl Gpt2 {
                     losses: a.losses,
                     lse: a.lse,
                     logits: a.logits,
-                    targets: self.targets[micro],
+                    targets: frame.targets[micro],
                     n,
                     v,
                 },
@@ -447,7 +410,7 @@ impl Gpt2 {
                     out: self.stats.slice(LOSS_AT, 1),
                     inp: a.losses,
                     n,
-                    scale: self.loss_scale(),
+                    scale: self.loss_scale(s),
                 },
             ]);
         }
@@ -456,28 +419,18 @@ impl Gpt2 {
 
     /// d(step loss)/d(loss at one position): the loss is the mean over every position of every
     /// micro-batch.
-    fn loss_scale(&self) -> f32 {
-        (1.0 / (self.shape.tokens() * self.shape.accum) as f64) as f32
+    fn loss_scale(&self, shape: BatchShape) -> f32 {
+        (1.0 / (shape.tokens() * shape.accum) as f64) as f32
     }
 
     /// The backward pass of micro-batch `micro`, in exact reverse of the forward pass, accumulating
     /// into the parameter gradients.
     fn backward_ops(&self, train: &Train, micro: usize) -> Vec<Op> {
-        let (cfg, s, a, d, l) = (
-            &self.config,
-            self.shape,
-            &self.acts,
-            &train.dacts,
-            &self.layout,
-        );
+        let (cfg, s, a, d, l) = (&self.config, self.shape, &self.main.acts, &train.dacts, &self.layout);
         let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
         let p = |i: usize| self.param(i);
         let g = |i: usize| self.grad(train, i);
-        let mut ops: Vec<Op> = d
-            .grad_views()
-            .into_iter()
-            .map(|out| Op::Zero { out })
-            .collect();
+        let mut ops: Vec<Op> = d.grad_views().into_iter().map(|out| Op::Zero { out }).collect();
         let last = a.layers.last().map_or(a.encoded, |la| la.res3);
         let dlast = d.layers.last().map_or(d.encoded, |la| la.res3);
         ops.extend([
@@ -485,10 +438,10 @@ impl Gpt2 {
                 dlogits: d.logits,
                 logits: a.logits,
                 lse: a.lse,
-                targets: self.targets[micro],
+                targets: self.main.targets[micro],
                 n,
                 v,
-                scale: self.loss_scale(),
+                scale: self.loss_scale(s),
             },
             Op::MatmulBackward {
                 dinp: d.lnf,
@@ -517,48 +470,26 @@ impl Gpt2 {
         ]);
         for i in (0..cfg.n_layer).rev() {
             let (la, da, li) = (&a.layers[i], &d.layers[i], &l.layers[i]);
-            let (x, dx) = if i == 0 {
-                (a.encoded, d.encoded)
-            } else {
-                (a.layers[i - 1].res3, d.layers[i - 1].res3)
+            let (x, dx) =
+                if i == 0 { (a.encoded, d.encoded) } else { (a.layers[i - 1].res3, d.layers[i - 1].res3) };
+            let linear = |dinp: View, dout: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
+                Op::MatmulBackward {
+                    dinp,
+                    dweight: g(w),
+                    dbias: Some(g(bias)),
+                    dout,
+                    inp,
+                    weight: p(w),
+                    m: n,
+                    k,
+                    n: nn,
+                    layout: WeightLayout::InOut,
+                }
             };
-            let linear =
-                |dinp: View, dout: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
-                    Op::MatmulBackward {
-                        dinp,
-                        dweight: g(w),
-                        dbias: Some(g(bias)),
-                        dout,
-                        inp,
-                        weight: p(w),
-                        m: n,
-                        k,
-                        n: nn,
-                        layout: WeightLayout::InOut,
-                    }
-                };
             ops.extend([
-                Op::ResidualBackward {
-                    dinp1: da.res2,
-                    dinp2: da.fcproj,
-                    dout: da.res3,
-                    n: n * c,
-                },
-                linear(
-                    da.fch_gelu,
-                    da.fcproj,
-                    la.fch_gelu,
-                    li.mlp_proj_w,
-                    li.mlp_proj_b,
-                    4 * c,
-                    c,
-                ),
-                Op::GeluBackward {
-                    dinp: da.fch,
-                    inp: la.fch,
-                    dout: da.fch_gelu,
-                    n: n * 4 * c,
-                },
+                Op::ResidualBackward { dinp1: da.res2, dinp2: da.fcproj, dout: da.res3, n: n * c },
+                linear(da.fch_gelu, da.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c),
+                Op::GeluBackward { dinp: da.fch, inp: la.fch, dout: da.fch_gelu, n: n * 4 * c },
                 linear(da.ln2, da.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
                 Op::LayernormBackward {
                     dinp: da.res2,
@@ -572,21 +503,8 @@ impl Gpt2 {
                     n,
                     c,
                 },
-                Op::ResidualBackward {
-                    dinp1: dx,
-                    dinp2: da.attproj,
-                    dout: da.res2,
-                    n: n * c,
-                },
-                linear(
-                    da.atty,
-                    da.attproj,
-                    la.atty,
-                    li.attn_proj_w,
-                    li.attn_proj_b,
-                    c,
-                    c,
-                ),
+                Op::ResidualBackward { dinp1: dx, dinp2: da.attproj, dout: da.res2, n: n * c },
+                linear(da.atty, da.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
                 Op::AttentionBackward {
                     dqkv: da.qkv,
                     datt: da.att,
@@ -617,8 +535,8 @@ impl Gpt2 {
             dwte: g(l.wte),
             dwpe: g(l.wpe),
             dout: d.encoded,
-            tokens: self.tokens[micro],
-            order: self.orders[micro],
+            tokens: self.main.tokens[micro],
+            order: self.main.orders[micro],
             b: s.b,
             t: s.t,
             c,
@@ -635,9 +553,7 @@ impl Gpt2 {
     }
 
     fn train(&self) -> Result<&Train> {
-        self.train
-            .as_ref()
-            .ok_or_else(|| Error::Invalid("this model was built for inference only".into()))
+        self.train.as_ref().ok_or_else(|| Error::Invalid("this model was built for inference only".into()))
     }
 
     /// Loads micro-batch `micro`: `inputs` and `targets` are (B,T) token ids below the vocabulary size.
@@ -660,17 +576,16 @@ impl Gpt2 {
             }
         }
         let order = encoder_order(inputs);
-        let be = self.backend.as_mut();
-        be.write_u32(self.tokens[micro], inputs)?;
-        be.write_u32(self.targets[micro], targets)?;
-        be.write_u32(self.orders[micro], &order)
+        let (f, be) = (&self.main, self.backend.as_mut());
+        be.write_u32(f.tokens[micro], inputs)?;
+        be.write_u32(f.targets[micro], targets)?;
+        be.write_u32(f.orders[micro], &order)
     }
 
     /// Writes every parameter (a flat buffer laid out by `self.layout`).
     pub fn set_params(&mut self, flat: &[f32]) -> Result<()> {
         self.check_flat(flat.len())?;
-        self.backend
-            .write_f32(View::new(self.params, 0, self.layout.total), flat)
+        self.backend.write_f32(View::new(self.params, 0, self.layout.total), flat)
     }
 
     fn check_flat(&self, len: usize) -> Result<()> {
@@ -685,25 +600,20 @@ impl Gpt2 {
 
     /// Every parameter, flat.
     pub fn params(&mut self) -> Result<Vec<f32>> {
-        self.backend
-            .read_f32(View::new(self.params, 0, self.layout.total))
+        self.backend.read_f32(View::new(self.params, 0, self.layout.total))
     }
 
     /// Every parameter gradient of the last step, flat.
     pub fn grads(&mut self) -> Result<Vec<f32>> {
         let grads = self.train()?.grads;
-        self.backend
-            .read_f32(View::new(grads, 0, self.layout.total))
+        self.backend.read_f32(View::new(grads, 0, self.layout.total))
     }
 
     /// AdamW's moments (m, v), flat.
     pub fn optimizer_state(&mut self) -> Result<(Vec<f32>, Vec<f32>)> {
         let (m, v) = (self.train()?.m, self.train()?.v);
         let total = self.layout.total;
-        Ok((
-            self.backend.read_f32(View::new(m, 0, total))?,
-            self.backend.read_f32(View::new(v, 0, total))?,
-        ))
+        Ok((self.backend.read_f32(View::new(m, 0, total))?, self.backend.read_f32(View::new(v, 0, total))?))
     }
 
     pub fn set_optimizer_state(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
@@ -717,10 +627,7 @@ impl Gpt2 {
 
     fn read_stats(&mut self) -> Result<StepStats> {
         let s = self.backend.read_f32(self.stats)?;
-        Ok(StepStats {
-            loss: s[LOSS_AT],
-            grad_norm: s[NORM_AT],
-        })
+        Ok(StepStats { loss: s[LOSS_AT], grad_norm: s[NORM_AT] })
     }
 
     /// Forward and backward over the loaded micro-batches; leaves the gradients in place.
@@ -739,6 +646,12 @@ impl Gpt2 {
         self.read_stats()
     }
 
+    /// Wall time of every dispatch of one training step (GPU backends only; a profiling aid).
+    pub fn profile_step(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        let plan = self.train()?.step_plan;
+        self.backend.profile(plan)
+    }
+
     /// The mean loss over the loaded micro-batches, forward only.
     pub fn eval_loss(&mut self) -> Result<f32> {
         self.backend.run(self.loss_plan)?;
@@ -748,24 +661,69 @@ impl Gpt2 {
     /// Runs the forward pass of micro-batch 0 and returns its logits, (B,T,V) flat.
     pub fn logits(&mut self) -> Result<Vec<f32>> {
         self.backend.run(self.logits_plan)?;
-        self.backend.read_f32(self.acts.logits)
+        self.backend.read_f32(self.main.acts.logits)
     }
 
     /// The logits the last forward pass left (of the last micro-batch it ran), (B,T,V) flat.
     pub fn last_logits(&mut self) -> Result<Vec<f32>> {
-        self.backend.read_f32(self.acts.logits)
+        self.backend.read_f32(self.main.acts.logits)
     }
 
     /// The logits left by the last forward pass at one position of micro-batch 0: (V).
     pub fn logits_at(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
         let v = self.config.vocab_size;
         let row = b * self.shape.t + t;
-        self.backend.read_f32(self.acts.logits.slice(row * v, v))
+        self.backend.read_f32(self.main.acts.logits.slice(row * v, v))
     }
 
     /// Runs the forward pass of micro-batch 0 without reading anything back.
     pub fn forward(&mut self) -> Result<()> {
         self.backend.run(self.logits_plan)
+    }
+
+    /// The per-position losses of the last forward pass with a loss (micro-batch `accum - 1`), (B,T).
+    pub fn last_losses(&mut self) -> Result<Vec<f32>> {
+        self.backend.read_f32(self.main.acts.losses)
+    }
+
+    /// Adds a one-sequence frame sharing the parameters, for [`Gpt2::next_logits`]: sampling from a
+    /// model built for training batches costs one sequence, not a batch, per token.
+    pub fn enable_sampling(&mut self) -> Result<()> {
+        if self.sampler.is_some() || self.shape.b == 1 && self.shape.accum == 1 {
+            return Ok(());
+        }
+        let shape = BatchShape { b: 1, t: self.shape.t, accum: 1 };
+        let frame = Frame::new(self.backend.as_mut(), &self.config, shape, self.scalar, "sampling ")?;
+        let plan = self.backend.prepare(&self.forward_ops(&frame, 0, false))?;
+        self.sampler = Some((frame, plan));
+        Ok(())
+    }
+
+    /// The logits that follow `context` (at most T tokens): (V).
+    pub fn next_logits(&mut self, context: &[u32]) -> Result<Vec<f32>> {
+        let (t, v) = (self.shape.t, self.config.vocab_size);
+        if context.is_empty() || context.len() > t {
+            return Err(Error::Invalid(format!(
+                "a context of {} tokens for a model of block size {t}",
+                context.len()
+            )));
+        }
+        if let Some(&bad) = context.iter().find(|&&id| id as usize >= v) {
+            return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));
+        }
+        // Causal attention: the positions after the context do not change its logits.
+        let mut padded = context.to_vec();
+        padded.resize(t, 0);
+        let (frame, plan) = match &self.sampler {
+            Some((frame, plan)) => (frame, *plan),
+            None if self.shape.b == 1 => (&self.main, self.logits_plan),
+            None => return Err(Error::Invalid("sampling is not enabled on this model".into())),
+        };
+        let (tokens, order, logits) = (frame.tokens[0], frame.orders[0], frame.acts.logits);
+        self.backend.write_u32(tokens, &padded)?;
+        self.backend.write_u32(order, &encoder_order(&padded))?;
+        self.backend.run(plan)?;
+        self.backend.read_f32(logits.slice((context.len() - 1) * v, v))
     }
 }
 
@@ -784,13 +742,8 @@ pub fn init_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
         {
             out.fill(1.0);
         } else if s.decay {
-            let std = if s.name.ends_with("c_proj.weight") {
-                residual_std
-            } else {
-                0.02
-            };
-            out.iter_mut()
-                .for_each(|x| *x = (rng.normal() * std) as f32);
+            let std = if s.name.ends_with("c_proj.weight") { residual_std } else { 0.02 };
+            out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
         }
     }
     flat

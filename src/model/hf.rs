@@ -41,22 +41,15 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     let hf: HfConfig = serde_json::from_str(&text)
         .map_err(|e| Error::Invalid(format!("{}: not a GPT-2 config.json: {e}", path.display())))?;
     let bad = |what: String| {
-        Err(Error::Invalid(format!(
-            "{}: {what}; wgslm trains GPT-2 models only",
-            path.display()
-        )))
+        Err(Error::Invalid(format!("{}: {what}; wgslm trains GPT-2 models only", path.display())))
     };
     if let Some(t) = hf.model_type.as_deref().filter(|t| *t != "gpt2") {
         return bad(format!("model_type is \"{t}\""));
     }
-    if let Some(a) = hf
-        .activation_function
-        .as_deref()
-        .filter(|a| !matches!(*a, "gelu_new" | "gelu_pytorch_tanh"))
+    if let Some(a) =
+        hf.activation_function.as_deref().filter(|a| !matches!(*a, "gelu_new" | "gelu_pytorch_tanh"))
     {
-        return bad(format!(
-            "activation_function \"{a}\" is not the tanh GELU (gelu_new)"
-        ));
+        return bad(format!("activation_function \"{a}\" is not the tanh GELU (gelu_new)"));
     }
     if let Some(eps) = hf.layer_norm_epsilon.filter(|e| (e - 1e-5).abs() > 1e-12) {
         return bad(format!("layer_norm_epsilon {eps} is not 1e-5"));
@@ -70,9 +63,10 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     if hf.scale_attn_weights == Some(false) || hf.scale_attn_by_inverse_layer_idx == Some(true) {
         return bad("attention scaling is not 1/sqrt(head size)".into());
     }
-    let n_positions = hf.n_positions.or(hf.n_ctx).ok_or_else(|| {
-        Error::Invalid(format!("{}: missing field `n_positions`", path.display()))
-    })?;
+    let n_positions = hf
+        .n_positions
+        .or(hf.n_ctx)
+        .ok_or_else(|| Error::Invalid(format!("{}: missing field `n_positions`", path.display())))?;
     let cfg = ModelConfig {
         n_layer: hf.n_layer,
         n_head: hf.n_head,
@@ -80,8 +74,7 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
         vocab_size: hf.vocab_size,
         n_positions,
     };
-    cfg.validate()
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    cfg.validate().map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     Ok(cfg)
 }
 
@@ -179,28 +172,18 @@ pub fn config_json(config: &ModelConfig, bos_eos: Option<u32>) -> serde_json::Va
 pub fn save(dir: &Path, config: &ModelConfig, flat: &[f32], bos_eos: Option<u32>) -> Result<()> {
     let layout = ParamLayout::new(config);
     if flat.len() != layout.total {
-        return Err(Error::Invalid(format!(
-            "{} values for a layout of {}",
-            flat.len(),
-            layout.total
-        )));
+        return Err(Error::Invalid(format!("{} values for a layout of {}", flat.len(), layout.total)));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let tensors = layout
         .specs
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            (
-                s.name.clone(),
-                Tensor::F32(layout.slice(flat, i), s.shape.clone()),
-            )
-        })
+        .map(|(i, s)| (s.name.clone(), Tensor::F32(layout.slice(flat, i), s.shape.clone())))
         .collect();
     // transformers refuses safetensors files without format = pt.
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     tensors::write(&dir.join(WEIGHTS_FILE), tensors, Some(metadata))?;
-    let json = serde_json::to_string_pretty(&config_json(config, bos_eos))
-        .expect("a JSON value serialises");
+    let json = serde_json::to_string_pretty(&config_json(config, bos_eos)).expect("a JSON value serialises");
     fsutil::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }

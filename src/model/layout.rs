@@ -76,12 +76,7 @@ impl ParamLayout {
         let mut specs: Vec<ParamSpec> = Vec::new();
         let mut push = |name: String, shape: Vec<usize>| {
             let decay = shape.len() >= 2;
-            specs.push(ParamSpec {
-                name,
-                shape,
-                offset: 0,
-                decay,
-            });
+            specs.push(ParamSpec { name, shape, offset: 0, decay });
             specs.len() - 1
         };
         let h = |l: usize, s: &str| format!("transformer.h.{l}.{s}");
@@ -162,13 +157,7 @@ mod tests {
 
     #[test]
     fn offsets_are_aligned_disjoint_and_count_every_parameter() {
-        let cfg = ModelConfig {
-            n_layer: 3,
-            n_head: 3,
-            n_embd: 48,
-            vocab_size: 997,
-            n_positions: 37,
-        };
+        let cfg = ModelConfig { n_layer: 3, n_head: 3, n_embd: 48, vocab_size: 997, n_positions: 37 };
         let layout = ParamLayout::new(&cfg);
         assert_eq!(layout.n_params(), cfg.n_params());
         assert_eq!(layout.specs.len(), 2 + 12 * 3 + 2);

@@ -20,10 +20,7 @@ pub fn gpu() -> Option<Arc<GpuContext>> {
             }
             Err(e) => {
                 let require = std::env::var("WGSLM_REQUIRE_GPU").is_ok_and(|v| v == "1");
-                assert!(
-                    !require,
-                    "WGSLM_REQUIRE_GPU=1 but no GPU adapter could be opened: {e}"
-                );
+                assert!(!require, "WGSLM_REQUIRE_GPU=1 but no GPU adapter could be opened: {e}");
                 // Straight to the stderr handle: the test harness captures eprintln! of passing tests.
                 let _ = writeln!(
                     std::io::stderr(),

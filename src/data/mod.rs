@@ -1,0 +1,10 @@
+//! Data: tokenizers, the token-file format, batches, the embedded default corpus, and `prepare`.
+
+pub mod builtin;
+pub mod loader;
+pub mod prepare;
+pub mod tokenfile;
+pub mod tokenizer;
+
+pub use loader::Loader;
+pub use tokenizer::Tok;

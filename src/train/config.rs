@@ -1,0 +1,221 @@
+//! The training configuration: a flat TOML file, unknown keys rejected, every key with its unit and
+//! default below (docs/CONFIG.md lists the same), overridable with `--set key=value`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelConfig;
+use crate::{fsutil, Error, Result};
+
+/// Every key of a training config. Defaults train a ~0.8M-parameter model on the embedded stories.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// "builtin" (the embedded story generator) or a directory written by `wgslm prepare`
+    /// (tokenizer.json, train.bin, val.bin). Relative paths are relative to the config file.
+    pub data: String,
+    /// Stories generated when data = "builtin" (about 540 characters each).
+    pub builtin_stories: usize,
+    /// Tokenizer for data = "builtin": "char", "byte" or "bpe".
+    pub tokenizer: String,
+    /// Vocabulary size of a BPE trained for data = "builtin" (tokens).
+    pub vocab_size: usize,
+
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads per block; must divide n_embd.
+    pub n_head: usize,
+    /// Width of the residual stream (channels).
+    pub n_embd: usize,
+    /// Context length (tokens); also the model's n_positions.
+    pub block_size: usize,
+    /// Dropout probability on the embeddings, attention probabilities and residual branches (0 = off).
+    pub dropout: f32,
+
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches accumulated into one optimizer step.
+    pub grad_accum_steps: usize,
+    /// Optimizer steps in the whole run.
+    pub max_steps: usize,
+    /// Peak learning rate, reached after warmup.
+    pub lr: f32,
+    /// Learning rate at the end of the cosine decay (at max_steps).
+    pub min_lr: f32,
+    /// Steps of linear warmup from 0 to lr.
+    pub warmup_steps: usize,
+    /// AdamW β1.
+    pub beta1: f32,
+    /// AdamW β2.
+    pub beta2: f32,
+    /// AdamW ε.
+    pub eps: f32,
+    /// Decoupled weight decay on 2-D tensors (matmul weights, embeddings); none on biases and gains.
+    pub weight_decay: f32,
+    /// Clip the global gradient L2 norm to this (0 = no clipping).
+    pub grad_clip: f32,
+
+    /// Evaluate on the validation set every this many steps (0 = only at the end).
+    pub eval_every: usize,
+    /// Batches per evaluation (fixed windows spread over the validation set).
+    pub eval_batches: usize,
+    /// Print a sample every this many steps (0 = only at the end).
+    pub sample_every: usize,
+    /// Tokens per sample.
+    pub sample_tokens: usize,
+    /// Text a sample starts from ("" = the end-of-text token).
+    pub sample_prompt: String,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk; older ones are deleted (0 = keep all).
+    pub keep_checkpoints: usize,
+    /// Seed of the initialisation, the batches and dropout.
+    pub seed: u64,
+    /// Consecutive steps with a non-finite loss or gradient tolerated (skipped) before stopping.
+    pub max_bad_steps: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: "builtin".into(),
+            builtin_stories: 20_000,
+            tokenizer: "char".into(),
+            vocab_size: 512,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 128,
+            dropout: 0.0,
+            batch_size: 16,
+            grad_accum_steps: 1,
+            max_steps: 600,
+            lr: 2e-3,
+            min_lr: 2e-4,
+            warmup_steps: 50,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            eval_every: 100,
+            eval_batches: 20,
+            sample_every: 200,
+            sample_tokens: 200,
+            sample_prompt: "Once upon a time".into(),
+            checkpoint_every: 200,
+            keep_checkpoints: 3,
+            seed: 1337,
+            max_bad_steps: 10,
+        }
+    }
+}
+
+/// Parses `value` as a TOML value when it is one (`3`, `1e-3`, `true`, `"x"`), else as a string.
+fn parse_value(value: &str) -> toml::Value {
+    format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+impl TrainConfig {
+    /// Reads a config file (or the defaults when `path` is None) and applies `key=value` overrides.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let (mut table, origin) = match path {
+            Some(p) => {
+                let text = String::from_utf8(fsutil::read(p)?)
+                    .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", p.display())))?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                    Error::Invalid(format!("{}: {}", p.display(), one_line(&e.to_string())))
+                })?;
+                (table, p.display().to_string())
+            }
+            None => (toml::Table::new(), "the defaults".to_string()),
+        };
+        for o in overrides {
+            let (key, value) = o.split_once('=').ok_or_else(|| {
+                Error::Invalid(format!("--set {o}: expected key=value, e.g. --set lr=3e-4"))
+            })?;
+            table.insert(key.trim().to_string(), parse_value(value.trim()));
+        }
+        let mut cfg: TrainConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            Error::Invalid(format!("{origin} (with --set): {}", one_line(&e.to_string())))
+        })?;
+        if let Some(dir) = path.and_then(|p| p.parent()) {
+            if cfg.data != "builtin" && Path::new(&cfg.data).is_relative() && !dir.as_os_str().is_empty() {
+                let joined = dir.join(&cfg.data);
+                if !Path::new(&cfg.data).exists() && joined.exists() {
+                    cfg.data = joined.to_string_lossy().into_owned();
+                }
+            }
+        }
+        cfg.validate().map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; the message names the key and says what is allowed.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (key, v) in [
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_embd", self.n_embd),
+            ("block_size", self.block_size),
+            ("batch_size", self.batch_size),
+            ("grad_accum_steps", self.grad_accum_steps),
+            ("max_steps", self.max_steps),
+            ("eval_batches", self.eval_batches),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be at least 1"));
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            return Err(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
+        }
+        let finite = |key: &str, v: f32, lo: f32, hi: f32, what: &str| {
+            if v.is_finite() && v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(format!("{key} = {v} must be {what}"))
+            }
+        };
+        finite("lr", self.lr, f32::MIN_POSITIVE, 10.0, "a finite number in (0, 10]")?;
+        finite("min_lr", self.min_lr, 0.0, self.lr, "a finite number in [0, lr]")?;
+        finite("beta1", self.beta1, 0.0, 0.999_999, "in [0, 1)")?;
+        finite("beta2", self.beta2, 0.0, 0.999_999, "in [0, 1)")?;
+        finite("eps", self.eps, 0.0, 1.0, "in [0, 1]")?;
+        finite("weight_decay", self.weight_decay, 0.0, 10.0, "in [0, 10]")?;
+        finite("grad_clip", self.grad_clip, 0.0, f32::MAX, "finite and >= 0")?;
+        finite("dropout", self.dropout, 0.0, 0.95, "in [0, 0.95]")?;
+        if !matches!(self.tokenizer.as_str(), "char" | "byte" | "bpe") {
+            return Err(format!("tokenizer = {:?} must be \"char\", \"byte\" or \"bpe\"", self.tokenizer));
+        }
+        if self.data == "builtin" && self.builtin_stories < 10 {
+            return Err("builtin_stories must be at least 10".into());
+        }
+        Ok(())
+    }
+
+    /// The model this config trains, given the data's vocabulary.
+    pub fn model(&self, vocab_size: usize) -> ModelConfig {
+        ModelConfig {
+            n_layer: self.n_layer,
+            n_head: self.n_head,
+            n_embd: self.n_embd,
+            vocab_size,
+            n_positions: self.block_size,
+        }
+    }
+
+    /// The config as TOML (what a run directory records).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config serialises")
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,329 @@
+//! The training loop: batches, learning-rate schedule, accumulation, clipping, evaluation, samples,
+//! checkpoints and metrics, with exact resume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::checkpoint::{self, TrainerState};
+use super::metrics::Metrics;
+use super::schedule::lr_at;
+use super::TrainConfig;
+use crate::backend::AdamwHyper;
+use crate::data::loader::check_ids;
+use crate::data::prepare::{self, TokenizerSpec};
+use crate::data::{tokenfile, Loader, Tok};
+use crate::gpu::DeviceChoice;
+use crate::model::gpt2::init_params;
+use crate::model::{BatchShape, Gpt2, Mode};
+use crate::sample::{self, SampleOptions};
+use crate::{fsutil, Error, Result};
+
+/// Where and how to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: DeviceChoice,
+    /// No progress bar and no samples on the terminal (tests, scripts).
+    pub quiet: bool,
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub steps: u64,
+    pub first_loss: Option<f32>,
+    pub last_loss: f32,
+    pub val_loss: Option<f32>,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+    pub checkpoint: PathBuf,
+    pub device: String,
+}
+
+/// Training and validation tokens with their tokenizer.
+pub struct Data {
+    pub tok: Tok,
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+    pub source: String,
+}
+
+/// Loads the data a config names: the embedded stories, or a directory from `wgslm prepare`.
+pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
+    if cfg.data == "builtin" {
+        let spec: TokenizerSpec = cfg.tokenizer.parse()?;
+        let (tok, train, val) = prepare::builtin(cfg.seed, cfg.builtin_stories, &spec, cfg.vocab_size)?;
+        return Ok(Data { tok, train, val, source: format!("{} embedded stories", cfg.builtin_stories) });
+    }
+    let dir = Path::new(&cfg.data);
+    if !dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "data = {:?}: not a directory; use \"builtin\" or a directory written by `wgslm prepare`",
+            cfg.data
+        )));
+    }
+    let tok = Tok::load(&dir.join("tokenizer.json"))?;
+    let train = tokenfile::read(&dir.join("train.bin"))?;
+    let val_path = dir.join("val.bin");
+    let val = if val_path.exists() { tokenfile::read(&val_path)? } else { Vec::new() };
+    let v = tok.vocab_size();
+    check_ids(&train, v, &dir.join("train.bin").display().to_string())?;
+    check_ids(&val, v, &val_path.display().to_string())?;
+    Ok(Data { tok, train, val, source: dir.display().to_string() })
+}
+
+/// The config keys a resumed run must share with the run it continues.
+fn same_run(a: &TrainConfig, b: &TrainConfig) -> Vec<&'static str> {
+    let mut diff = Vec::new();
+    macro_rules! cmp {
+        ($($k:ident),*) => { $( if a.$k != b.$k { diff.push(stringify!($k)); } )* };
+    }
+    cmp!(
+        data,
+        builtin_stories,
+        tokenizer,
+        vocab_size,
+        n_layer,
+        n_head,
+        n_embd,
+        block_size,
+        dropout,
+        batch_size,
+        grad_accum_steps,
+        seed
+    );
+    diff
+}
+
+struct Progress {
+    bar: ProgressBar,
+    every: u64,
+}
+
+impl Progress {
+    fn new(start: u64, total: u64, quiet: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(
+            Some(total),
+            if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+        );
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} step {pos}/{len}  {msg}  [{elapsed_precise} < {eta_precise}]",
+            )
+            .expect("a valid template"),
+        );
+        bar.set_position(start);
+        Progress { bar, every: (total / 20).max(1) }
+    }
+
+    /// Shows a line; when stderr is not a terminal the bar is hidden, so print a line now and then.
+    fn update(&self, step: u64, msg: String, quiet: bool) {
+        self.bar.set_position(step);
+        if !quiet
+            && self.bar.is_hidden()
+            && (step % self.every == 0 || step == self.bar.length().unwrap_or(0))
+        {
+            eprintln!("step {step}/{}  {msg}", self.bar.length().unwrap_or(0));
+        }
+        self.bar.set_message(msg);
+    }
+
+    fn println(&self, text: &str, quiet: bool) {
+        if quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+}
+
+/// Trains as `cfg` says, writing checkpoints and metrics into `opts.out`.
+pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
+    let out = &opts.out;
+    let existing = checkpoint::latest(out);
+    let resumed = match (&existing, opts.resume) {
+        (Some((_, dir)), true) => Some(checkpoint::load(dir)?),
+        (None, true) => {
+            return Err(Error::Invalid(format!("--resume: {} has no checkpoint to resume from", out.display())))
+        }
+        (Some((step, _)), false) => {
+            return Err(Error::Invalid(format!(
+                "{} already holds a run (checkpoint at step {step}); continue it with --resume, or choose another --out",
+                out.display()
+            )))
+        }
+        (None, false) => None,
+    };
+    if let Some(r) = &resumed {
+        let diff = same_run(&r.state.config, cfg);
+        if !diff.is_empty() {
+            return Err(Error::Invalid(format!(
+                "--resume: the config differs from the run's in {}; resume with the run's config ({})",
+                diff.join(", "),
+                out.join("config.toml").display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+
+    let data = load_data(cfg)?;
+    let model_cfg = cfg.model(data.tok.vocab_size());
+    let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
+    let backend = crate::open_backend(&opts.device)?;
+    let device = backend.describe();
+    let mut model = Gpt2::new(backend, model_cfg, shape, Mode::Train { weight_decay: cfg.weight_decay })?;
+    model.enable_sampling()?;
+    let mut loader =
+        Loader::new(data.train, shape.b, shape.t, cfg.seed, &format!("{} (training split)", data.source))?;
+    let val = match Loader::new(data.val, shape.b, shape.t, cfg.seed, "validation") {
+        Ok(l) => Some(l.eval_batches(cfg.eval_batches)),
+        Err(e) => {
+            log::warn!("no evaluation: {e}");
+            None
+        }
+    };
+
+    let (mut step, mut adam_t, mut bad_steps) = (0u64, 0u64, 0usize);
+    match &resumed {
+        Some(r) => {
+            model.set_params(&r.params)?;
+            model.set_optimizer_state(&r.m, &r.v)?;
+            loader.set_state(r.state.loader_state);
+            (step, adam_t, bad_steps) = (r.state.step, r.state.adam_t, r.state.bad_steps);
+        }
+        None => model.set_params(&init_params(&model_cfg, cfg.seed))?,
+    }
+    let mut metrics = Metrics::open(out, resumed.as_ref().map(|r| r.state.step))?;
+    let quiet = opts.quiet;
+    let total = cfg.max_steps as u64;
+    let progress = Progress::new(step, total, quiet);
+    progress.println(
+        &format!(
+            "training {} parameters on {device}; data: {} ({} train tokens, vocab {}); {} tokens per step{}",
+            model_cfg.n_params(),
+            data.source,
+            loader.len(),
+            model_cfg.vocab_size,
+            shape.tokens() * shape.accum,
+            if resumed.is_some() { format!("; resuming at step {step}") } else { String::new() }
+        ),
+        quiet,
+    );
+
+    let tokens_per_step = (shape.tokens() * shape.accum) as f64;
+    let started = Instant::now();
+    let (mut first_loss, mut last_loss, mut val_loss) = (None, f32::NAN, None);
+    let mut last_checkpoint = resumed.as_ref().map(|r| r.dir.clone());
+    let steps_at_start = step;
+    while step < total {
+        let t0 = Instant::now();
+        for micro in 0..shape.accum {
+            let (x, y) = loader.next_batch();
+            model.set_batch(micro, &x, &y)?;
+        }
+        let lr = lr_at(step as usize, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps);
+        let hyper = AdamwHyper::at_step(lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.grad_clip, adam_t + 1);
+        let stats = model.step(&hyper)?;
+        step += 1;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let tps = tokens_per_step / (ms / 1e3);
+        metrics.step(step, stats.loss, lr, stats.grad_norm, tps, ms)?;
+        if stats.grad_norm.is_finite() {
+            adam_t += 1;
+        }
+        if stats.loss.is_finite() && stats.grad_norm.is_finite() {
+            bad_steps = 0;
+            first_loss.get_or_insert(stats.loss);
+            last_loss = stats.loss;
+        } else {
+            bad_steps += 1;
+            progress.println(
+                &format!(
+                    "step {step}: loss {} grad norm {}: the update was skipped",
+                    stats.loss, stats.grad_norm
+                ),
+                quiet,
+            );
+            if bad_steps > cfg.max_bad_steps {
+                return Err(Error::Invalid(format!(
+                    "{bad_steps} steps in a row had a non-finite loss or gradient (max_bad_steps = {}); stopped at \
+                     step {step}. The last checkpoint ({}) is intact: lower lr, raise warmup_steps or set grad_clip, \
+                     then --resume",
+                    cfg.max_bad_steps,
+                    last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string())
+                )));
+            }
+        }
+        progress.update(step, format!("loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s", stats.loss), quiet);
+
+        let last = step == total;
+        let due = |every: usize| last || (every > 0 && step % every as u64 == 0);
+        if due(cfg.eval_every) {
+            if let Some(batches) = &val {
+                let loss = evaluate(&mut model, batches, shape.accum)?;
+                metrics.eval(step, loss)?;
+                progress.println(&format!("step {step}: val loss {loss:.4}"), quiet);
+                val_loss = Some(loss);
+            }
+        }
+        if due(cfg.sample_every) && !quiet {
+            let opts = SampleOptions {
+                max_new_tokens: cfg.sample_tokens,
+                seed: cfg.seed ^ step,
+                ..Default::default()
+            };
+            let text = sample::generate(&mut model, &data.tok, &cfg.sample_prompt, &opts, |_| {})?;
+            progress
+                .println(&format!("--- sample at step {step} ---\n{}{text}\n---", cfg.sample_prompt), quiet);
+        }
+        if due(cfg.checkpoint_every) {
+            let (m, v) = model.optimizer_state()?;
+            let state = TrainerState {
+                step,
+                adam_t,
+                loader_state: loader.state(),
+                bad_steps,
+                config: cfg.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let params = model.params()?;
+            let dir =
+                checkpoint::save(out, &model_cfg, &data.tok, &params, &m, &v, &state, cfg.keep_checkpoints)?;
+            last_checkpoint = Some(dir);
+        }
+    }
+    progress.bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let steps = step - steps_at_start;
+    Ok(Summary {
+        steps: step,
+        first_loss,
+        last_loss,
+        val_loss,
+        tokens_per_s: if seconds > 0.0 { steps as f64 * tokens_per_step / seconds } else { 0.0 },
+        seconds,
+        checkpoint: last_checkpoint.unwrap_or_else(|| out.clone()),
+        device,
+    })
+}
+
+/// Mean loss over fixed validation batches, `accum` micro-batches per forward program.
+fn evaluate(model: &mut Gpt2, batches: &[(Vec<u32>, Vec<u32>)], accum: usize) -> Result<f32> {
+    let rounds = batches.len().div_ceil(accum);
+    let mut total = 0.0f64;
+    for r in 0..rounds {
+        for micro in 0..accum {
+            let (x, y) = &batches[(r * accum + micro) % batches.len()];
+            model.set_batch(micro, x, y)?;
+        }
+        total += model.eval_loss()? as f64;
+    }
+    Ok((total / rounds as f64) as f32)
+}
