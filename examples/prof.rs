@@ -1,6 +1,5 @@
 // Per-kernel wall time of one training step (dev tool).
 use std::collections::BTreeMap;
-use wgslm::backend::Backend;
 use wgslm::gpu::{DeviceChoice, GpuBackend};
 use wgslm::model::{BatchShape, Gpt2, Mode, ModelConfig};
 fn main() {
@@ -8,9 +7,13 @@ fn main() {
     let (l, c, v, t, b) = (args[0], args[1], args[2], args[3], args[4]);
     let cfg = ModelConfig { n_layer: l, n_head: 4, n_embd: c, vocab_size: v, n_positions: t };
     let gpu = GpuBackend::new(&DeviceChoice::Auto).unwrap();
-    let mut m =
-        Gpt2::new(Box::new(gpu), cfg, BatchShape { b, t, accum: 1 }, Mode::Train { weight_decay: 0.1 })
-            .unwrap();
+    let mut m = Gpt2::new(
+        Box::new(gpu),
+        cfg,
+        BatchShape { b, t, accum: 1 },
+        Mode::Train { weight_decay: 0.1, dropout: 0.0 },
+    )
+    .unwrap();
     m.set_params(&wgslm::model::gpt2::init_params(&cfg, 1)).unwrap();
     let x: Vec<u32> = (0..b * t).map(|i| (i * 7 % v) as u32).collect();
     m.set_batch(0, &x, &x).unwrap();

@@ -63,6 +63,16 @@ pub enum WeightLayout {
     OutIn,
 }
 
+/// Dropout applied to the attention probabilities: `probs` holds the dropped probabilities (B,NH,T,T)
+/// that weight the values; the mask comes from `seed` (1 u32) and `stream` (see `DropoutForward`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnDropout {
+    pub probs: View,
+    pub seed: View,
+    pub p: f32,
+    pub stream: u32,
+}
+
 /// One kernel invocation. Shapes in the doc comment of each variant; `n` = rows = B·T unless said.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -147,9 +157,20 @@ pub enum Op {
     },
     /// Causal self-attention. qkv (B,T,3C) holds q, k, v side by side, head h at columns h·hd..(h+1)·hd
     /// of each; out (B,T,C); att (B,NH,T,T) saves the softmax probabilities (row t valid for t2 <= t).
-    /// Scores are scaled by 1/sqrt(hd).
-    AttentionForward { out: View, att: View, qkv: View, b: usize, t: usize, c: usize, nh: usize },
-    /// Accumulates dqkv (B,T,3C) from dout (B,T,C); `datt` (B,NH,T,T) is scratch.
+    /// Scores are scaled by 1/sqrt(hd). With `dropout`, the values are weighted by the dropped
+    /// probabilities, which it saves too.
+    AttentionForward {
+        out: View,
+        att: View,
+        qkv: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        dropout: Option<AttnDropout>,
+    },
+    /// Accumulates dqkv (B,T,3C) from dout (B,T,C); `datt` (B,NH,T,T) is scratch. `dropout` must be
+    /// what the forward pass used.
     AttentionBackward {
         dqkv: View,
         datt: View,
@@ -160,7 +181,13 @@ pub enum Op {
         t: usize,
         c: usize,
         nh: usize,
+        dropout: Option<AttnDropout>,
     },
+    /// `out = inp · mask / (1 - p)`, n elements; element i is kept when
+    /// `hash(i + hash(seed ^ hash(stream))) >= p·2³²` (see shaders/dropout.wgsl). `seed` is 1 u32.
+    DropoutForward { out: View, inp: View, seed: View, n: usize, p: f32, stream: u32 },
+    /// `dinp += dout · mask / (1 - p)`, with the mask of the same seed and stream.
+    DropoutBackward { dinp: View, dout: View, seed: View, n: usize, p: f32, stream: u32 },
     /// `out = gelu_tanh(inp)`, n elements ("gelu_new").
     GeluForward { out: View, inp: View, n: usize },
     /// `dinp += gelu_tanh'(inp) * dout`.
@@ -260,6 +287,16 @@ impl AdamwHyper {
     }
 }
 
+/// Dropout keeps element i when its hash is at least this: p·2³², saturated.
+pub fn dropout_threshold(p: f32) -> u32 {
+    (p as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
+}
+
+/// The factor kept elements are scaled by, 1 / (1 - p).
+pub fn dropout_scale(p: f32) -> f32 {
+    (1.0 / (1.0 - p as f64)) as f32
+}
+
 /// The clip factor PyTorch's `clip_grad_norm_` applies: `min(1, clip / (norm + 1e-6))`.
 pub fn clip_scale(norm: f32, grad_clip: f32) -> f32 {
     if grad_clip > 0.0 {
@@ -290,6 +327,8 @@ impl Op {
             Op::MatmulBackward { .. } => "matmul_backward",
             Op::AttentionForward { .. } => "attention_forward",
             Op::AttentionBackward { .. } => "attention_backward",
+            Op::DropoutForward { .. } => "dropout_forward",
+            Op::DropoutBackward { .. } => "dropout_backward",
             Op::GeluForward { .. } => "gelu_forward",
             Op::GeluBackward { .. } => "gelu_backward",
             Op::ResidualForward { .. } => "residual_forward",
@@ -327,10 +366,18 @@ impl Op {
             Op::MatmulBackward { dout, inp, weight, m, k, n, .. } => {
                 vec![(dout, m * n), (inp, m * k), (weight, k * n)]
             }
-            Op::AttentionForward { qkv, b, t, c, .. } => vec![(qkv, b * t * 3 * c)],
-            Op::AttentionBackward { dout, qkv, att, b, t, c, nh, .. } => {
-                vec![(dout, b * t * c), (qkv, b * t * 3 * c), (att, b * nh * t * t)]
+            Op::AttentionForward { qkv, b, t, c, dropout, .. } => {
+                let mut v = vec![(qkv, b * t * 3 * c)];
+                v.extend(dropout.map(|d| (d.seed, 1)));
+                v
             }
+            Op::AttentionBackward { dout, qkv, att, b, t, c, nh, dropout, .. } => {
+                let mut v = vec![(dout, b * t * c), (qkv, b * t * 3 * c), (att, b * nh * t * t)];
+                v.extend(dropout.iter().flat_map(|d| [(d.probs, b * nh * t * t), (d.seed, 1)]));
+                v
+            }
+            Op::DropoutForward { inp, seed, n, .. } => vec![(inp, n), (seed, 1)],
+            Op::DropoutBackward { dout, seed, n, .. } => vec![(dout, n), (seed, 1)],
             Op::GeluForward { inp, n, .. } => vec![(inp, n)],
             Op::GeluBackward { inp, dout, n, .. } => vec![(inp, n), (dout, n)],
             Op::ResidualForward { inp1, inp2, n, .. } => vec![(inp1, n), (inp2, n)],
@@ -370,9 +417,13 @@ impl Op {
                 v.extend(dbias.map(|b| (b, n)));
                 v
             }
-            Op::AttentionForward { out, att, b, t, c, nh, .. } => {
-                vec![(out, b * t * c), (att, b * nh * t * t)]
+            Op::AttentionForward { out, att, b, t, c, nh, dropout, .. } => {
+                let mut v = vec![(out, b * t * c), (att, b * nh * t * t)];
+                v.extend(dropout.map(|d| (d.probs, b * nh * t * t)));
+                v
             }
+            Op::DropoutForward { out, n, .. } => vec![(out, n)],
+            Op::DropoutBackward { dinp, n, .. } => vec![(dinp, n)],
             Op::AttentionBackward { dqkv, datt, b, t, c, nh, .. } => {
                 vec![(dqkv, b * t * 3 * c), (datt, b * nh * t * t)]
             }

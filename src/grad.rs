@@ -88,7 +88,8 @@ pub fn run(
         )));
     }
     let shape = BatchShape { b, t, accum: 1 };
-    let mut model = Gpt2::new(backend, config, shape, Mode::Train { weight_decay: opts.weight_decay })?;
+    let mut model =
+        Gpt2::new(backend, config, shape, Mode::Train { weight_decay: opts.weight_decay, dropout: 0.0 })?;
     model.set_params(&params)?;
     model.set_batch(0, &inputs, &targets)?;
     let stats = model.compute_grads()?;

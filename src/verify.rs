@@ -5,7 +5,8 @@
 //! so the reference and the backend under test see the same numbers; it passes when every checked
 //! output is within `tolerance` (relative L2) of the twin's and a second run gives the same bits.
 
-use crate::backend::{AdamwHyper, Backend, DType, Op, View, WeightLayout};
+use crate::backend::{AdamwHyper, AttnDropout, Backend, DType, Op, View, WeightLayout};
+use crate::cpu;
 use crate::cpu::CpuBackend;
 use crate::rng::Rng;
 use crate::Result;
@@ -295,7 +296,7 @@ pub fn cases() -> Vec<Case> {
             let (mut mean, mut rstd) = (vec![0f32; n], vec![0f32; n]);
             let mut y = vec![0f32; n * c];
             let (w1, b0) = (vec![1f32; c], vec![0f32; c]);
-            crate::cpu::layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &w1, &b0, n, c);
+            cpu::layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &w1, &b0, n, c);
             let inp = s.with(x)?;
             let weight = s.normal(c, 0.1, 1.0)?;
             let mean = s.with(mean)?;
@@ -376,30 +377,78 @@ pub fn cases() -> Vec<Case> {
             }));
         }
     }
-    for (b, t, c, nh) in ATTENTION {
-        let shape = format!("B={b} T={t} C={c} NH={nh} hs={}", c / nh);
-        all.push(case("attention_forward", shape.clone(), move |s| {
-            let out = s.normal(b * t * c, 1.0, 0.0)?;
-            let att = s.normal(b * nh * t * t, 1.0, 0.0)?;
-            let qkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
+    for (i, (b, t, c, nh)) in ATTENTION.into_iter().enumerate() {
+        // Every shape without dropout, and all but the first with it.
+        for drop in [None, Some(0.25f32)].into_iter().filter(|d| i > 0 || d.is_none()) {
+            let shape = format!(
+                "B={b} T={t} C={c} NH={nh} hs={}{}",
+                c / nh,
+                drop.map_or(String::new(), |p| format!(" dropout={p}"))
+            );
+            let (att_len, stream) = (b * nh * t * t, 3 + i as u32);
+            let seed_data = 0x5eed_0000 + i as u32;
+            all.push(case("attention_forward", shape.clone(), move |s| {
+                let out = s.normal(b * t * c, 1.0, 0.0)?;
+                let att = s.normal(att_len, 1.0, 0.0)?;
+                let qkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
+                let mut checked = vec![("out", out), ("att", att)];
+                let dropout = match drop {
+                    Some(p) => {
+                        let probs = s.normal(att_len, 1.0, 0.0)?;
+                        checked.push(("dropped probabilities", probs));
+                        Some(AttnDropout { probs, seed: s.ids_with(vec![seed_data])?, p, stream })
+                    }
+                    None => None,
+                };
+                Ok(Built { ops: vec![Op::AttentionForward { out, att, qkv, b, t, c, nh, dropout }], checked })
+            }));
+            all.push(case("attention_backward", shape, move |s| {
+                let dqkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
+                let datt = s.normal(att_len, 1.0, 0.0)?;
+                let dout = s.normal(b * t * c, 1.0, 0.0)?;
+                let q: Vec<f32> = (0..b * t * 3 * c).map(|_| s.rng().normal() as f32).collect();
+                // att (and the dropped probabilities) must be what the forward pass leaves for these q, k.
+                let (mut att, mut probs) = (vec![0f32; att_len], vec![0f32; att_len]);
+                let mask = drop.map(|p| cpu::Mask { seed: seed_data, p, stream });
+                let fwd = mask.map(|m| (probs.as_mut_slice(), m));
+                cpu::attention_forward(&mut vec![0f32; b * t * c], &mut att, &q, b, t, c, nh, fwd);
+                let qkv = s.with(q)?;
+                let att = s.with(att)?;
+                let dropout = match drop {
+                    Some(p) => Some(AttnDropout {
+                        probs: s.with(probs)?,
+                        seed: s.ids_with(vec![seed_data])?,
+                        p,
+                        stream,
+                    }),
+                    None => None,
+                };
+                Ok(Built {
+                    ops: vec![Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, dropout }],
+                    checked: vec![("dqkv", dqkv)],
+                })
+            }));
+        }
+    }
+    for (i, n) in ELEMENTWISE.into_iter().enumerate() {
+        let p = [0.5, 0.1, 0.2, 0.9, 0.3][i];
+        let (shape, stream) = (format!("n={n} p={p}"), 7 * i as u32);
+        all.push(case("dropout_forward", shape.clone(), move |s| {
+            let out = s.normal(n, 1.0, 0.0)?;
+            let inp = s.normal(n, 1.0, 0.0)?;
+            let seed = s.ids(1, u32::MAX)?;
             Ok(Built {
-                ops: vec![Op::AttentionForward { out, att, qkv, b, t, c, nh }],
-                checked: vec![("out", out), ("att", att)],
+                ops: vec![Op::DropoutForward { out, inp, seed, n, p, stream }],
+                checked: vec![("out", out)],
             })
         }));
-        all.push(case("attention_backward", shape, move |s| {
-            let dqkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
-            let datt = s.normal(b * nh * t * t, 1.0, 0.0)?;
-            let dout = s.normal(b * t * c, 1.0, 0.0)?;
-            let q: Vec<f32> = (0..b * t * 3 * c).map(|_| s.rng().normal() as f32).collect();
-            // att must be the softmax of these q, k, as the forward pass leaves it.
-            let mut att = vec![0f32; b * nh * t * t];
-            crate::cpu::attention_forward(&mut vec![0f32; b * t * c], &mut att, &q, b, t, c, nh);
-            let qkv = s.with(q)?;
-            let att = s.with(att)?;
+        all.push(case("dropout_backward", shape, move |s| {
+            let dinp = s.normal(n, 1.0, 0.0)?;
+            let dout = s.normal(n, 1.0, 0.0)?;
+            let seed = s.ids(1, u32::MAX)?;
             Ok(Built {
-                ops: vec![Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh }],
-                checked: vec![("dqkv", dqkv)],
+                ops: vec![Op::DropoutBackward { dinp, dout, seed, n, p, stream }],
+                checked: vec![("dinp", dinp)],
             })
         }));
     }
@@ -449,7 +498,7 @@ pub fn cases() -> Vec<Case> {
             let l: Vec<f32> = (0..n * v).map(|_| (s.rng().normal() * 3.0 + 1.0) as f32).collect();
             let tgt: Vec<u32> = (0..n).map(|_| s.rng().below(v as u64) as u32).collect();
             let (mut losses, mut lse) = (vec![0f32; n], vec![0f32; n]);
-            crate::cpu::crossentropy_forward(&mut losses, &mut lse, &l, &tgt, n, v);
+            cpu::crossentropy_forward(&mut losses, &mut lse, &l, &tgt, n, v);
             let logits = s.with(l)?;
             let lse = s.with(lse)?;
             let targets = s.ids_with(tgt)?;

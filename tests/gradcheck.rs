@@ -112,20 +112,60 @@ fn matmul_backward_matches_finite_differences() {
 
 #[test]
 fn attention_backward_matches_finite_differences() {
-    // head size 3: not a power of two.
+    // head size 3: not a power of two; with and without dropout on the probabilities.
     let (b, t, c, nh) = (2, 4, 6, 2);
-    let mut rng = Rng::new(4);
-    let mut qkv = randn(&mut rng, b * t * 3 * c, 1.0);
-    let w = randn(&mut rng, b * t * c, 1.0);
-    let forward = |qkv: &[f64]| {
-        let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * nh * t * t]);
-        cpu::attention_forward(&mut out, &mut att, qkv, b, t, c, nh);
-        (dot(&out, &w), att)
-    };
-    let (_, att) = forward(&qkv);
-    let (mut dqkv, mut datt) = (vec![0.0; qkv.len()], vec![0.0; att.len()]);
-    cpu::attention_backward(&mut dqkv, &mut datt, &w, &qkv, &att, b, t, c, nh);
-    assert_grad("dqkv", &mut qkv, &dqkv, &mut |v| forward(v).0);
+    for mask in [None, Some(cpu::Mask { seed: 99, p: 0.3, stream: 5 })] {
+        let mut rng = Rng::new(4);
+        let mut qkv = randn(&mut rng, b * t * 3 * c, 1.0);
+        let w = randn(&mut rng, b * t * c, 1.0);
+        let forward = |qkv: &[f64]| {
+            let (mut out, mut att, mut probs) =
+                (vec![0.0; b * t * c], vec![0.0; b * nh * t * t], vec![0.0; b * nh * t * t]);
+            cpu::attention_forward(
+                &mut out,
+                &mut att,
+                qkv,
+                b,
+                t,
+                c,
+                nh,
+                mask.map(|m| (probs.as_mut_slice(), m)),
+            );
+            (dot(&out, &w), att, probs)
+        };
+        let (_, att, probs) = forward(&qkv);
+        let (mut dqkv, mut datt) = (vec![0.0; qkv.len()], vec![0.0; att.len()]);
+        cpu::attention_backward(
+            &mut dqkv,
+            &mut datt,
+            &w,
+            &qkv,
+            &att,
+            b,
+            t,
+            c,
+            nh,
+            mask.map(|m| (probs.as_slice(), m)),
+        );
+        let what = if mask.is_some() { "dqkv (dropout)" } else { "dqkv" };
+        assert_grad(what, &mut qkv, &dqkv, &mut |v| forward(v).0);
+    }
+}
+
+#[test]
+fn dropout_backward_matches_finite_differences() {
+    let (n, p, seed, stream) = (40, 0.4, 7, 3);
+    let mut rng = Rng::new(8);
+    let mut x = randn(&mut rng, n, 1.0);
+    let w = randn(&mut rng, n, 1.0);
+    let mut dx = vec![0.0; n];
+    cpu::dropout_backward(&mut dx, &w, seed, n, p, stream);
+    assert!(dx.iter().filter(|d| **d == 0.0).count() > 5, "some elements must be dropped");
+    assert_grad("dinp", &mut x, &dx, &mut |v| {
+        let mut out = vec![0.0; n];
+        cpu::dropout_forward(&mut out, v, seed, n, p, stream);
+        dot(&out, &w)
+    });
 }
 
 #[test]

@@ -36,7 +36,18 @@ fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
 }
 
 fn build(backend: Box<dyn Backend>, cfg: ModelConfig, shape: BatchShape, seed: u64) -> Gpt2 {
-    let mut model = Gpt2::new(backend, cfg, shape, Mode::Train { weight_decay: 0.1 }).unwrap();
+    build_with(backend, cfg, shape, seed, 0.0)
+}
+
+fn build_with(
+    backend: Box<dyn Backend>,
+    cfg: ModelConfig,
+    shape: BatchShape,
+    seed: u64,
+    dropout: f32,
+) -> Gpt2 {
+    let mut model = Gpt2::new(backend, cfg, shape, Mode::Train { weight_decay: 0.1, dropout }).unwrap();
+    model.set_dropout_seed(seed as u32).unwrap();
     model.set_params(&random_params(&cfg, seed)).unwrap();
     let mut rng = Rng::new(seed + 1);
     for micro in 0..shape.accum {
@@ -90,6 +101,25 @@ fn gpu_matches_cpu_on_an_awkward_model() {
     assert_close("3-step update", &dg, &dc, 5e-3);
 }
 
+/// With dropout on every site, the GPU and the CPU draw the same masks and agree; and the masks change
+/// the result (dropout is not a no-op).
+#[test]
+fn gpu_matches_cpu_with_dropout() {
+    let Some(gpu) = common::gpu_backend() else { return };
+    let shape = BatchShape { b: 2, t: 37, accum: 2 };
+    let mut g = build_with(Box::new(gpu), AWKWARD, shape, 9, 0.2);
+    let mut c = build_with(Box::new(CpuBackend::new()), AWKWARD, shape, 9, 0.2);
+    let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
+    assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "loss {} vs {}", sg.loss, sc.loss);
+    assert_grads_close(&g.layout.clone(), &g.grads().unwrap(), &c.grads().unwrap(), 1e-5);
+    let mut plain = build(Box::new(CpuBackend::new()), AWKWARD, shape, 9);
+    let sp = plain.compute_grads().unwrap();
+    assert!((sp.loss - sc.loss).abs() > 1e-3, "dropout changed nothing: {} vs {}", sp.loss, sc.loss);
+    // A new seed draws new masks.
+    c.set_dropout_seed(10).unwrap();
+    assert_ne!(c.compute_grads().unwrap().loss, sc.loss);
+}
+
 /// Accumulating two micro-batches gives the mean of their losses and of their gradients.
 #[test]
 fn gradient_accumulation_averages_micro_batches() {
@@ -107,7 +137,7 @@ fn gradient_accumulation_averages_micro_batches() {
             Box::new(CpuBackend::new()),
             cfg,
             BatchShape { b, t, accum },
-            Mode::Train { weight_decay: 0.0 },
+            Mode::Train { weight_decay: 0.0, dropout: 0.0 },
         )
         .unwrap();
         m.set_params(&params).unwrap();

@@ -1,8 +1,17 @@
 //! Causal multi-head self-attention, with explicit scores and softmax.
 
-use super::{add, Real};
+use super::{add, dropout_factor, Real};
+
+/// The dropout applied to attention probabilities: the mask of `seed` and `stream` with probability p.
+#[derive(Clone, Copy, Debug)]
+pub struct Mask {
+    pub seed: u32,
+    pub p: f32,
+    pub stream: u32,
+}
 
 /// qkv (B,T,3C) → out (B,T,C); att (B,NH,T,T) gets the softmax probabilities (0 above the diagonal).
+/// With `dropout`, its tensor (B,NH,T,T) gets the dropped probabilities, which weight the values.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward<F: Real>(
     out: &mut [F],
@@ -12,6 +21,7 @@ pub fn attention_forward<F: Real>(
     t: usize,
     c: usize,
     nh: usize,
+    mut dropout: Option<(&mut [F], Mask)>,
 ) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f64).sqrt();
@@ -29,9 +39,13 @@ pub fn attention_forward<F: Real>(
                 let sum: f64 = row[..=t1].iter().map(|s| (s - max).exp()).sum();
                 let arow = (((bb * nh) + h) * t + t1) * t;
                 for t2 in 0..t {
-                    let p = if t2 <= t1 { (row[t2] - max).exp() / sum } else { 0.0 };
-                    row[t2] = p;
+                    let mut p = if t2 <= t1 { (row[t2] - max).exp() / sum } else { 0.0 };
                     att[arow + t2] = F::of(p);
+                    if let Some((probs, m)) = dropout.as_mut() {
+                        p *= dropout_factor(m.seed, m.stream, arow + t2, m.p);
+                        probs[arow + t2] = F::of(p);
+                    }
+                    row[t2] = p;
                 }
                 for i in 0..hs {
                     let s: f64 = (0..=t1).map(|t2| row[t2] * at(bb, t2, 2, h, i)).sum();
@@ -44,6 +58,7 @@ pub fn attention_forward<F: Real>(
 
 /// Accumulates dqkv (B,T,3C) from dout (B,T,C) through the saved att (B,NH,T,T). `datt` (B,NH,T,T) is
 /// scratch: it receives the gradient of the pre-softmax scores (scaled), zero above the diagonal.
+/// `dropout` must be the forward pass's: its tensor holds the dropped probabilities.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<F: Real>(
     dqkv: &mut [F],
@@ -55,6 +70,7 @@ pub fn attention_backward<F: Real>(
     t: usize,
     c: usize,
     nh: usize,
+    dropout: Option<(&[F], Mask)>,
 ) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f64).sqrt();
@@ -66,9 +82,12 @@ pub fn attention_backward<F: Real>(
             for t1 in 0..t {
                 let arow = (((bb * nh) + h) * t + t1) * t;
                 let dout_at = |i: usize| dout[(bb * t + t1) * c + h * hs + i].get();
-                // d(probabilities) = dout · v, then back through the softmax.
+                // d(weights) = dout · v; through the dropout mask; then back through the softmax.
                 for (t2, d) in dp.iter_mut().enumerate().take(t1 + 1) {
                     *d = (0..hs).map(|i| dout_at(i) * qkv[idx(bb, t2, 2, h, i)].get()).sum();
+                    if let Some((_, m)) = dropout {
+                        *d *= dropout_factor(m.seed, m.stream, arow + t2, m.p);
+                    }
                 }
                 let dot: f64 = (0..=t1).map(|t2| att[arow + t2].get() * dp[t2]).sum();
                 for t2 in 0..t {
@@ -77,7 +96,8 @@ pub fn attention_backward<F: Real>(
                     if t2 > t1 {
                         continue;
                     }
-                    let p = att[arow + t2].get();
+                    // The values were weighted by the dropped probabilities.
+                    let p = dropout.map_or(att[arow + t2], |(probs, _)| probs[arow + t2]).get();
                     for i in 0..hs {
                         add(&mut dqkv[idx(bb, t1, 0, h, i)], pre * qkv[idx(bb, t2, 1, h, i)].get());
                         add(&mut dqkv[idx(bb, t2, 1, h, i)], pre * qkv[idx(bb, t1, 0, h, i)].get());

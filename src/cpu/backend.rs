@@ -1,7 +1,7 @@
 //! `CpuBackend`: runs a program of ops by calling the twins, in f32.
 
 use super::*;
-use crate::backend::{AdamwHyper, Backend, BufId, Created, DType, Op, PlanId, View};
+use crate::backend::{AdamwHyper, AttnDropout, Backend, BufId, Created, DType, Op, PlanId, View};
 use crate::{Error, Result};
 
 enum Buf {
@@ -77,6 +77,10 @@ impl CpuBackend {
         result
     }
 
+    fn mask(&self, d: &AttnDropout) -> Mask {
+        Mask { seed: self.u32s(d.seed)[0], p: d.p, stream: d.stream }
+    }
+
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::Zero { out } => self.with_outputs(&[out], |o| zero(o[0])),
@@ -131,19 +135,36 @@ impl CpuBackend {
                     matmul_backward(dinp, dweight, dbias, &i[0], &i[1], &i[2], m, k, n, layout)
                 })
             }
-            Op::AttentionForward { out, att, qkv, b, t, c, nh } => {
+            Op::AttentionForward { out, att, qkv, b, t, c, nh, dropout } => {
                 let i = self.inputs(&[qkv]);
-                self.with_outputs(&[out, att], |o| {
-                    let [out, att] = o else { unreachable!() };
-                    attention_forward(out, att, &i[0], b, t, c, nh)
+                let mask = dropout.map(|d| self.mask(&d));
+                let mut outs = vec![out, att];
+                outs.extend(dropout.map(|d| d.probs));
+                self.with_outputs(&outs, |o| {
+                    let (first, rest) = o.split_at_mut(2);
+                    let [out, att] = first else { unreachable!() };
+                    let probs = rest.first_mut().map(|p| (&mut **p, mask.unwrap()));
+                    attention_forward(out, att, &i[0], b, t, c, nh, probs)
                 })
             }
-            Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh } => {
+            Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, dropout } => {
                 let i = self.inputs(&[dout, qkv, att]);
+                let probs = dropout.map(|d| (self.f32s(d.probs).to_vec(), self.mask(&d)));
                 self.with_outputs(&[dqkv, datt], |o| {
                     let [dqkv, datt] = o else { unreachable!() };
-                    attention_backward(dqkv, datt, &i[0], &i[1], &i[2], b, t, c, nh)
+                    let probs = probs.as_ref().map(|(p, m)| (p.as_slice(), *m));
+                    attention_backward(dqkv, datt, &i[0], &i[1], &i[2], b, t, c, nh, probs)
                 })
+            }
+            Op::DropoutForward { out, inp, seed, n, p, stream } => {
+                let i = self.inputs(&[inp]);
+                let seed = self.u32s(seed)[0];
+                self.with_outputs(&[out], |o| dropout_forward(o[0], &i[0], seed, n, p, stream))
+            }
+            Op::DropoutBackward { dinp, dout, seed, n, p, stream } => {
+                let i = self.inputs(&[dout]);
+                let seed = self.u32s(seed)[0];
+                self.with_outputs(&[dinp], |o| dropout_backward(o[0], &i[0], seed, n, p, stream))
             }
             Op::GeluForward { out, inp, n } => {
                 let i = self.inputs(&[inp]);

@@ -8,15 +8,17 @@
 mod attention;
 mod backend;
 mod crossentropy;
+mod dropout;
 mod elementwise;
 mod encoder;
 mod layernorm;
 mod matmul;
 mod optim;
 
-pub use attention::{attention_backward, attention_forward};
+pub use attention::{attention_backward, attention_forward, Mask};
 pub use backend::CpuBackend;
 pub use crossentropy::{crossentropy_backward, crossentropy_forward};
+pub use dropout::{dropout_backward, dropout_factor, dropout_forward, hash as dropout_hash};
 pub use elementwise::{gelu_backward, gelu_forward, residual_backward, residual_forward, zero};
 pub use encoder::{encoder_backward, encoder_forward};
 pub use layernorm::{layernorm_backward, layernorm_forward, LAYERNORM_EPS};

@@ -4,13 +4,14 @@
 //! 1, 2, ... (binding 0 is always the uniform params), which words the params hold, and the grid.
 //! docs/KERNELS.md describes the same contract for people writing drop-in kernels.
 
-use crate::backend::{Op, View, WeightLayout};
+use crate::backend::{dropout_scale, dropout_threshold, Op, View, WeightLayout};
 
 /// Every shader file, compiled into the binary.
 pub const SHADERS: &[(&str, &str)] = &[
     ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
     ("crossentropy.wgsl", include_str!("../../shaders/crossentropy.wgsl")),
     ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
+    ("dropout.wgsl", include_str!("../../shaders/dropout.wgsl")),
     ("encoder.wgsl", include_str!("../../shaders/encoder.wgsl")),
     ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
@@ -63,6 +64,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         | "attention_backward_q"
         | "attention_backward_kv" => "attention.wgsl",
         "crossentropy_forward" | "crossentropy_backward" => "crossentropy.wgsl",
+        "dropout_forward" | "dropout_backward" | "dropout_mask_inplace" => "dropout.wgsl",
         "reduce_sum" | "global_norm_partial" | "global_norm_final" | "colsum_final" => "reduce.wgsl",
         "adamw_update" => "adamw.wgsl",
         other => panic!("no shader file holds the entry point {other}"),
@@ -210,6 +212,13 @@ pub fn scratch_len(op: &Op, max_binding: usize) -> usize {
     }
 }
 
+/// A dropout dispatch over the first binding's elements.
+fn dropout_call(entry: &'static str, views: Vec<View>, p: f32, stream: u32) -> Call {
+    let n = views[0].len;
+    let params = vec![u(n), dropout_threshold(p), f(dropout_scale(p)), stream];
+    call(entry, views, params, per_item(n))
+}
+
 /// `out (C) += Σ_blocks partial[offset + block·C ..]`: the second stage of a column sum.
 fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize) -> Call {
     call("colsum_final", vec![out, partial], vec![u(blocks), 0, u(c), u(offset)], per_item(c))
@@ -307,22 +316,49 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             }
             v
         }
-        Op::AttentionForward { out, att, qkv, b, t, c, nh } => {
+        Op::AttentionForward { out, att, qkv, b, t, c, nh, dropout } => {
             let p = vec![u(b), u(t), u(c), u(nh)];
-            vec![
+            let mut v = vec![
                 call("attention_scores", vec![att, qkv], p.clone(), per_item(b * nh * t * t)),
                 call("attention_softmax", vec![att], p.clone(), per_item(b * nh * t)),
-                call("attention_values", vec![out, qkv, att], p, per_item(b * t * c)),
-            ]
+            ];
+            let weights = match dropout {
+                Some(d) => {
+                    v.push(dropout_call("dropout_forward", vec![d.probs, att, d.seed], d.p, d.stream));
+                    d.probs
+                }
+                None => att,
+            };
+            v.push(call("attention_values", vec![out, qkv, weights], p, per_item(b * t * c)));
+            v
         }
-        Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh } => {
+        Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, dropout } => {
             let p = vec![u(b), u(t), u(c), u(nh)];
-            vec![
-                call("attention_backward_probs", vec![datt, qkv, dout], p.clone(), per_item(b * nh * t * t)),
+            let mut v = vec![call(
+                "attention_backward_probs",
+                vec![datt, qkv, dout],
+                p.clone(),
+                per_item(b * nh * t * t),
+            )];
+            let weights = match dropout {
+                Some(d) => {
+                    v.push(dropout_call("dropout_mask_inplace", vec![datt, d.seed], d.p, d.stream));
+                    d.probs
+                }
+                None => att,
+            };
+            v.extend([
                 call("attention_backward_softmax", vec![datt, att], p.clone(), per_item(b * nh * t)),
                 call("attention_backward_q", vec![dqkv, qkv, datt], p.clone(), per_item(b * t * c)),
-                call("attention_backward_kv", vec![dqkv, qkv, datt, att, dout], p, per_item(b * t * c)),
-            ]
+                call("attention_backward_kv", vec![dqkv, qkv, datt, weights, dout], p, per_item(b * t * c)),
+            ]);
+            v
+        }
+        Op::DropoutForward { out, inp, seed, p, stream, .. } => {
+            vec![dropout_call("dropout_forward", vec![out, inp, seed], p, stream)]
+        }
+        Op::DropoutBackward { dinp, dout, seed, p, stream, .. } => {
+            vec![dropout_call("dropout_backward", vec![dinp, dout, seed], p, stream)]
         }
         Op::GeluForward { out, inp, n } => {
             vec![call("gelu_forward", vec![out, inp], vec![u(n)], per_item(n))]

@@ -5,7 +5,9 @@
 
 use super::layout::{ParamLayout, ALIGN};
 use super::ModelConfig;
-use crate::backend::{encoder_order, AdamwHyper, Backend, BufId, DType, Op, PlanId, View, WeightLayout};
+use crate::backend::{
+    encoder_order, AdamwHyper, AttnDropout, Backend, BufId, DType, Op, PlanId, View, WeightLayout,
+};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -28,8 +30,10 @@ impl BatchShape {
 pub enum Mode {
     /// Forward only (sampling, evaluation): no gradients, no optimizer state.
     Inference,
-    /// Forward, backward and AdamW, with decoupled weight decay on the 2-D tensors.
-    Train { weight_decay: f32 },
+    /// Forward, backward and AdamW, with decoupled weight decay on the 2-D tensors, and dropout with
+    /// probability `dropout` (0 = none) on the embedding, the attention probabilities and both residual
+    /// branches of every block, during training steps only.
+    Train { weight_decay: f32, dropout: f32 },
 }
 
 /// What one step measured.
@@ -176,6 +180,59 @@ impl Frame {
     }
 }
 
+/// The outputs of the dropout sites (or their gradients): the embedding, and per block the attention
+/// probabilities, the attention projection and the MLP projection.
+struct Dropped {
+    encoded: View,
+    layers: Vec<[View; 3]>,
+}
+
+/// Dropout of a training model: the probability, the step's seed (1 u32, written by the host before
+/// each step) and the dropped tensors.
+struct Dropout {
+    p: f32,
+    seed: View,
+    acts: Dropped,
+    grads: Dropped,
+}
+
+impl Dropout {
+    fn new(be: &mut dyn Backend, cfg: &ModelConfig, s: BatchShape, p: f32, scalar: View) -> Result<Self> {
+        let (nc, att) = (s.tokens() * cfg.n_embd, s.b * cfg.n_head * s.t * s.t);
+        let mut t = |len: usize, name: String| -> Result<View> {
+            Ok(View::new(be.alloc(DType::F32, len, &name)?, 0, len))
+        };
+        let mut dropped = |grad: bool| -> Result<Dropped> {
+            let g = if grad { "gradient of " } else { "" };
+            Ok(Dropped {
+                encoded: t(nc, format!("{g}dropped embedding"))?,
+                layers: (0..cfg.n_layer)
+                    .map(|l| {
+                        Ok([
+                            if grad {
+                                scalar
+                            } else {
+                                t(att, format!("h.{l} dropped attention probabilities"))?
+                            },
+                            t(nc, format!("{g}h.{l} dropped attention projection"))?,
+                            t(nc, format!("{g}h.{l} dropped mlp projection"))?,
+                        ])
+                    })
+                    .collect::<Result<_>>()?,
+            })
+        };
+        let (acts, grads) = (dropped(false)?, dropped(true)?);
+        let seed = View::new(be.alloc(DType::U32, 1, "dropout seed")?, 0, 1);
+        Ok(Dropout { p, seed, acts, grads })
+    }
+
+    /// Every dropout site of every micro-batch draws its own mask: site 0 is the embedding, then three
+    /// per block.
+    fn stream(&self, micro: usize, site: usize) -> u32 {
+        (micro * (1 + 3 * self.acts.layers.len()) + site) as u32
+    }
+}
+
 struct Train {
     grads: BufId,
     m: BufId,
@@ -195,6 +252,7 @@ pub struct Gpt2 {
     main: Frame,
     /// A (1, T) frame and its logits program, when sampling is enabled on a training model.
     sampler: Option<(Frame, PlanId)>,
+    dropout: Option<Dropout>,
     scalar: View,
     stats: View,
     hyper: View,
@@ -238,6 +296,7 @@ impl Gpt2 {
             params,
             main,
             sampler: None,
+            dropout: None,
             scalar,
             stats,
             hyper,
@@ -248,12 +307,19 @@ impl Gpt2 {
         let stats = model.stats;
         let mut loss_ops = vec![Op::Zero { out: stats }];
         for micro in 0..shape.accum {
-            loss_ops.extend(model.forward_ops(&model.main, micro, true));
+            loss_ops.extend(model.forward_ops(&model.main, micro, true, false));
         }
         model.loss_plan = model.backend.prepare(&loss_ops)?;
-        model.logits_plan = model.backend.prepare(&model.forward_ops(&model.main, 0, false))?;
+        model.logits_plan = model.backend.prepare(&model.forward_ops(&model.main, 0, false, false))?;
 
-        if let Mode::Train { weight_decay } = mode {
+        if let Mode::Train { weight_decay, dropout } = mode {
+            if !(0.0..1.0).contains(&dropout) {
+                return Err(Error::Invalid(format!("dropout {dropout} must be in [0, 1)")));
+            }
+            if dropout > 0.0 {
+                model.dropout =
+                    Some(Dropout::new(model.backend.as_mut(), &model.config, shape, dropout, scalar)?);
+            }
             let be = model.backend.as_mut();
             let total = model.layout.total;
             let grads = be.alloc(DType::F32, total, "gradients")?;
@@ -263,7 +329,7 @@ impl Gpt2 {
             let mut train = Train { grads, m, v, dacts, grad_plan: PlanId(0), step_plan: PlanId(0) };
             let mut ops = vec![Op::Zero { out: View::new(grads, 0, total) }, Op::Zero { out: stats }];
             for micro in 0..shape.accum {
-                ops.extend(model.forward_ops(&model.main, micro, true));
+                ops.extend(model.forward_ops(&model.main, micro, true, true));
                 ops.extend(model.backward_ops(&train, micro));
             }
             ops.push(Op::GlobalNorm {
@@ -306,11 +372,12 @@ impl Gpt2 {
     }
 
     /// The forward pass of micro-batch `micro`, and (with `loss`) the cross-entropy added into the
-    /// stats buffer's loss slot as a mean over the whole step.
-    fn forward_ops(&self, frame: &Frame, micro: usize, loss: bool) -> Vec<Op> {
+    /// stats buffer's loss slot as a mean over the whole step. `train` applies dropout.
+    fn forward_ops(&self, frame: &Frame, micro: usize, loss: bool, train: bool) -> Vec<Op> {
         let (cfg, s, a, l) = (&self.config, frame.shape, &frame.acts, &self.layout);
         let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
         let p = |i: usize| self.param(i);
+        let drop = self.dropout.as_ref().filter(|_| train);
         let mut ops = vec![Op::EncoderForward {
             out: a.encoded,
             tokens: frame.tokens[micro],
@@ -320,8 +387,23 @@ impl Gpt2 {
             t: s.t,
             c,
         }];
-        let mut x = a.encoded;
-        for (la, li) in a.layers.iter().zip(&l.layers) {
+        // Where dropout applies, the dropped copy takes the tensor's place downstream.
+        let dropped = |ops: &mut Vec<Op>, inp: View, site: usize, out: Option<View>| match (drop, out) {
+            (Some(d), Some(out)) => {
+                ops.push(Op::DropoutForward {
+                    out,
+                    inp,
+                    seed: d.seed,
+                    n: inp.len,
+                    p: d.p,
+                    stream: d.stream(micro, site),
+                });
+                out
+            }
+            _ => inp,
+        };
+        let mut x = dropped(&mut ops, a.encoded, 0, drop.map(|d| d.acts.encoded));
+        for (i, (la, li)) in a.layers.iter().zip(&l.layers).enumerate() {
             let linear =
                 |out: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| Op::MatmulForward {
                     out,
@@ -333,6 +415,7 @@ impl Gpt2 {
                     n: nn,
                     layout: WeightLayout::InOut,
                 };
+            let site = |k: usize| drop.map(|d| d.acts.layers[i][k]);
             ops.extend([
                 Op::LayernormForward {
                     out: la.ln1,
@@ -353,9 +436,18 @@ impl Gpt2 {
                     t: s.t,
                     c,
                     nh: cfg.n_head,
+                    dropout: drop.map(|d| AttnDropout {
+                        probs: d.acts.layers[i][0],
+                        seed: d.seed,
+                        p: d.p,
+                        stream: d.stream(micro, 1 + 3 * i),
+                    }),
                 },
                 linear(la.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
-                Op::ResidualForward { out: la.res2, inp1: x, inp2: la.attproj, n: n * c },
+            ]);
+            let attproj = dropped(&mut ops, la.attproj, 2 + 3 * i, site(1));
+            ops.extend([
+                Op::ResidualForward { out: la.res2, inp1: x, inp2: attproj, n: n * c },
                 Op::LayernormForward {
                     out: la.ln2,
                     mean: la.ln2_mean,
@@ -369,8 +461,9 @@ impl Gpt2 {
                 linear(la.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
                 Op::GeluForward { out: la.fch_gelu, inp: la.fch, n: n * 4 * c },
                 linear(la.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c),
-                Op::ResidualForward { out: la.res3, inp1: la.res2, inp2: la.fcproj, n: n * c },
             ]);
+            let fcproj = dropped(&mut ops, la.fcproj, 3 + 3 * i, site(2));
+            ops.push(Op::ResidualForward { out: la.res3, inp1: la.res2, inp2: fcproj, n: n * c });
             x = la.res3;
         }
         ops.extend([
@@ -430,9 +523,32 @@ impl Gpt2 {
         let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
         let p = |i: usize| self.param(i);
         let g = |i: usize| self.grad(train, i);
-        let mut ops: Vec<Op> = d.grad_views().into_iter().map(|out| Op::Zero { out }).collect();
-        let last = a.layers.last().map_or(a.encoded, |la| la.res3);
-        let dlast = d.layers.last().map_or(d.encoded, |la| la.res3);
+        let drop = self.dropout.as_ref();
+        let mut zeroed = d.grad_views();
+        if let Some(dr) = drop {
+            zeroed.push(dr.grads.encoded);
+            zeroed.extend(dr.grads.layers.iter().flat_map(|[_, attproj, fcproj]| [*attproj, *fcproj]));
+        }
+        let mut ops: Vec<Op> = zeroed.into_iter().map(|out| Op::Zero { out }).collect();
+        // The embedding as the first block saw it (dropped, with dropout), and its gradient.
+        let (emb, demb) = match drop {
+            Some(dr) => (dr.acts.encoded, dr.grads.encoded),
+            None => (a.encoded, d.encoded),
+        };
+        let last = a.layers.last().map_or(emb, |la| la.res3);
+        let dlast = d.layers.last().map_or(demb, |la| la.res3);
+        let undrop = |ops: &mut Vec<Op>, dinp: View, dout: View, site: usize| {
+            if let Some(dr) = drop {
+                ops.push(Op::DropoutBackward {
+                    dinp,
+                    dout,
+                    seed: dr.seed,
+                    n: dinp.len,
+                    p: dr.p,
+                    stream: dr.stream(micro, site),
+                });
+            }
+        };
         ops.extend([
             Op::CrossentropyBackward {
                 dlogits: d.logits,
@@ -470,8 +586,9 @@ impl Gpt2 {
         ]);
         for i in (0..cfg.n_layer).rev() {
             let (la, da, li) = (&a.layers[i], &d.layers[i], &l.layers[i]);
-            let (x, dx) =
-                if i == 0 { (a.encoded, d.encoded) } else { (a.layers[i - 1].res3, d.layers[i - 1].res3) };
+            let (x, dx) = if i == 0 { (emb, demb) } else { (a.layers[i - 1].res3, d.layers[i - 1].res3) };
+            let dsite = |k: usize, plain: View| drop.map_or(plain, |dr| dr.grads.layers[i][k]);
+            let (dfcproj, dattproj) = (dsite(2, da.fcproj), dsite(1, da.attproj));
             let linear = |dinp: View, dout: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
                 Op::MatmulBackward {
                     dinp,
@@ -486,8 +603,9 @@ impl Gpt2 {
                     layout: WeightLayout::InOut,
                 }
             };
+            ops.push(Op::ResidualBackward { dinp1: da.res2, dinp2: dfcproj, dout: da.res3, n: n * c });
+            undrop(&mut ops, da.fcproj, dfcproj, 3 + 3 * i);
             ops.extend([
-                Op::ResidualBackward { dinp1: da.res2, dinp2: da.fcproj, dout: da.res3, n: n * c },
                 linear(da.fch_gelu, da.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c),
                 Op::GeluBackward { dinp: da.fch, inp: la.fch, dout: da.fch_gelu, n: n * 4 * c },
                 linear(da.ln2, da.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
@@ -503,7 +621,10 @@ impl Gpt2 {
                     n,
                     c,
                 },
-                Op::ResidualBackward { dinp1: dx, dinp2: da.attproj, dout: da.res2, n: n * c },
+                Op::ResidualBackward { dinp1: dx, dinp2: dattproj, dout: da.res2, n: n * c },
+            ]);
+            undrop(&mut ops, da.attproj, dattproj, 2 + 3 * i);
+            ops.extend([
                 linear(da.atty, da.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
                 Op::AttentionBackward {
                     dqkv: da.qkv,
@@ -515,6 +636,12 @@ impl Gpt2 {
                     t: s.t,
                     c,
                     nh: cfg.n_head,
+                    dropout: drop.map(|dr| AttnDropout {
+                        probs: dr.acts.layers[i][0],
+                        seed: dr.seed,
+                        p: dr.p,
+                        stream: dr.stream(micro, 1 + 3 * i),
+                    }),
                 },
                 linear(da.ln1, da.qkv, la.ln1, li.c_attn_w, li.c_attn_b, c, 3 * c),
                 Op::LayernormBackward {
@@ -531,6 +658,7 @@ impl Gpt2 {
                 },
             ]);
         }
+        undrop(&mut ops, d.encoded, demb, 0);
         ops.push(Op::EncoderBackward {
             dwte: g(l.wte),
             dwpe: g(l.wpe),
@@ -637,6 +765,14 @@ impl Gpt2 {
         self.read_stats()
     }
 
+    /// Sets the seed of the dropout masks of the next steps (each step should have its own).
+    pub fn set_dropout_seed(&mut self, seed: u32) -> Result<()> {
+        match &self.dropout {
+            Some(d) => self.backend.write_u32(d.seed, &[seed]),
+            None => Ok(()),
+        }
+    }
+
     /// One optimizer step over the loaded micro-batches: zero gradients, forward, backward, global
     /// norm, clipping and AdamW, as one program (one submission on the GPU).
     pub fn step(&mut self, hyper: &AdamwHyper) -> Result<StepStats> {
@@ -694,7 +830,7 @@ impl Gpt2 {
         }
         let shape = BatchShape { b: 1, t: self.shape.t, accum: 1 };
         let frame = Frame::new(self.backend.as_mut(), &self.config, shape, self.scalar, "sampling ")?;
-        let plan = self.backend.prepare(&self.forward_ops(&frame, 0, false))?;
+        let plan = self.backend.prepare(&self.forward_ops(&frame, 0, false, false))?;
         self.sampler = Some((frame, plan));
         Ok(())
     }

@@ -178,7 +178,12 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
     let backend = crate::open_backend(&opts.device)?;
     let device = backend.describe();
-    let mut model = Gpt2::new(backend, model_cfg, shape, Mode::Train { weight_decay: cfg.weight_decay })?;
+    let mut model = Gpt2::new(
+        backend,
+        model_cfg,
+        shape,
+        Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout },
+    )?;
     model.enable_sampling()?;
     let mut loader =
         Loader::new(data.train, shape.b, shape.t, cfg.seed, &format!("{} (training split)", data.source))?;
@@ -228,6 +233,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             let (x, y) = loader.next_batch();
             model.set_batch(micro, &x, &y)?;
         }
+        // Each step draws fresh dropout masks, from the seed and the step alone (so a resumed run
+        // draws the same ones).
+        model.set_dropout_seed(crate::cpu::dropout_hash(
+            cfg.seed as u32 ^ crate::cpu::dropout_hash(step as u32),
+        ))?;
         let lr = lr_at(step as usize, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps);
         let hyper = AdamwHyper::at_step(lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.grad_clip, adam_t + 1);
         let stats = model.step(&hyper)?;
