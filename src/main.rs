@@ -190,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train { config, overrides, out, resume, device } => {
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
-            let opts = RunOptions { out, resume, device: device.parse()?, quiet: false };
+            let opts = RunOptions { out, resume, device: device.parse()?, quiet: false, stop_after: None };
             let s = wgslm::train::run(&cfg, &opts)?;
             println!(
                 "trained {} steps in {:.1} s ({:.0} tokens/s on {}); loss {} -> {:.4}{}",

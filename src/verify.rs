@@ -216,7 +216,7 @@ const ROWS: [(usize, usize); 5] = [(1, 4), (7, 24), (37, 68), (129, 200), (65_60
 /// (M, K, N) for matrix products: edges of every tile size; K long enough to be split into chunks;
 /// M long enough for several row blocks in the bias gradient and chunks in the weight gradient.
 /// Some have every dimension a multiple of 4, the condition of the vec4 variants.
-const GEMM: [(usize, usize, usize); 9] = [
+const GEMM: [(usize, usize, usize); 10] = [
     (1, 1, 1),
     (7, 24, 37),
     (37, 68, 65),
@@ -226,6 +226,8 @@ const GEMM: [(usize, usize, usize); 9] = [
     (70_000, 3, 2),
     (36, 100, 68),
     (124, 36, 132),
+    // Long enough that inner tile loops, if the loop limiter counted them, would cut the sum short.
+    (300, 2048, 72),
 ];
 /// (B, T, C, NH) for attention: head sizes 4, 6, 17, 25, 128 (none a power of two but the first and
 /// last); the last has rows long enough that a row-per-invocation kernel would loop T·hs > 65,535 times.

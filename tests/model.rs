@@ -254,7 +254,9 @@ fn hf_import_names_what_is_wrong() {
     let flat = random_params(&AWKWARD, 13);
     let other = vec![0.5f32; 997 * 48];
     let ints = vec![0i32; 48];
-    let cases: Vec<(&str, Vec<(String, Tensor<'_>)>, &str)> =
+    // (case, the tensors written, what the error must say)
+    type Case<'a> = (&'a str, Vec<(String, Tensor<'a>)>, &'a str);
+    let cases: Vec<Case<'_>> =
         vec![
             (
                 "missing",

@@ -157,7 +157,7 @@ struct Faults {
 /// Shader modules and pipelines, built once per device and shared by every backend on it.
 #[derive(Default)]
 struct PipelineCache {
-    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    modules: HashMap<(&'static str, &'static str), wgpu::ShaderModule>,
     pipelines: HashMap<String, wgpu::ComputePipeline>,
 }
 
@@ -177,7 +177,15 @@ impl GpuContext {
     /// Opens the adapter `choice` names. `DeviceChoice::Cpu` is not a GPU and is refused here.
     pub fn new(choice: &DeviceChoice) -> Result<Self> {
         let instance = instance();
-        let all = adapters(&instance);
+        // `auto` looks at the native APIs first: probing GL opens an EGL display, which is slow and
+        // noisy on machines without one, and GL is ranked last anyway.
+        let mut all = Vec::new();
+        if *choice == DeviceChoice::Auto {
+            all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+        }
+        if all.is_empty() {
+            all = adapters(&instance);
+        }
         let available = || {
             let names: Vec<String> = all
                 .iter()
@@ -290,17 +298,18 @@ impl GpuContext {
 
     /// The pipeline for a call's entry point and constants, built on first use.
     pub fn pipeline(&self, call: &Call) -> Result<wgpu::ComputePipeline> {
-        let key = format!("{}{:?}", call.entry, call.constants);
+        let key = format!("{}[{}]{:?}", call.entry, call.source, call.constants);
         let mut cache = self.cache.lock().unwrap();
         if let Some(p) = cache.pipelines.get(&key) {
             return Ok(p.clone());
         }
         let file = kernels::shader_file(call.entry);
-        if !cache.modules.contains_key(file) {
-            let module = self.compile(file, kernels::shader_source(file))?;
-            cache.modules.insert(file, module);
-        }
-        let module = &cache.modules[file];
+        let module = match cache.modules.entry((file, call.source)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.compile(file, &kernels::variant_source(file, call.source))?)
+            }
+        };
         let pipeline = self.scoped(&format!("building the pipeline {key}"), || {
             self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(call.entry),
@@ -327,7 +336,9 @@ impl GpuContext {
                 label: Some(file),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             };
-            if std::env::var("WGSLM_UNCHECKED").is_ok() {
+            if kernels::TRUSTED.contains(&file) {
+                // SAFETY: every index these kernels compute is clamped or guarded in the source, and
+                // tests/kernels.rs checks them at edge shapes against the CPU twins.
                 unsafe {
                     self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
                 }

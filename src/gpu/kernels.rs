@@ -15,10 +15,17 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("encoder.wgsl", include_str!("../../shaders/encoder.wgsl")),
     ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
+    ("matmul_rows.wgsl", include_str!("../../shaders/matmul_rows.wgsl")),
     ("matmul_vec4.wgsl", include_str!("../../shaders/matmul_vec4.wgsl")),
     ("adamw.wgsl", include_str!("../../shaders/adamw.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
 ];
+
+/// Files compiled without wgpu's runtime bounds checks. Each index they compute is clamped into range
+/// or guarded in the source, and the kernel tests prove it at edge shapes. The checks matter on
+/// lavapipe: a checked load is never recognised as uniform across lanes, which costs this kernel
+/// family about 4x.
+pub const TRUSTED: &[&str] = &["matmul_rows.wgsl"];
 
 /// The source of one of [`SHADERS`].
 pub fn shader_source(file: &str) -> &'static str {
@@ -56,6 +63,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         "layernorm_forward" | "layernorm_backward" | "layernorm_backward_params_partial" => "layernorm.wgsl",
         "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
         "matmul_vec4_rows" | "matmul_vec4_dot" => "matmul_vec4.wgsl",
+        "matmul_rows" => "matmul_rows.wgsl",
         "attention_scores"
         | "attention_softmax"
         | "attention_values"
@@ -88,7 +96,27 @@ pub const NORM_PARTIALS: usize = 256;
 
 /// The matmul kernel variants, by name. `blocked4x4` (matmul.wgsl) handles every shape; the others
 /// handle the shapes their header comment names and fall back to it elsewhere.
-pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4"];
+pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "rows16x32"];
+
+/// The tile of a `rows` variant: (rows per invocation R, columns per workgroup 4·C4).
+fn rows_tile(variant: &str) -> Option<(usize, usize)> {
+    match variant {
+        "rows16x32" => Some((16, 8)),
+        _ => None,
+    }
+}
+
+/// The WGSL source of a shader, with a `rows` variant's tile written into its `const` lines.
+pub fn variant_source(file: &str, variant: &str) -> std::borrow::Cow<'static, str> {
+    let source = shader_source(file);
+    match rows_tile(variant) {
+        Some((r, c4)) if file == "matmul_rows.wgsl" => source
+            .replace("const R: u32 = 16u;", &format!("const R: u32 = {r}u;"))
+            .replace("const C4: u32 = 8u;", &format!("const C4: u32 = {c4}u;"))
+            .into(),
+        _ => source.into(),
+    }
+}
 
 /// What the op → dispatch mapping needs to know beyond the op.
 #[derive(Clone, Copy, Debug)]
@@ -114,6 +142,8 @@ fn chunks(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
     pub entry: &'static str,
+    /// The source variant of the entry's file ("" for the file as it is; see [`variant_source`]).
+    pub source: &'static str,
     pub constants: Vec<(&'static str, f64)>,
     pub views: Vec<View>,
     pub params: Vec<u32>,
@@ -145,21 +175,27 @@ fn f(x: f32) -> u32 {
 }
 
 fn call(entry: &'static str, views: Vec<View>, params: Vec<u32>, groups: [u32; 3]) -> Call {
-    Call { entry, constants: Vec::new(), views, params, groups }
+    Call { entry, source: "", constants: Vec::new(), views, params, groups }
 }
 
-/// The entry point and override constants of matmul `variant` for one shape.
+/// How matmul `variant` runs one shape: entry point, source variant, override constants and grid.
+#[allow(clippy::type_complexity)]
 fn matmul_entry(
-    variant: &str,
-    (_, k, n): (usize, usize, usize),
+    variant: &'static str,
+    (m, k, n): (usize, usize, usize),
     trans_a: bool,
     trans_b: bool,
-) -> (&'static str, Vec<(&'static str, f64)>) {
+) -> (&'static str, &'static str, Vec<(&'static str, f64)>, [u32; 3]) {
     let flag = |b: bool| b as u8 as f64;
-    match variant {
-        "vec4" if !trans_b && n % 4 == 0 => ("matmul_vec4_rows", vec![("TRANS_A", flag(trans_a))]),
-        "vec4" if trans_b && !trans_a && k % 4 == 0 => ("matmul_vec4_dot", vec![]),
-        _ => ("matmul", vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))]),
+    let both = vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))];
+    let tiles32 = [u(n.div_ceil(32)), u(m.div_ceil(32)), 1];
+    match (variant, rows_tile(variant)) {
+        ("vec4", _) if !trans_b && n % 4 == 0 => {
+            ("matmul_vec4_rows", "", vec![("TRANS_A", flag(trans_a))], tiles32)
+        }
+        ("vec4", _) if trans_b && !trans_a && k % 4 == 0 => ("matmul_vec4_dot", "", vec![], tiles32),
+        (v, Some((r, c4))) => ("matmul_rows", v, both, [u(n.div_ceil(4 * c4)), u(m.div_ceil(8 * r)), 1]),
+        _ => ("matmul", "", both, tiles32),
     }
 }
 
@@ -167,7 +203,7 @@ fn matmul_entry(
 /// [`MATMUL_K_CHUNK`] along K (the later ones accumulate). `dummy` stands in for a missing bias.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
-    variant: &str,
+    variant: &'static str,
     out: View,
     a: View,
     b: View,
@@ -178,7 +214,7 @@ pub fn gemm(
     trans_b: bool,
     accumulate: bool,
 ) -> Vec<Call> {
-    let (entry, constants) = matmul_entry(variant, (m, k, n), trans_a, trans_b);
+    let (entry, source, constants, groups) = matmul_entry(variant, (m, k, n), trans_a, trans_b);
     (0..k.div_ceil(MATMUL_K_CHUNK).max(1))
         .map(|chunk| {
             let k_begin = chunk * MATMUL_K_CHUNK;
@@ -187,10 +223,11 @@ pub fn gemm(
             let flags = u32::from(accumulate || chunk > 0) | (u32::from(add_bias) << 1);
             Call {
                 entry,
+                source,
                 constants: constants.clone(),
                 views: vec![out, a, b, bias.unwrap_or(dummy)],
                 params: vec![u(m), u(k), u(n), flags, u(k_begin), u(k_end)],
-                groups: [u(n.div_ceil(32)), u(m.div_ceil(32)), 1],
+                groups,
             }
         })
         .collect()

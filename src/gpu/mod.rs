@@ -57,9 +57,12 @@ impl GpuBackend {
 
     pub fn with_context(ctx: Arc<GpuContext>) -> Self {
         let max_binding = (ctx.adapter.limits.max_storage_buffer_binding_size / 4) as usize / 64 * 64;
+        // Until the autotuner measures, a CPU-type adapter (lavapipe, SwiftShader) gets the variant
+        // written for SIMD CPUs and a GPU the register-blocked vec4 one.
+        let matmul = if ctx.adapter.info.device_type == wgpu::DeviceType::Cpu { "rows16x32" } else { "vec4" };
         GpuBackend {
             max_binding,
-            matmul: "vec4",
+            matmul,
             ctx,
             bufs: Vec::new(),
             plans: Vec::new(),

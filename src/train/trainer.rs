@@ -28,6 +28,8 @@ pub struct RunOptions {
     pub device: DeviceChoice,
     /// No progress bar and no samples on the terminal (tests, scripts).
     pub quiet: bool,
+    /// Stop (with a checkpoint) after this many steps in all, as if interrupted; `--resume` continues.
+    pub stop_after: Option<u64>,
 }
 
 /// What a run did.
@@ -274,6 +276,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         progress.update(step, format!("loss {:.4}  lr {lr:.2e}  {tps:.0} tok/s", stats.loss), quiet);
 
         let last = step == total;
+        let stopping = opts.stop_after == Some(step);
         let due = |every: usize| last || (every > 0 && step % every as u64 == 0);
         if due(cfg.eval_every) {
             if let Some(batches) = &val {
@@ -293,7 +296,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             progress
                 .println(&format!("--- sample at step {step} ---\n{}{text}\n---", cfg.sample_prompt), quiet);
         }
-        if due(cfg.checkpoint_every) {
+        if due(cfg.checkpoint_every) || stopping {
             let (m, v) = model.optimizer_state()?;
             let state = TrainerState {
                 step,
@@ -307,6 +310,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             let dir =
                 checkpoint::save(out, &model_cfg, &data.tok, &params, &m, &v, &state, cfg.keep_checkpoints)?;
             last_checkpoint = Some(dir);
+        }
+        if stopping {
+            break;
         }
     }
     progress.bar.finish_and_clear();

@@ -1,0 +1,92 @@
+// General matrix product, variant family "rows": out (M,N) (+)= op(a) · op(b) (+ bias), f32, with the
+// binding contract of matmul.wgsl (docs/KERNELS.md). Any shape, any layout (TRANS_A, TRANS_B).
+//
+// Written for SIMD CPU targets such as lavapipe, where a load whose address depends on the invocation
+// index becomes a loop over the SIMD lanes, while one that depends only on the workgroup id and loop
+// counters stays a single load. Here invocations differ only in their rows: each computes R rows of a
+// block of 4*C4 columns chosen by the workgroup id, so every load of b is uniform and each lane's load
+// of a feeds 4*C4 multiply-adds. R and C4 are the tile knobs: the host derives the variants
+// (rows16x32, rows32x64, ...) from this source by setting the two `const` lines below.
+//
+// Grid: (ceil(N / (4*C4)), ceil(M / (WG*R))) workgroups of WG invocations.
+
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    flags: u32,
+    k_begin: u32,
+    k_end: u32,
+}
+
+override TRANS_A: bool = false;
+override TRANS_B: bool = false;
+
+const R: u32 = 16u;
+const C4: u32 = 8u;
+const WG: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+
+fn load_a(i: u32, kk: u32) -> f32 {
+    if (TRANS_A) {
+        return a[kk * p.m + i];
+    }
+    return a[i * p.k + kk];
+}
+
+fn load_b(kk: u32, j: u32) -> f32 {
+    if (TRANS_B) {
+        return b[j * p.k + kk];
+    }
+    return b[kk * p.n + j];
+}
+
+@compute @workgroup_size(8)
+fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = (wid.y * WG + lid) * R;
+    let col0 = wid.x * C4 * 4u;
+    let last_col = p.n - 1u;
+    var acc: array<array<vec4<f32>, C4>, R>;
+    var bv: array<vec4<f32>, C4>;
+    for (var kk = p.k_begin; kk < p.k_end; kk += 1u) {
+        for (var j = 0u; j < C4; j += 1u) {
+            let c = col0 + 4u * j;
+            // Columns past the edge read the last one; their sums are never stored.
+            bv[j] = vec4<f32>(load_b(kk, min(c, last_col)), load_b(kk, min(c + 1u, last_col)),
+                              load_b(kk, min(c + 2u, last_col)), load_b(kk, min(c + 3u, last_col)));
+        }
+        for (var i = 0u; i < R; i += 1u) {
+            let av = load_a(min(row0 + i, p.m - 1u), kk);
+            for (var j = 0u; j < C4; j += 1u) {
+                acc[i][j] += av * bv[j];
+            }
+        }
+    }
+    for (var i = 0u; i < R; i += 1u) {
+        let row = row0 + i;
+        if (row >= p.m) {
+            break;
+        }
+        for (var j = 0u; j < C4; j += 1u) {
+            for (var e = 0u; e < 4u; e += 1u) {
+                let col = col0 + 4u * j + e;
+                if (col < p.n) {
+                    let idx = row * p.n + col;
+                    var x = acc[i][j][e];
+                    if ((p.flags & 2u) != 0u) {
+                        x += bias[col];
+                    }
+                    if ((p.flags & 1u) != 0u) {
+                        x += out[idx];
+                    }
+                    out[idx] = x;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Every subcommand through the real binary: exit status and the lines a user reads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn wgslm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgslm")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = wgslm(args);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "wgslm {} failed:\n{stdout}\n{stderr}", args.join(" "));
+    stdout.into_owned()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgslm-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn devices_lists_adapters() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = ok(&["devices"]);
+    assert!(out.contains("[0]") && out.contains("api:") && out.contains("limits:"), "{out}");
+}
+
+#[test]
+fn verify_checks_a_kernel() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let out = ok(&["verify", "--kernel", "residual_forward"]);
+    assert!(out.contains("residual_forward") && out.contains("PASS") && !out.contains("FAIL"), "{out}");
+}
+
+/// prepare → train → sample → eval, on the CPU backend (fast for a tiny model).
+#[test]
+fn prepare_train_sample_eval() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = temp("data");
+    let run = temp("run");
+    // A corpus in the style of the builtin one, so that the character vocabulary covers it.
+    let text = temp("text");
+    std::fs::create_dir_all(&text).unwrap();
+    let corpus = text.join("stories.txt");
+    std::fs::write(&corpus, wgslm::data::builtin::stories(5, 60).join("\n\n")).unwrap();
+
+    let out = ok(&["prepare", "--input", s(&corpus), "--out", s(&data), "--tokenizer", "char"]);
+    assert!(out.contains("train") && out.contains("val tokens"), "{out}");
+    for f in ["tokenizer.json", "train.bin", "val.bin"] {
+        assert!(data.join(f).is_file(), "prepare did not write {f}");
+    }
+
+    let config = root.join("configs/tiny.toml");
+    let data_set = format!("data={}", s(&data));
+    let out = ok(&[
+        "train",
+        "--config",
+        s(&config),
+        "--set",
+        "max_steps=6",
+        "--set",
+        "eval_every=3",
+        "--set",
+        &data_set,
+        "--out",
+        s(&run),
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.contains("trained 6 steps") && out.contains("val loss"), "{out}");
+
+    let out = ok(&[
+        "sample",
+        "--model",
+        s(&run),
+        "--prompt",
+        "Once",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.starts_with("Once") && out.trim_end().chars().count() > 4, "{out:?}");
+    let again = ok(&[
+        "sample",
+        "--model",
+        s(&run),
+        "--prompt",
+        "Once",
+        "--max-new-tokens",
+        "12",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(out, again, "the same seed must give the same sample");
+
+    let out = ok(&["eval", "--model", s(&run), "--data", s(&data.join("val.bin")), "--device", "cpu"]);
+    assert!(out.contains("mean loss") && out.contains("perplexity"), "{out}");
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = ok(&["--help"]);
+    for cmd in ["devices", "verify", "prepare", "train", "sample", "eval", "grad"] {
+        assert!(out.contains(cmd), "--help does not mention {cmd}:\n{out}");
+    }
+}
