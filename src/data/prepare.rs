@@ -125,9 +125,10 @@ pub fn tokenize(tok: &Tok, docs: &[String]) -> Result<Vec<u32>> {
     Ok(tokens)
 }
 
-/// Splits a stream: the last `val_fraction` (at least one window's worth when possible) is validation.
+/// Splits a stream: the last `val_fraction` of the tokens is validation.
 pub fn split(tokens: Vec<u32>, val_fraction: f64) -> (Vec<u32>, Vec<u32>) {
-    let at = ((tokens.len() as f64) * (1.0 - val_fraction)).round() as usize;
+    // Floor, as nanoGPT does (`data[:int(n*0.9)]`).
+    let at = ((tokens.len() as f64) * (1.0 - val_fraction)).floor() as usize;
     let mut train = tokens;
     let val = train.split_off(at.min(train.len()));
     (train, val)
