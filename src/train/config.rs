@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::ModelConfig;
 use crate::{fsutil, Error, Result};
 
-/// Every key of a training config. Defaults train a ~0.8M-parameter model on the embedded stories.
+/// Every key of a training config. The defaults train a ~0.45M-parameter model on the embedded stories
+/// (docs/CONFIG.md is the reference).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -85,15 +86,15 @@ impl Default for TrainConfig {
             vocab_size: 512,
             n_layer: 4,
             n_head: 4,
-            n_embd: 128,
-            block_size: 128,
+            n_embd: 96,
+            block_size: 64,
             dropout: 0.0,
             batch_size: 16,
             grad_accum_steps: 1,
-            max_steps: 600,
-            lr: 2e-3,
-            min_lr: 2e-4,
-            warmup_steps: 50,
+            max_steps: 400,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup_steps: 40,
             beta1: 0.9,
             beta2: 0.99,
             eps: 1e-8,
@@ -101,7 +102,7 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             eval_every: 100,
             eval_batches: 20,
-            sample_every: 200,
+            sample_every: 100,
             sample_tokens: 200,
             sample_prompt: "Once upon a time".into(),
             checkpoint_every: 200,
