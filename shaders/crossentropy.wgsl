@@ -68,12 +68,14 @@ fn crossentropy_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
 }
 
-// crossentropy_backward: dlogits (N,V) += scale * (exp(logits - lse) - onehot(target)).
+// crossentropy_backward: dlogits (N,V) += scale * grad_scale * (exp(logits - lse) - onehot(target)),
+// grad_scale a per-step multiplier set by the host (1 normally).
 // One invocation per element; grid: ceil(N*V / 64) workgroups, folded into (x, y).
-// 1: dlogits (read_write), 2: logits (N,V), 3: lse (N), 4: targets (N) u32
+// 1: dlogits (read_write), 2: logits (N,V), 3: lse (N), 4: targets (N) u32, 5: grad_scale (1)
 @group(0) @binding(1) var<storage, read_write> dlogits: array<f32>;
 @group(0) @binding(2) var<storage, read> logits_in: array<f32>;
 @group(0) @binding(3) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(5) var<storage, read> grad_scale: array<f32>;
 
 @compute @workgroup_size(64)
 fn crossentropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -88,5 +90,5 @@ fn crossentropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     if (targets[row] == j) {
         y = 1.0;
     }
-    dlogits[idx] += p.scale * (exp(logits_in[idx] - lse_in[row]) - y);
+    dlogits[idx] += (p.scale * grad_scale[0]) * (exp(logits_in[idx] - lse_in[row]) - y);
 }

@@ -199,13 +199,15 @@ pub enum Op {
     /// Fused softmax + cross-entropy per row: `losses[i] = lse_i - logits[i, targets[i]]` with
     /// `lse_i = log Σ_v exp(logits[i,v])`, saved in lse (N). logits (N,V), targets (N) u32.
     CrossentropyForward { losses: View, lse: View, logits: View, targets: View, n: usize, v: usize },
-    /// `dlogits[i,v] += scale * (softmax(logits[i])[v] - [v == targets[i]])`; scale is dL/dlosses[i]
-    /// (1/(B·T) for a mean).
+    /// `dlogits[i,v] += scale · grad_scale[0] · (softmax(logits[i])[v] - [v == targets[i]])`; scale is
+    /// dL/dlosses[i] (1/(B·T) for a mean); grad_scale (1 f32) is a multiplier the host sets per step
+    /// (1 normally: the hook for loss scaling, and for injecting faults in tests).
     CrossentropyBackward {
         dlogits: View,
         logits: View,
         lse: View,
         targets: View,
+        grad_scale: View,
         n: usize,
         v: usize,
         scale: f32,
@@ -385,8 +387,8 @@ impl Op {
             Op::CrossentropyForward { logits, targets, n, v, .. } => {
                 vec![(logits, n * v), (targets, n)]
             }
-            Op::CrossentropyBackward { logits, lse, targets, n, v, .. } => {
-                vec![(logits, n * v), (lse, n), (targets, n)]
+            Op::CrossentropyBackward { logits, lse, targets, grad_scale, n, v, .. } => {
+                vec![(logits, n * v), (lse, n), (targets, n), (grad_scale, 1)]
             }
             Op::ReduceSum { inp, n, .. } => vec![(inp, n)],
             Op::GlobalNorm { inp, n, .. } => vec![(inp, n)],
@@ -511,6 +513,10 @@ pub trait Backend {
     fn sync(&mut self) -> Result<()>;
     /// Objects created so far.
     fn created(&self) -> Created;
+    /// Buffers alive on the device and their bytes (GPU backends), for memory reports.
+    fn live_buffers(&self) -> Option<(usize, u64)> {
+        None
+    }
     /// Runs a prepared program one kernel at a time and returns each kernel's wall time, for
     /// profiling; backends that cannot do this return an empty list.
     fn profile(&mut self, _plan: PlanId) -> Result<Vec<(&'static str, f64)>> {

@@ -23,7 +23,7 @@ pub enum Error {
     RequestDevice { adapter: String, message: String },
 
     /// An allocation is larger than the adapter allows.
-    #[error("{what} needs {bytes} bytes but {adapter} allows at most {limit} bytes per {kind}; use a smaller model or batch")]
+    #[error("{what}: {bytes} bytes, but {adapter} allows at most {limit} bytes per {kind}; use a smaller model or batch")]
     TooLarge { what: String, bytes: u64, limit: u64, kind: &'static str, adapter: String },
 
     /// The GPU ran out of memory.

@@ -5,6 +5,7 @@
 //! that hold the two together). docs/ARCHITECTURE.md has the map.
 
 pub mod backend;
+pub mod bench;
 pub mod cpu;
 pub mod data;
 mod error;

@@ -141,6 +141,11 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Benchmarks: kernel variants (checked, then timed), training steps, a long soak run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Check every kernel on an adapter against its CPU twin; exits non-zero on any failure.
     Verify {
         /// auto, vulkan, metal, dx12, gl, or an index from `wgslm devices`.
@@ -150,6 +155,70 @@ enum Command {
         #[arg(long)]
         kernel: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Every variant of a kernel at each shape: checked against the CPU twin, then timed.
+    Kernels {
+        /// matmul (with its variants), or any kernel `wgslm verify` lists (at its test shapes).
+        #[arg(long, default_value = "matmul")]
+        kernel: String,
+        /// A matmul variant, or `all` (repeatable).
+        #[arg(long, default_value = "all")]
+        variant: Vec<String>,
+        /// A matmul shape MxKxN (repeatable); default the four of docs/BENCHMARKS.md.
+        #[arg(long, value_parser = parse_shape)]
+        shape: Vec<(usize, usize, usize)>,
+        /// A drop-in matmul kernel to check and rank beside ours (docs/KERNELS.md, "Drop-in kernels").
+        #[arg(long)]
+        shader: Option<PathBuf>,
+        /// Runs per timing.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Also write the results, with the adapter, as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Training-step speed: tokens/s, ms per step, host submit time, per-kernel time, memory.
+    Train {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Timed steps (after two warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// A long training run reporting process memory and live GPU buffers at its start and end.
+    Soak {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, default_value_t = 5000)]
+        steps: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
+    let dims: Vec<usize> = s
+        .split('x')
+        .map(|d| d.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s}: expected MxKxN, e.g. 1024x1024x1024"))?;
+    match dims.as_slice() {
+        [m, k, n] if *m > 0 && *k > 0 && *n > 0 => Ok((*m, *k, *n)),
+        _ => Err(format!("{s}: expected MxKxN with three positive sizes")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -167,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => devices(),
         Command::Verify { device, kernel } => verify(&device, kernel.as_deref()),
+        Command::Bench { what } => bench(what),
         Command::Prepare { input, out, tokenizer, vocab_size, val_fraction, seed, split } => {
             let opts = PrepareOptions {
                 inputs: input,
@@ -190,7 +260,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train { config, overrides, out, resume, device } => {
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
-            let opts = RunOptions { out, resume, device: device.parse()?, quiet: false, stop_after: None };
+            let opts = RunOptions {
+                out,
+                resume,
+                device: device.parse()?,
+                quiet: false,
+                stop_after: None,
+                nan_steps: vec![],
+            };
             let s = wgslm::train::run(&cfg, &opts)?;
             println!(
                 "trained {} steps in {:.1} s ({:.0} tokens/s on {}); loss {} -> {:.4}{}",
@@ -292,6 +369,159 @@ fn eval(dir: &Path, data: &Path, batch_size: usize, device: &str) -> anyhow::Res
     let mean = sum / count as f64;
     println!("{count} tokens: mean loss {mean:.4}, perplexity {:.3}", mean.exp());
     Ok(())
+}
+
+fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
+    let a = &ctx.adapter;
+    serde_json::json!({
+        "name": a.info.name, "backend": a.info.backend.to_str(), "device_type": format!("{:?}", a.info.device_type),
+        "driver": a.driver(), "wgslm": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    wgslm::fsutil::write_atomic(path, text.as_bytes())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn bench(what: BenchCommand) -> anyhow::Result<()> {
+    match what {
+        BenchCommand::Kernels { kernel, variant, shape, shader, reps, json, device } => {
+            let choice: DeviceChoice = device.parse()?;
+            if choice == DeviceChoice::Cpu {
+                bail!("bench kernels times GPU kernels; name a GPU adapter");
+            }
+            let ctx = Arc::new(GpuContext::new(&choice)?);
+            println!("{}", ctx.describe());
+            let rows = if kernel == "matmul" {
+                let variants = if variant.iter().any(|v| v == "all") {
+                    wgslm::bench::kernels::all_matmul_variants()
+                } else {
+                    variant
+                };
+                let shapes = if shape.is_empty() {
+                    vec![(1024, 1024, 1024), (2048, 256, 768), (2048, 1024, 256), (2048, 256, 1024)]
+                } else {
+                    shape
+                };
+                let custom = match &shader {
+                    Some(p) => {
+                        let text = String::from_utf8(wgslm::fsutil::read(p)?)
+                            .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", p.display()))?;
+                        Some(wgslm::gpu::kernels::CustomMatmul::parse(&p.display().to_string(), text)?)
+                    }
+                    None => None,
+                };
+                wgslm::bench::kernels::matmul(&ctx, &variants, custom, &shapes, reps)?
+            } else {
+                if shader.is_some() {
+                    bail!("--shader takes a drop-in matmul kernel; use it with --kernel matmul");
+                }
+                wgslm::bench::kernels::verified(&ctx, &kernel, reps)?
+            };
+            println!("{:<28} {:<20} {:>10} {:>10} {:>7}  check", "variant", "shape", "ms", "rate", "% best");
+            for t in &rows {
+                let check = match (&t.failure, t.passed) {
+                    (Some(f), _) => format!("FAIL: {f}"),
+                    (None, false) => format!("FAIL: rel L2 {:.1e}", t.error),
+                    (None, true) => format!("ok ({:.1e})", t.error),
+                };
+                let ms = t.ms.map_or("-".into(), |v| format!("{v:.3}"));
+                let rate = t.rate.map_or("-".into(), |v| {
+                    format!("{v:.2} {}", if t.unit == "GFLOP/s" { "GF/s" } else { "GB/s" })
+                });
+                let pct = t.pct_of_best.map_or("-".into(), |v| format!("{v:.0}%"));
+                println!("{:<28} {:<20} {ms:>10} {rate:>10} {pct:>7}  {check}", t.variant, t.shape);
+            }
+            if let Some(m) = rows.iter().map(|t| t.method).find(|m| !m.is_empty()) {
+                println!("timed by {m}, {reps} runs each");
+            }
+            if let Some(path) = json {
+                write_json(
+                    &path,
+                    &serde_json::json!({ "adapter": adapter_json(&ctx), "kernel": kernel, "results": rows }),
+                )?;
+            }
+            if rows.iter().any(|t| !t.passed) {
+                bail!(
+                    "{} result(s) FAILED the check against the CPU twin",
+                    rows.iter().filter(|t| !t.passed).count()
+                );
+            }
+            Ok(())
+        }
+        BenchCommand::Train { config, overrides, steps, json, device } => {
+            let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
+            let b = wgslm::bench::train(&cfg, steps.max(1), &device.parse()?)?;
+            println!("{}", b.device);
+            println!(
+                "{} parameters, {} tokens per step: {:.0} tokens/s, {:.1} ms per step, host encode + submit {:.2} ms ({:.1}%)",
+                b.params,
+                b.tokens_per_step,
+                b.tokens_per_s,
+                b.ms_per_step,
+                b.submit_ms_per_step,
+                100.0 * b.submit_ms_per_step / b.ms_per_step
+            );
+            let mib = |x: u64| x as f64 / (1u64 << 20) as f64;
+            match b.allocated {
+                Some(a) => println!(
+                    "GPU memory: {:.1} MiB allocated, analytic count {:.1} MiB (params, grads, AdamW m and v, activations): {:.2}x",
+                    mib(a), mib(b.analytic), a as f64 / b.analytic as f64
+                ),
+                None => println!("analytic memory: {:.1} MiB", mib(b.analytic)),
+            }
+            let total: f64 = b.kernels.iter().map(|k| k.2).sum();
+            if total > 0.0 {
+                println!("per kernel, each dispatch timed alone ({total:.1} ms in all):");
+                for (name, count, ms) in &b.kernels {
+                    println!("  {name:<36} {count:>4} x  {ms:>9.2} ms  {:>5.1}%", 100.0 * ms / total);
+                }
+            }
+            if let Some(path) = json {
+                let kernels: Vec<_> = b
+                    .kernels
+                    .iter()
+                    .map(|(n, c, ms)| serde_json::json!({"kernel": n, "dispatches": c, "ms": ms}))
+                    .collect();
+                write_json(
+                    &path,
+                    &serde_json::json!({
+                        "device": b.device, "params": b.params, "tokens_per_step": b.tokens_per_step, "steps": b.steps,
+                        "tokens_per_s": b.tokens_per_s, "ms_per_step": b.ms_per_step, "submit_ms_per_step": b.submit_ms_per_step,
+                        "allocated_bytes": b.allocated, "analytic_bytes": b.analytic, "kernels": kernels,
+                    }),
+                )?;
+            }
+            Ok(())
+        }
+        BenchCommand::Soak { config, overrides, steps, device } => {
+            let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
+            let every = (steps / 10).max(1);
+            let s = wgslm::bench::soak(&cfg, steps.max(2), &device.parse()?, |t| {
+                if t % every == 0 {
+                    eprintln!("step {t}/{steps}");
+                }
+            })?;
+            println!(
+                "{}: {} steps in {:.0} s, loss {:.4} -> {:.4}",
+                s.device, s.steps, s.seconds, s.losses.0, s.losses.1
+            );
+            let mib = |x: Option<u64>| {
+                x.map_or("-".into(), |v| format!("{:.1} MiB", v as f64 / (1u64 << 20) as f64))
+            };
+            println!("process RSS:       start {}  end {}", mib(s.rss.0), mib(s.rss.1));
+            let buffers = |b: Option<(usize, u64)>| {
+                b.map_or("-".into(), |(n, bytes)| {
+                    format!("{n} buffers, {:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+                })
+            };
+            println!("live GPU buffers:  start {}  end {}", buffers(s.buffers.0), buffers(s.buffers.1));
+            Ok(())
+        }
+    }
 }
 
 fn grad(model: &Path, batch: &Path, out: &Path, opts: &GradOptions, device: &str) -> anyhow::Result<()> {

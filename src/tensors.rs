@@ -21,7 +21,11 @@ pub enum Tensor<'a> {
 
 impl TensorFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = fsutil::read(path)?;
+        Self::from_bytes(path, fsutil::read(path)?)
+    }
+
+    /// A safetensors file already in memory; `path` names it in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
         let file = TensorFile { path: path.to_path_buf(), bytes };
         file.parsed()?;
         Ok(file)
@@ -38,6 +42,15 @@ impl TensorFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes in the file.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
     }
 
     /// Every tensor name in the file.

@@ -164,6 +164,18 @@ fn run_on(case: &Case, backend: &mut dyn Backend, runs: usize) -> Result<Runs> {
     Ok((built.checked.iter().map(|(name, _)| *name).collect(), results))
 }
 
+/// Builds `case` on `backend` and prepares its program (inputs uploaded), for timing; returns the
+/// plan and the bytes its views hold (what a memory-bound kernel must at least move).
+pub fn prepare_case(case: &Case, backend: &mut dyn Backend) -> Result<(crate::backend::PlanId, u64)> {
+    let mut setup = Setup { backend, rng: Rng::new(seed_of(case.kernel, &case.shape)), inits: Vec::new() };
+    let built = (case.build)(&mut setup)?;
+    setup.upload()?;
+    let bytes: usize =
+        built.ops.iter().flat_map(|op| op.inputs().into_iter().chain(op.outputs())).map(|(_, n)| n * 4).sum();
+    let plan = setup.backend.prepare(&built.ops)?;
+    Ok((plan, bytes as u64))
+}
+
 /// Runs `case` on the twin and on `backend`, twice on the latter.
 pub fn run_case(case: &Case, backend: &mut dyn Backend) -> Outcome {
     let mut outcome = Outcome {
@@ -505,8 +517,18 @@ pub fn cases() -> Vec<Case> {
             let lse = s.with(lse)?;
             let targets = s.ids_with(tgt)?;
             let scale = 1.0 / n as f32;
+            let grad_scale = s.with(vec![0.75])?;
             Ok(Built {
-                ops: vec![Op::CrossentropyBackward { dlogits, logits, lse, targets, n, v, scale }],
+                ops: vec![Op::CrossentropyBackward {
+                    dlogits,
+                    logits,
+                    lse,
+                    targets,
+                    grad_scale,
+                    n,
+                    v,
+                    scale,
+                }],
                 checked: vec![("dlogits", dlogits)],
             })
         }));

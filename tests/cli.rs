@@ -121,3 +121,55 @@ fn help_lists_every_subcommand() {
         assert!(out.contains(cmd), "--help does not mention {cmd}:\n{out}");
     }
 }
+
+/// A drop-in kernel is checked and ranked beside ours; a wrong one is reported FAIL, never timed,
+/// and the command fails.
+#[test]
+fn bench_kernels_checks_then_times_drop_in_kernels() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernels");
+    let json = temp("bench").with_extension("json");
+    let naive = fixtures.join("naive_matmul.wgsl");
+    let out = ok(&[
+        "bench",
+        "kernels",
+        "--shader",
+        s(&naive),
+        "--variant",
+        "blocked4x4",
+        "--shape",
+        "37x20x45",
+        "--reps",
+        "2",
+        "--json",
+        s(&json),
+    ]);
+    assert!(
+        out.contains("custom (naive_matmul.wgsl)") && out.contains("% best") && !out.contains("FAIL"),
+        "{out}"
+    );
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(results["adapter"]["name"].is_string() && results["results"].as_array().unwrap().len() == 2);
+
+    let wrong = fixtures.join("wrong_matmul.wgsl");
+    let run =
+        wgslm(&["bench", "kernels", "--shader", s(&wrong), "--variant", "blocked4x4", "--shape", "37x20x45"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(!run.status.success(), "a wrong kernel must fail the command");
+    let line = stdout.lines().find(|l| l.contains("wrong_matmul")).unwrap();
+    assert!(line.contains("FAIL") && line.contains(" - "), "{line}");
+}
+
+#[test]
+fn bench_train_and_soak_report() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let out = ok(&["bench", "train", "--config", s(&config), "--steps", "2", "--device", "cpu"]);
+    assert!(
+        out.contains("tokens/s") && out.contains("host encode + submit") && out.contains("analytic"),
+        "{out}"
+    );
+    let out = ok(&["bench", "soak", "--config", s(&config), "--steps", "6", "--device", "cpu"]);
+    assert!(out.contains("process RSS") && out.contains("live GPU buffers"), "{out}");
+}

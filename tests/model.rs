@@ -319,3 +319,22 @@ fn hf_import_names_what_is_wrong() {
         assert!(err.contains("model.safetensors"), "{name}: the error `{err}` does not name the file");
     }
 }
+
+/// A device that disappears mid-run (here destroyed on purpose) is an error, not a panic.
+#[test]
+fn a_lost_device_is_an_error() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let ctx = std::sync::Arc::new(wgslm::gpu::GpuContext::new(&wgslm::gpu::DeviceChoice::Auto).unwrap());
+    let gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
+    let cfg = ModelConfig { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 20, n_positions: 8 };
+    let mut model = build(Box::new(gpu), cfg, BatchShape { b: 2, t: 8, accum: 1 }, 3);
+    let hyper = AdamwHyper::at_step(1e-3, 0.9, 0.95, 1e-8, 1.0, 1);
+    model.step(&hyper).unwrap();
+    ctx.device.destroy();
+    let err = model.step(&hyper).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, wgslm::Error::DeviceLost(_)), "{msg}");
+    assert!(msg.contains("last checkpoint is intact") && msg.contains("--resume"), "{msg}");
+}

@@ -28,7 +28,7 @@ fn train(
     resume: bool,
     stop_after: Option<u64>,
 ) -> Summary {
-    let opts = RunOptions { out: out.to_path_buf(), resume, device: device.clone(), quiet: true, stop_after };
+    let opts = RunOptions { resume, stop_after, ..RunOptions::new(out, device.clone()) };
     wgslm::train::run(cfg, &opts).unwrap()
 }
 
@@ -127,13 +127,7 @@ fn resume_is_bit_exact_on_the_cpu() {
 fn a_finished_run_is_not_overwritten_and_resume_needs_a_run() {
     let cfg = tiny(&["max_steps=2", "eval_every=0"]);
     let out = run_dir("guard");
-    let opts = |resume| RunOptions {
-        out: out.clone(),
-        resume,
-        device: DeviceChoice::Cpu,
-        quiet: true,
-        stop_after: None,
-    };
+    let opts = |resume| RunOptions { resume, ..RunOptions::new(&out, DeviceChoice::Cpu) };
     let err = wgslm::train::run(&cfg, &opts(true)).unwrap_err().to_string();
     assert!(err.contains("no checkpoint to resume"), "{err}");
     wgslm::train::run(&cfg, &opts(false)).unwrap();
@@ -142,4 +136,65 @@ fn a_finished_run_is_not_overwritten_and_resume_needs_a_run() {
     let other = tiny(&["max_steps=2", "n_embd=64"]);
     let err = wgslm::train::run(&other, &opts(true)).unwrap_err().to_string();
     assert!(err.contains("n_embd"), "{err}");
+}
+
+/// A step whose gradients are not finite is skipped on the device (no update, AdamW's t does not
+/// advance) and the run goes on.
+fn bad_steps_are_skipped(device: DeviceChoice, name: &str) {
+    let cfg = tiny(&["max_steps=12", "eval_every=0", "checkpoint_every=6"]);
+    let out = run_dir(&format!("nan-{name}"));
+    let opts = RunOptions { nan_steps: vec![5, 6], ..RunOptions::new(&out, device) };
+    let s = wgslm::train::run(&cfg, &opts).unwrap();
+    assert_eq!(s.steps, 12);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("loss").is_some())
+        .collect();
+    for v in &lines {
+        let step = v["step"].as_u64().unwrap();
+        assert_eq!(
+            v["grad_norm"].is_string(),
+            step == 5 || step == 6,
+            "step {step}: grad_norm {}",
+            v["grad_norm"]
+        );
+    }
+    let (_, dir) = checkpoint::latest(&out).unwrap();
+    let state = checkpoint::load(&dir).unwrap();
+    assert_eq!(state.state.adam_t, 10, "two updates were skipped");
+    assert!(state.params.iter().chain(&state.m).chain(&state.v).all(|x| x.is_finite()));
+}
+
+#[test]
+fn bad_steps_are_skipped_on_the_gpu() {
+    let Some(device) = gpu_device() else { return };
+    bad_steps_are_skipped(device, "gpu");
+}
+
+#[test]
+fn bad_steps_are_skipped_on_the_cpu() {
+    bad_steps_are_skipped(DeviceChoice::Cpu, "cpu");
+}
+
+/// More bad steps in a row than max_bad_steps stop the run with a clear message; the last checkpoint
+/// stays intact and finite.
+#[test]
+fn too_many_bad_steps_stop_the_run_with_the_checkpoint_intact() {
+    let device = gpu_device().unwrap_or(DeviceChoice::Cpu);
+    let cfg = tiny(&["max_steps=30", "eval_every=0", "checkpoint_every=10", "max_bad_steps=3"]);
+    let out = run_dir("nan-stop");
+    let opts = RunOptions { nan_steps: (11..=30).collect(), ..RunOptions::new(&out, device) };
+    let err = wgslm::train::run(&cfg, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("4 steps in a row")
+            && err.contains("max_bad_steps = 3")
+            && err.contains("step-00000010"),
+        "{err}"
+    );
+    let (step, dir) = checkpoint::latest(&out).unwrap();
+    assert_eq!(step, 10);
+    let loaded = checkpoint::load(&dir).unwrap();
+    assert!(loaded.params.iter().all(|x| x.is_finite()));
 }

@@ -193,11 +193,13 @@ impl CpuBackend {
                     crossentropy_forward(losses, lse, &i[0], &tgt, n, v)
                 })
             }
-            Op::CrossentropyBackward { dlogits, logits, lse, targets, n, v, scale } => {
+            Op::CrossentropyBackward { dlogits, logits, lse, targets, grad_scale, n, v, scale } => {
                 let tgt = self.u32s(targets).to_vec();
-                let i = self.inputs(&[logits, lse]);
+                let i = self.inputs(&[logits, lse, grad_scale]);
+                // The product in f32, as the kernel forms it.
+                let scale = (scale * i[2][0]) as f64;
                 self.with_outputs(&[dlogits], |o| {
-                    crossentropy_backward(o[0], &i[0], &i[1], &tgt, n, v, scale as f64)
+                    crossentropy_backward(o[0], &i[0], &i[1], &tgt, n, v, scale)
                 })
             }
             Op::ReduceSum { out, inp, n, scale } => {

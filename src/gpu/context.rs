@@ -134,17 +134,18 @@ fn auto_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (ty, api)
 }
 
-fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle())
-}
-
-fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+/// The adapters of some graphics APIs. Each call makes its own instance: an instance initialises
+/// every API it is created for, and GL's EGL probe is slow and noisy where there is no display.
+fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    let instance = wgpu::Instance::new(desc);
+    pollster::block_on(instance.enumerate_adapters(backends))
 }
 
 /// Every adapter this machine offers, in the order `--device <index>` uses.
 pub fn list_adapters() -> Vec<AdapterSummary> {
-    adapters(&instance()).iter().enumerate().map(|(i, a)| AdapterSummary::of(i, a)).collect()
+    adapters(wgpu::Backends::all()).iter().enumerate().map(|(i, a)| AdapterSummary::of(i, a)).collect()
 }
 
 /// Faults reported by wgpu outside of error scopes, collected until the next check.
@@ -171,20 +172,20 @@ pub struct GpuContext {
     faults: Arc<Mutex<Faults>>,
     cache: Mutex<PipelineCache>,
     pipelines_built: AtomicUsize,
+    /// A matmul kernel loaded at run time, compiled for calls whose source is "custom".
+    custom: Mutex<Option<Arc<kernels::CustomMatmul>>>,
 }
 
 impl GpuContext {
     /// Opens the adapter `choice` names. `DeviceChoice::Cpu` is not a GPU and is refused here.
     pub fn new(choice: &DeviceChoice) -> Result<Self> {
-        let instance = instance();
-        // `auto` looks at the native APIs first: probing GL opens an EGL display, which is slow and
-        // noisy on machines without one, and GL is ranked last anyway.
-        let mut all = Vec::new();
-        if *choice == DeviceChoice::Auto {
-            all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-        }
+        // `auto` and the native APIs look only at Vulkan, Metal and DX12 first (GL ranks last anyway);
+        // an index counts every adapter, as `wgslm devices` lists them.
+        let native = matches!(choice, DeviceChoice::Auto)
+            || matches!(choice, DeviceChoice::Api(b) if *b != wgpu::Backend::Gl);
+        let mut all = if native { adapters(wgpu::Backends::PRIMARY) } else { Vec::new() };
         if all.is_empty() {
-            all = adapters(&instance);
+            all = adapters(wgpu::Backends::all());
         }
         let available = || {
             let names: Vec<String> = all
@@ -233,9 +234,7 @@ impl GpuContext {
         }));
         let sink = faults.clone();
         device.set_device_lost_callback(move |reason, message| {
-            if reason != wgpu::DeviceLostReason::Destroyed {
-                sink.lock().unwrap().lost.get_or_insert(format!("{reason:?}: {message}"));
-            }
+            sink.lock().unwrap().lost.get_or_insert(format!("{reason:?}: {message}"));
         });
         log::info!("opened {} (driver {})", summary.title(), summary.driver());
         Ok(GpuContext {
@@ -246,6 +245,7 @@ impl GpuContext {
             faults,
             cache: Mutex::new(PipelineCache::default()),
             pipelines_built: AtomicUsize::new(0),
+            custom: Mutex::new(None),
         })
     }
 
@@ -291,6 +291,20 @@ impl GpuContext {
         format!("{} (driver {})", self.adapter.title(), self.adapter.driver())
     }
 
+    /// Buffers alive on the device and the bytes they hold, as wgpu's own counters see them.
+    pub fn live_buffers(&self) -> (usize, u64) {
+        let c = self.device.get_internal_counters();
+        (c.hal.buffers.read().max(0) as usize, c.hal.buffer_memory.read().max(0) as u64)
+    }
+
+    /// Makes `kernel` the source of calls whose source is "custom" (replacing any earlier one).
+    pub fn register_custom(&self, kernel: Arc<kernels::CustomMatmul>) {
+        *self.custom.lock().unwrap() = Some(kernel);
+        let mut cache = self.cache.lock().unwrap();
+        cache.modules.retain(|(_, source), _| *source != "custom");
+        cache.pipelines.retain(|key, _| !key.contains("[custom]"));
+    }
+
     /// How many compute pipelines this device has built so far.
     pub fn pipelines_built(&self) -> usize {
         self.pipelines_built.load(Ordering::Relaxed)
@@ -303,12 +317,15 @@ impl GpuContext {
         if let Some(p) = cache.pipelines.get(&key) {
             return Ok(p.clone());
         }
-        let file = kernels::shader_file(call.entry);
+        let custom = self.custom.lock().unwrap().clone().filter(|_| call.source == "custom");
+        let file = if custom.is_some() { "custom" } else { kernels::shader_file(call.entry) };
         let module = match cache.modules.entry((file, call.source)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(self.compile(file, &kernels::variant_source(file, call.source))?)
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(match &custom {
+                // Never trusted: a name can only match `kernels::TRUSTED` with this prefix removed.
+                Some(c) => self.compile(&format!("custom:{}", c.name), &c.source)?,
+                None => self.compile(file, &kernels::variant_source(file, call.source))?,
+            }),
         };
         let pipeline = self.scoped(&format!("building the pipeline {key}"), || {
             self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -118,9 +118,69 @@ pub fn variant_source(file: &str, variant: &str) -> std::borrow::Cow<'static, st
     }
 }
 
+/// A matmul kernel loaded at run time (`wgslm bench kernels --shader FILE.wgsl`). It honours the
+/// binding contract of matmul.wgsl, declares `const TILE_M: u32` and `const TILE_N: u32` (the output
+/// tile of one workgroup, which sets the grid), and may declare the TRANS_A / TRANS_B overrides; without
+/// them it runs only the layout with neither operand transposed.
+#[derive(Clone, Debug)]
+pub struct CustomMatmul {
+    pub name: String,
+    pub source: String,
+    pub entry: &'static str,
+    pub tile_m: u32,
+    pub tile_n: u32,
+    pub transposes: bool,
+}
+
+impl CustomMatmul {
+    /// Validates `source` and reads its entry point, tile and overrides.
+    pub fn parse(name: &str, source: String) -> crate::Result<Self> {
+        let module = validate_wgsl(name, &source)?;
+        let bad = |what: String| {
+            crate::Error::Invalid(format!("{name}: {what} (see docs/KERNELS.md, \"Drop-in kernels\")"))
+        };
+        let computes: Vec<&str> = module
+            .entry_points
+            .iter()
+            .filter(|e| e.stage == naga::ShaderStage::Compute)
+            .map(|e| e.name.as_str())
+            .collect();
+        let entry = match computes.as_slice() {
+            [one] => *one,
+            many if many.contains(&"matmul") => "matmul",
+            _ => return Err(bad("needs one compute entry point, or one named `matmul`".into())),
+        };
+        let constant = |wanted: &str| -> crate::Result<u32> {
+            let (_, c) = module
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(wanted))
+                .ok_or_else(|| bad(format!("no `const {wanted}: u32`")))?;
+            match module.global_expressions[c.init] {
+                naga::Expression::Literal(naga::Literal::U32(v)) => Ok(v),
+                naga::Expression::Literal(naga::Literal::I32(v)) if v > 0 => Ok(v as u32),
+                naga::Expression::Literal(naga::Literal::AbstractInt(v)) if v > 0 => Ok(v as u32),
+                _ => Err(bad(format!("`{wanted}` must be a positive integer literal"))),
+            }
+        };
+        let (tile_m, tile_n) = (constant("TILE_M")?, constant("TILE_N")?);
+        let has = |o: &str| module.overrides.iter().any(|(_, ov)| ov.name.as_deref() == Some(o));
+        Ok(CustomMatmul {
+            name: name.to_string(),
+            source,
+            entry: Box::leak(entry.to_string().into_boxed_str()),
+            tile_m,
+            tile_n,
+            transposes: has("TRANS_A") && has("TRANS_B"),
+        })
+    }
+}
+
 /// What the op → dispatch mapping needs to know beyond the op.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Env {
+    /// A kernel loaded at run time, used where the variant is "custom".
+    pub custom: Option<std::sync::Arc<CustomMatmul>>,
     /// The matmul variant to use where it applies (one of [`MATMUL_VARIANTS`]).
     pub matmul: &'static str,
     /// A 1-element f32 view for bindings an entry declares but a call does not use.
@@ -182,6 +242,7 @@ fn call(entry: &'static str, views: Vec<View>, params: Vec<u32>, groups: [u32; 3
 #[allow(clippy::type_complexity)]
 fn matmul_entry(
     variant: &'static str,
+    custom: Option<&CustomMatmul>,
     (m, k, n): (usize, usize, usize),
     trans_a: bool,
     trans_b: bool,
@@ -189,6 +250,13 @@ fn matmul_entry(
     let flag = |b: bool| b as u8 as f64;
     let both = vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))];
     let tiles32 = [u(n.div_ceil(32)), u(m.div_ceil(32)), 1];
+    if let (Some(c), "custom") = (custom, variant) {
+        if c.transposes || (!trans_a && !trans_b) {
+            let constants = if c.transposes { both } else { vec![] };
+            let grid = [u(n.div_ceil(c.tile_n as usize)), u(m.div_ceil(c.tile_m as usize)), 1];
+            return (c.entry, "custom", constants, grid);
+        }
+    }
     match (variant, rows_tile(variant)) {
         ("vec4", _) if !trans_b && n % 4 == 0 => {
             ("matmul_vec4_rows", "", vec![("TRANS_A", flag(trans_a))], tiles32)
@@ -203,7 +271,7 @@ fn matmul_entry(
 /// [`MATMUL_K_CHUNK`] along K (the later ones accumulate). `dummy` stands in for a missing bias.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
-    variant: &'static str,
+    env: &Env,
     out: View,
     a: View,
     b: View,
@@ -214,7 +282,8 @@ pub fn gemm(
     trans_b: bool,
     accumulate: bool,
 ) -> Vec<Call> {
-    let (entry, source, constants, groups) = matmul_entry(variant, (m, k, n), trans_a, trans_b);
+    let (entry, source, constants, groups) =
+        matmul_entry(env.matmul, env.custom.as_deref(), (m, k, n), trans_a, trans_b);
     (0..k.div_ceil(MATMUL_K_CHUNK).max(1))
         .map(|chunk| {
             let k_begin = chunk * MATMUL_K_CHUNK;
@@ -309,17 +378,17 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             ]
         }
         Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
-            gemm(env.matmul, out, a, b, None, dummy, (m, k, n), trans_a, trans_b, accumulate)
+            gemm(env, out, a, b, None, dummy, (m, k, n), trans_a, trans_b, accumulate)
         }
         Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
             let trans_b = layout == WeightLayout::OutIn;
-            gemm(env.matmul, out, inp, weight, bias, dummy, (m, k, n), false, trans_b, false)
+            gemm(env, out, inp, weight, bias, dummy, (m, k, n), false, trans_b, false)
         }
         Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m, k, n, layout } => {
             // dinp (M,K) += dout (M,N) · Wᵀ. W as a (K',N') = (N,K) operand is transposed exactly
             // when it is stored [in, out].
             let dx = gemm(
-                env.matmul,
+                env,
                 dinp,
                 dout,
                 weight,
@@ -334,10 +403,10 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             // (M, ·), so it is always read transposed.
             let dw = match layout {
                 WeightLayout::InOut => {
-                    gemm(env.matmul, dweight, inp, dout, None, dummy, (k, m, n), true, false, true)
+                    gemm(env, dweight, inp, dout, None, dummy, (k, m, n), true, false, true)
                 }
                 WeightLayout::OutIn => {
-                    gemm(env.matmul, dweight, dout, inp, None, dummy, (n, m, k), true, false, true)
+                    gemm(env, dweight, dout, inp, None, dummy, (n, m, k), true, false, true)
                 }
             };
             let mut v = [dx, dw].concat();
@@ -415,9 +484,9 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             vec![u(n), u(v), 0],
             fold(n),
         )],
-        Op::CrossentropyBackward { dlogits, logits, lse, targets, n, v, scale } => vec![call(
+        Op::CrossentropyBackward { dlogits, logits, lse, targets, grad_scale, n, v, scale } => vec![call(
             "crossentropy_backward",
-            vec![dlogits, logits, lse, targets],
+            vec![dlogits, logits, lse, targets, grad_scale],
             vec![u(n), u(v), f(scale)],
             per_item(n * v),
         )],

@@ -48,6 +48,8 @@ pub struct GpuBackend {
     max_binding: usize,
     /// The matmul variant used where it applies.
     matmul: &'static str,
+    /// A matmul kernel loaded at run time (variant "custom").
+    custom: Option<Arc<kernels::CustomMatmul>>,
 }
 
 impl GpuBackend {
@@ -63,6 +65,7 @@ impl GpuBackend {
         GpuBackend {
             max_binding,
             matmul,
+            custom: None,
             ctx,
             bufs: Vec::new(),
             plans: Vec::new(),
@@ -78,6 +81,14 @@ impl GpuBackend {
 
     /// Splits whole-buffer ops into chunks of at most `elements` (rounded down to a multiple of 64),
     /// as a small adapter would. Tests use it to exercise the chunked paths.
+    /// Uses a matmul kernel loaded at run time in programs prepared from now on (variant "custom").
+    pub fn set_custom_matmul(&mut self, kernel: kernels::CustomMatmul) {
+        let kernel = Arc::new(kernel);
+        self.ctx.register_custom(kernel.clone());
+        self.custom = Some(kernel);
+        self.matmul = "custom";
+    }
+
     /// Uses matmul variant `name` (one of `kernels::MATMUL_VARIANTS`) in programs prepared from now on.
     pub fn set_matmul_variant(&mut self, name: &str) -> Result<()> {
         self.matmul = kernels::MATMUL_VARIANTS.iter().find(|v| **v == name).copied().ok_or_else(|| {
@@ -111,6 +122,75 @@ impl GpuBackend {
             times.push((d.entry, t0.elapsed().as_secs_f64()));
         }
         Ok(times)
+    }
+
+    /// Seconds per run of a prepared program, over `reps` runs recorded into one compute pass: by GPU
+    /// timestamps where the adapter has them, else by the wall clock around submit and wait. Returns
+    /// the seconds and the method ("timestamps" or "wall clock").
+    pub fn time(&mut self, plan: PlanId, reps: usize) -> Result<(f64, &'static str)> {
+        let reps = reps.max(1);
+        let device = &self.ctx.device;
+        let stamps = self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        let query = stamps.then(|| {
+            device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            })
+        });
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let timestamp_writes = query.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
+                query_set: q,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("timing"), timestamp_writes });
+            for _ in 0..reps {
+                for d in &self.plans[plan.0].dispatches {
+                    pass.set_pipeline(&d.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
+            }
+        }
+        let resolved = query.as_ref().map(|q| {
+            let usage = wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC;
+            let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            });
+            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+            let read = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            });
+            encoder.resolve_query_set(q, 0..2, &resolve, 0);
+            encoder.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
+            read
+        });
+        let t0 = std::time::Instant::now();
+        self.ctx.queue.submit([encoder.finish()]);
+        self.ctx.wait("timing a program")?;
+        let wall = t0.elapsed().as_secs_f64() / reps as f64;
+        let Some(read) = resolved else { return Ok((wall, "wall clock")) };
+        read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        self.ctx.wait("reading timestamps")?;
+        let ticks: Vec<u64> = {
+            let view = read
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::DeviceLost(format!("timestamps: {e}")))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        let ns = ticks[1].saturating_sub(ticks[0]) as f64 * self.ctx.queue.get_timestamp_period() as f64;
+        // Some drivers report zero for passes they do not time; the wall clock is then the answer.
+        Ok(if ns > 0.0 { (ns * 1e-9 / reps as f64, "timestamps") } else { (wall, "wall clock") })
     }
 
     /// Bytes allocated in storage buffers.
@@ -269,7 +349,13 @@ impl Backend for GpuBackend {
         } else {
             dummy
         };
-        let env = kernels::Env { matmul: self.matmul, dummy, scratch, max_binding: self.max_binding };
+        let env = kernels::Env {
+            custom: self.custom.clone(),
+            matmul: self.matmul,
+            dummy,
+            scratch,
+            max_binding: self.max_binding,
+        };
         let mut calls = Vec::new();
         for op in ops {
             op.check().map_err(Error::Invalid)?;
@@ -370,5 +456,9 @@ impl Backend for GpuBackend {
 
     fn profile(&mut self, plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
         self.profile_dispatches(plan)
+    }
+
+    fn live_buffers(&self) -> Option<(usize, u64)> {
+        Some(self.ctx.live_buffers())
     }
 }

@@ -34,8 +34,25 @@ impl ModelConfig {
                 self.n_embd, self.n_head
             )));
         }
-        if self.vocab_size > u32::MAX as usize {
-            return Err(Error::Invalid(format!("vocab_size {} does not fit in u32", self.vocab_size)));
+        // Bounds that keep every size computation far from overflow and refuse absurd files before
+        // anything is allocated for them.
+        for (name, value, max) in [
+            ("n_layer", self.n_layer, 1 << 12),
+            ("n_embd", self.n_embd, 1 << 16),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("n_positions", self.n_positions, 1 << 20),
+        ] {
+            if value > max {
+                return Err(Error::Invalid(format!(
+                    "{name} {value} is above the largest wgslm supports ({max})"
+                )));
+            }
+        }
+        let params = self.n_params() as f64;
+        if params > 4e9 {
+            return Err(Error::Invalid(format!(
+                "a model of {params:.3e} parameters is beyond what wgslm can hold"
+            )));
         }
         Ok(())
     }

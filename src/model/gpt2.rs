@@ -253,12 +253,16 @@ pub struct Gpt2 {
     /// A (1, T) frame and its logits program, when sampling is enabled on a training model.
     sampler: Option<(Frame, PlanId)>,
     dropout: Option<Dropout>,
+    /// The loss-gradient multiplier (1 f32; see `Op::CrossentropyBackward`).
+    grad_scale: View,
     scalar: View,
     stats: View,
     hyper: View,
     loss_plan: PlanId,
     logits_plan: PlanId,
     train: Option<Train>,
+    /// Seconds the last `step` spent recording and submitting its program (host time, no waiting).
+    last_submit: f64,
 }
 
 impl Gpt2 {
@@ -287,6 +291,8 @@ impl Gpt2 {
         let hyper =
             View::new(be.alloc(DType::F32, AdamwHyper::WORDS, "AdamW step values")?, 0, AdamwHyper::WORDS);
         let scalar = View::new(be.alloc(DType::F32, 1, "unused statistics")?, 0, 1);
+        let grad_scale = View::new(be.alloc(DType::F32, 1, "loss-gradient multiplier")?, 0, 1);
+        be.write_f32(grad_scale, &[1.0])?;
         let main = Frame::new(be, &config, shape, scalar, "")?;
         let mut model = Gpt2 {
             config,
@@ -297,12 +303,14 @@ impl Gpt2 {
             main,
             sampler: None,
             dropout: None,
+            grad_scale,
             scalar,
             stats,
             hyper,
             loss_plan: PlanId(0),
             logits_plan: PlanId(0),
             train: None,
+            last_submit: 0.0,
         };
         let stats = model.stats;
         let mut loss_ops = vec![Op::Zero { out: stats }];
@@ -555,6 +563,7 @@ impl Gpt2 {
                 logits: a.logits,
                 lse: a.lse,
                 targets: self.main.targets[micro],
+                grad_scale: self.grad_scale,
                 n,
                 v,
                 scale: self.loss_scale(s),
@@ -765,6 +774,12 @@ impl Gpt2 {
         self.read_stats()
     }
 
+    /// Multiplies the gradient of the loss in the next steps by `x` (1 normally). A non-finite `x` makes
+    /// every gradient non-finite: the fault-injection hook of the tests.
+    pub fn set_grad_scale(&mut self, x: f32) -> Result<()> {
+        self.backend.write_f32(self.grad_scale, &[x])
+    }
+
     /// Sets the seed of the dropout masks of the next steps (each step should have its own).
     pub fn set_dropout_seed(&mut self, seed: u32) -> Result<()> {
         match &self.dropout {
@@ -778,8 +793,32 @@ impl Gpt2 {
     pub fn step(&mut self, hyper: &AdamwHyper) -> Result<StepStats> {
         let plan = self.train()?.step_plan;
         self.backend.write_f32(self.hyper, &hyper.to_words())?;
+        let t0 = std::time::Instant::now();
         self.backend.run(plan)?;
+        self.last_submit = t0.elapsed().as_secs_f64();
         self.read_stats()
+    }
+
+    /// Host seconds the last step spent recording and submitting its program.
+    pub fn last_submit_seconds(&self) -> f64 {
+        self.last_submit
+    }
+
+    /// The memory a training step needs by its definition, in bytes: parameters, gradients and both
+    /// AdamW moments, plus the forward activations the backward pass reads.
+    pub fn analytic_bytes(&self) -> u64 {
+        let a = &self.main.acts;
+        let mut acts: Vec<View> = vec![a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd, a.logits, a.losses, a.lse];
+        for l in &a.layers {
+            acts.extend([l.ln1, l.ln1_mean, l.ln1_rstd, l.qkv, l.atty, l.att, l.attproj, l.res2]);
+            acts.extend([l.ln2, l.ln2_mean, l.ln2_rstd, l.fch, l.fch_gelu, l.fcproj, l.res3]);
+        }
+        if let Some(d) = &self.dropout {
+            acts.push(d.acts.encoded);
+            acts.extend(d.acts.layers.iter().flatten());
+        }
+        let states = if self.train.is_some() { 4 } else { 1 };
+        4 * (states * self.config.n_params() + acts.iter().map(|v| v.len).sum::<usize>()) as u64
     }
 
     /// Wall time of every dispatch of one training step (GPU backends only; a profiling aid).

@@ -36,9 +36,14 @@ struct HfConfig {
 
 /// Reads and checks a GPT-2 `config.json`.
 pub fn read_config(path: &Path) -> Result<ModelConfig> {
-    let text = String::from_utf8(fsutil::read(path)?)
+    parse_config(path, &fsutil::read(path)?)
+}
+
+/// Parses and checks the bytes of a GPT-2 `config.json`; `path` names it in errors.
+pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<ModelConfig> {
+    let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", path.display())))?;
-    let hf: HfConfig = serde_json::from_str(&text)
+    let hf: HfConfig = serde_json::from_str(text)
         .map_err(|e| Error::Invalid(format!("{}: not a GPT-2 config.json: {e}", path.display())))?;
     let bad = |what: String| {
         Err(Error::Invalid(format!("{}: {what}; wgslm trains GPT-2 models only", path.display())))
@@ -88,8 +93,22 @@ fn is_ignored_buffer(name: &str) -> bool {
 /// attention-mask buffers, and accepts `lm_head.weight` only when it equals `wte`.
 pub fn load(dir: &Path) -> Result<(ModelConfig, Vec<f32>)> {
     let config = read_config(&dir.join(CONFIG_FILE))?;
-    let layout = ParamLayout::new(&config);
     let file = TensorFile::open(&dir.join(WEIGHTS_FILE))?;
+    load_weights(config, &file)
+}
+
+/// The weights of a model of `config` from a safetensors file (see [`load`]).
+pub fn load_weights(config: ModelConfig, file: &TensorFile) -> Result<(ModelConfig, Vec<f32>)> {
+    // A file too small for the configured model is refused before anything is allocated for it.
+    if config.n_params() as u64 * 4 > file.len() as u64 {
+        return Err(Error::Invalid(format!(
+            "{}: holds {} bytes, too few for the {} F32 parameters its config.json describes",
+            file.path().display(),
+            file.len(),
+            config.n_params()
+        )));
+    }
+    let layout = ParamLayout::new(&config);
     let names = file.names();
     let prefixed = names.iter().any(|n| n.starts_with("transformer."));
     let stored = |name: &str| -> String {

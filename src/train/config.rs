@@ -23,6 +23,11 @@ pub struct TrainConfig {
     /// Vocabulary size of a BPE trained for data = "builtin" (tokens).
     pub vocab_size: usize,
 
+    /// A Hugging Face GPT-2 directory (or a run directory) to start from instead of a random
+    /// initialisation ("" = none). n_layer, n_head and n_embd must match it, block_size may not exceed
+    /// its n_positions, and the data's tokenizer must fit its vocabulary.
+    pub init_from: String,
+
     /// Transformer blocks.
     pub n_layer: usize,
     /// Attention heads per block; must divide n_embd.
@@ -84,6 +89,7 @@ impl Default for TrainConfig {
             builtin_stories: 20_000,
             tokenizer: "char".into(),
             vocab_size: 512,
+            init_from: String::new(),
             n_layer: 4,
             n_head: 4,
             n_embd: 96,
@@ -123,12 +129,23 @@ fn parse_value(value: &str) -> toml::Value {
 }
 
 impl TrainConfig {
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text)
+            .map_err(|e| Error::Invalid(format!("{origin}: {}", one_line(&e.to_string()))))?;
+        cfg.validate().map_err(|e| Error::Invalid(format!("{origin}: {e}")))?;
+        Ok(cfg)
+    }
+
     /// Reads a config file (or the defaults when `path` is None) and applies `key=value` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let (mut table, origin) = match path {
             Some(p) => {
                 let text = String::from_utf8(fsutil::read(p)?)
                     .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", p.display())))?;
+                // Deserialising the text itself (not a merged table) keeps line numbers in errors.
+                toml::from_str::<TrainConfig>(&text)
+                    .map_err(|e| Error::Invalid(format!("{}: {}", p.display(), one_line(&e.to_string()))))?;
                 let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                     Error::Invalid(format!("{}: {}", p.display(), one_line(&e.to_string())))
                 })?;

@@ -30,6 +30,22 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop (with a checkpoint) after this many steps in all, as if interrupted; `--resume` continues.
     pub stop_after: Option<u64>,
+    /// Fault injection for tests: the gradients of these steps (1-based) are made NaN.
+    pub nan_steps: Vec<u64>,
+}
+
+impl RunOptions {
+    /// A fresh (not resumed), quiet run in `out` on `device`.
+    pub fn new(out: impl Into<PathBuf>, device: DeviceChoice) -> Self {
+        RunOptions {
+            out: out.into(),
+            resume: false,
+            device,
+            quiet: true,
+            stop_after: None,
+            nan_steps: Vec::new(),
+        }
+    }
 }
 
 /// What a run did.
@@ -88,6 +104,7 @@ fn same_run(a: &TrainConfig, b: &TrainConfig) -> Vec<&'static str> {
         builtin_stories,
         tokenizer,
         vocab_size,
+        init_from,
         n_layer,
         n_head,
         n_embd,
@@ -176,7 +193,22 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     let data = load_data(cfg)?;
-    let model_cfg = cfg.model(data.tok.vocab_size());
+    let init = match (&resumed, cfg.init_from.as_str()) {
+        (None, dir) if !dir.is_empty() => Some(load_init(cfg, Path::new(dir))?),
+        _ => None,
+    };
+    let model_cfg = match (&resumed, &init) {
+        (Some(r), _) => r.config,
+        (None, Some((c, _))) => *c,
+        (None, None) => cfg.model(data.tok.vocab_size()),
+    };
+    if data.tok.vocab_size() > model_cfg.vocab_size {
+        return Err(Error::Invalid(format!(
+            "the data's tokenizer has {} tokens but the model's vocabulary only {}",
+            data.tok.vocab_size(),
+            model_cfg.vocab_size
+        )));
+    }
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
     let backend = crate::open_backend(&opts.device)?;
     let device = backend.describe();
@@ -205,7 +237,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             loader.set_state(r.state.loader_state);
             (step, adam_t, bad_steps) = (r.state.step, r.state.adam_t, r.state.bad_steps);
         }
-        None => model.set_params(&init_params(&model_cfg, cfg.seed))?,
+        None => match init {
+            Some((_, params)) => model.set_params(&params)?,
+            None => model.set_params(&init_params(&model_cfg, cfg.seed))?,
+        },
     }
     let mut metrics = Metrics::open(out, resumed.as_ref().map(|r| r.state.step))?;
     let quiet = opts.quiet;
@@ -242,7 +277,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         ))?;
         let lr = lr_at(step as usize, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps);
         let hyper = AdamwHyper::at_step(lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.grad_clip, adam_t + 1);
+        let poisoned = opts.nan_steps.contains(&(step + 1));
+        if poisoned {
+            model.set_grad_scale(f32::NAN)?;
+        }
         let stats = model.step(&hyper)?;
+        if poisoned {
+            model.set_grad_scale(1.0)?;
+        }
         step += 1;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let tps = tokens_per_step / (ms / 1e3);
@@ -328,6 +370,31 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         checkpoint: last_checkpoint.unwrap_or_else(|| out.clone()),
         device,
     })
+}
+
+/// The model `init_from` names, checked against the config.
+fn load_init(cfg: &TrainConfig, dir: &Path) -> Result<(crate::model::ModelConfig, Vec<f32>)> {
+    let dir = checkpoint::resolve_model_dir(dir)?;
+    let (m, params) = crate::model::hf::load(&dir)?;
+    let name = dir.display();
+    for (key, ours, theirs) in [
+        ("n_layer", cfg.n_layer, m.n_layer),
+        ("n_head", cfg.n_head, m.n_head),
+        ("n_embd", cfg.n_embd, m.n_embd),
+    ] {
+        if ours != theirs {
+            return Err(Error::Invalid(format!(
+                "init_from {name}: the model has {key} {theirs} but the config says {ours}; set {key} = {theirs}"
+            )));
+        }
+    }
+    if cfg.block_size > m.n_positions {
+        return Err(Error::Invalid(format!(
+            "block_size {} is above the n_positions {} of init_from {name}; use block_size <= {}",
+            cfg.block_size, m.n_positions, m.n_positions
+        )));
+    }
+    Ok((m, params))
 }
 
 /// Mean loss over fixed validation batches, `accum` micro-batches per forward program.

@@ -1,0 +1,174 @@
+//! `wgslm bench kernels`: every variant of a kernel at each shape, first checked against the CPU
+//! twin, then timed. A wrong result is reported as FAIL and never timed.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::backend::{Backend, DType, Op, View};
+use crate::gpu::kernels::{CustomMatmul, MATMUL_VARIANTS};
+use crate::gpu::{GpuBackend, GpuContext};
+use crate::rng::Rng;
+use crate::verify::{self, rel_l2};
+use crate::{Error, Result};
+
+/// One variant at one shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timing {
+    pub kernel: String,
+    pub variant: String,
+    pub shape: String,
+    /// Relative L2 error against the twin, and whether it is within tolerance.
+    pub error: f64,
+    pub passed: bool,
+    /// Why the variant could not run, if it could not.
+    pub failure: Option<String>,
+    pub ms: Option<f64>,
+    /// GFLOP/s for matmul, GB/s (bytes read and written) for the other kernels.
+    pub rate: Option<f64>,
+    pub unit: &'static str,
+    /// This variant's rate as a percentage of the best at this shape.
+    pub pct_of_best: Option<f64>,
+    /// "timestamps" or "wall clock".
+    pub method: &'static str,
+}
+
+/// The matmul tolerance: f32 sums of K products carry about sqrt(K)·2⁻²⁴ relative error.
+fn matmul_tolerance(k: usize) -> f64 {
+    verify::TOLERANCE.max(4.0 * (k as f64).sqrt() * f32::EPSILON as f64)
+}
+
+/// Matmul (`out = a·b`, neither transposed) with every variant in `variants` (and `custom`) at each
+/// (M, K, N).
+pub fn matmul(
+    ctx: &Arc<GpuContext>,
+    variants: &[String],
+    custom: Option<CustomMatmul>,
+    shapes: &[(usize, usize, usize)],
+    reps: usize,
+) -> Result<Vec<Timing>> {
+    let mut out = Vec::new();
+    for &(m, k, n) in shapes {
+        let mut rng = Rng::new((m * 31 + k * 7 + n) as u64);
+        let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+        let mut want = vec![0f32; m * n];
+        crate::cpu::matmul(&mut want, &a, &b, m, k, n, false, false, false);
+        let shape = format!("{m}x{k}x{n}");
+        let mut runs: Vec<(String, Option<CustomMatmul>)> =
+            variants.iter().map(|v| (v.clone(), None)).collect();
+        if let Some(c) = &custom {
+            let file = std::path::Path::new(&c.name)
+                .file_name()
+                .map_or(c.name.clone(), |f| f.to_string_lossy().into_owned());
+            runs.push((format!("custom ({file})"), Some(c.clone())));
+        }
+        let first = out.len();
+        for (variant, custom) in runs {
+            let mut gpu = GpuBackend::with_context(ctx.clone());
+            match custom {
+                Some(c) => gpu.set_custom_matmul(c),
+                None => gpu.set_matmul_variant(&variant)?,
+            }
+            let mut t = Timing {
+                kernel: "matmul".into(),
+                variant,
+                shape: shape.clone(),
+                error: f64::NAN,
+                passed: false,
+                failure: None,
+                ms: None,
+                rate: None,
+                unit: "GFLOP/s",
+                pct_of_best: None,
+                method: "",
+            };
+            let result = (|| -> Result<()> {
+                let mut buf = |data: &[f32]| -> Result<View> {
+                    let v = View::new(gpu.alloc(DType::F32, data.len(), "bench")?, 0, data.len());
+                    gpu.write_f32(v, data)?;
+                    Ok(v)
+                };
+                let (av, bv, ov) = (buf(&a)?, buf(&b)?, buf(&vec![0.0; m * n])?);
+                let op = Op::Matmul {
+                    out: ov,
+                    a: av,
+                    b: bv,
+                    m,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b: false,
+                    accumulate: false,
+                };
+                let plan = gpu.prepare(&[op])?;
+                gpu.run(plan)?;
+                t.error = rel_l2(&gpu.read_f32(ov)?, &want);
+                t.passed = t.error <= matmul_tolerance(k);
+                if t.passed {
+                    let (s, method) = gpu.time(plan, reps)?;
+                    t.ms = Some(s * 1e3);
+                    t.rate = Some(2.0 * (m * k * n) as f64 / s / 1e9);
+                    t.method = method;
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                t.failure = Some(e.to_string());
+            }
+            out.push(t);
+        }
+        rank(&mut out[first..]);
+    }
+    Ok(out)
+}
+
+fn rank(rows: &mut [Timing]) {
+    let best = rows.iter().filter_map(|t| t.rate).fold(0.0, f64::max);
+    for t in rows.iter_mut() {
+        t.pct_of_best = t.rate.map(|r| 100.0 * r / best);
+    }
+}
+
+/// Any other kernel, at the shapes of its `wgslm verify` cases, in GB/s of bytes read and written.
+pub fn verified(ctx: &Arc<GpuContext>, kernel: &str, reps: usize) -> Result<Vec<Timing>> {
+    let cases: Vec<verify::Case> = verify::cases().into_iter().filter(|c| c.kernel == kernel).collect();
+    if cases.is_empty() {
+        return Err(Error::Invalid(format!(
+            "--kernel {kernel}: no such kernel; the kernels are {}",
+            verify::kernel_names().join(", ")
+        )));
+    }
+    let mut out = Vec::new();
+    for case in &cases {
+        let mut gpu = GpuBackend::with_context(ctx.clone());
+        let outcome = verify::run_case(case, &mut gpu);
+        let mut t = Timing {
+            kernel: kernel.into(),
+            variant: "default".into(),
+            shape: case.shape.clone(),
+            error: outcome.worst,
+            passed: outcome.passed(),
+            failure: outcome.error.clone(),
+            ms: None,
+            rate: None,
+            unit: "GB/s",
+            pct_of_best: None,
+            method: "",
+        };
+        if t.passed {
+            let (plan, bytes) = verify::prepare_case(case, &mut gpu)?;
+            let (s, method) = gpu.time(plan, reps)?;
+            t.ms = Some(s * 1e3);
+            t.rate = Some(bytes as f64 / s / 1e9);
+            t.method = method;
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// Every matmul variant name, for `--variant all`.
+pub fn all_matmul_variants() -> Vec<String> {
+    MATMUL_VARIANTS.iter().map(|v| v.to_string()).collect()
+}

@@ -1,0 +1,154 @@
+//! Benchmarks behind `wgslm bench`: training-step speed with a per-kernel breakdown and memory
+//! against the analytic count (`train`), a long run watching memory (`soak`), and kernel variants
+//! checked then timed (`kernels`).
+
+pub mod kernels;
+
+use std::time::Instant;
+
+use crate::backend::AdamwHyper;
+use crate::data::Loader;
+use crate::gpu::DeviceChoice;
+use crate::model::gpt2::init_params;
+use crate::model::{BatchShape, Gpt2, Mode};
+use crate::train::trainer::load_data;
+use crate::train::TrainConfig;
+use crate::Result;
+
+/// The resident set size of this process (Linux), in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A model and a loader as `wgslm train` builds them (random initialisation, no run directory).
+fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Gpt2, Loader)> {
+    let data = load_data(cfg)?;
+    let model_cfg = cfg.model(data.tok.vocab_size());
+    let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
+    let backend = crate::open_backend(device)?;
+    let mut model = Gpt2::new(
+        backend,
+        model_cfg,
+        shape,
+        Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout },
+    )?;
+    model.set_params(&init_params(&model_cfg, cfg.seed))?;
+    let loader = Loader::new(data.train, shape.b, shape.t, cfg.seed, &data.source)?;
+    Ok((model, loader))
+}
+
+fn step(model: &mut Gpt2, loader: &mut Loader, cfg: &TrainConfig, t: u64) -> Result<f32> {
+    for micro in 0..model.shape.accum {
+        let (x, y) = loader.next_batch();
+        model.set_batch(micro, &x, &y)?;
+    }
+    let hyper = AdamwHyper::at_step(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.grad_clip, t);
+    Ok(model.step(&hyper)?.loss)
+}
+
+/// What `bench train` measured.
+#[derive(Clone, Debug)]
+pub struct TrainBench {
+    pub device: String,
+    pub params: usize,
+    pub tokens_per_step: usize,
+    pub steps: usize,
+    pub tokens_per_s: f64,
+    pub ms_per_step: f64,
+    /// Host time recording and submitting one step's program.
+    pub submit_ms_per_step: f64,
+    /// Per kernel entry point: dispatches per step and milliseconds per step (each dispatch timed on
+    /// its own, waiting for it; empty on the CPU backend).
+    pub kernels: Vec<(String, usize, f64)>,
+    /// Bytes in GPU buffers after the steps (None on the CPU backend), and the analytic count.
+    pub allocated: Option<u64>,
+    pub analytic: u64,
+    pub first_loss: f32,
+    pub last_loss: f32,
+}
+
+/// Times `steps` training steps after two warm-up steps (which compile pipelines and fill caches).
+pub fn train(cfg: &TrainConfig, steps: usize, device: &DeviceChoice) -> Result<TrainBench> {
+    let (mut model, mut loader) = setup(cfg, device)?;
+    let mut t = 1;
+    let first_loss = step(&mut model, &mut loader, cfg, t)?;
+    t += 1;
+    step(&mut model, &mut loader, cfg, t)?;
+    let (mut submit, mut last_loss) = (0.0, first_loss);
+    let started = Instant::now();
+    for _ in 0..steps {
+        t += 1;
+        last_loss = step(&mut model, &mut loader, cfg, t)?;
+        submit += model.last_submit_seconds();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let tokens_per_step = model.shape.tokens() * model.shape.accum;
+    let mut kernels: Vec<(String, usize, f64)> = Vec::new();
+    for (entry, s) in model.profile_step()? {
+        match kernels.iter_mut().find(|k| k.0 == entry) {
+            Some(k) => {
+                k.1 += 1;
+                k.2 += s * 1e3;
+            }
+            None => kernels.push((entry.to_string(), 1, s * 1e3)),
+        }
+    }
+    kernels.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(TrainBench {
+        device: model.backend().describe(),
+        params: model.config.n_params(),
+        tokens_per_step,
+        steps,
+        tokens_per_s: (steps * tokens_per_step) as f64 / seconds,
+        ms_per_step: seconds * 1e3 / steps as f64,
+        submit_ms_per_step: submit * 1e3 / steps as f64,
+        kernels,
+        allocated: model.backend().live_buffers().map(|(_, bytes)| bytes),
+        analytic: model.analytic_bytes(),
+        first_loss,
+        last_loss,
+    })
+}
+
+/// Buffers alive on the device, and their bytes.
+pub type LiveBuffers = (usize, u64);
+
+/// What `bench soak` saw at the start (after the first step) and at the end.
+#[derive(Clone, Debug)]
+pub struct Soak {
+    pub device: String,
+    pub steps: usize,
+    pub seconds: f64,
+    pub rss: (Option<u64>, Option<u64>),
+    pub buffers: (Option<LiveBuffers>, Option<LiveBuffers>),
+    pub losses: (f32, f32),
+}
+
+/// Trains `steps` steps and compares process memory and live GPU buffers at the start and the end.
+pub fn soak(
+    cfg: &TrainConfig,
+    steps: usize,
+    device: &DeviceChoice,
+    mut progress: impl FnMut(usize),
+) -> Result<Soak> {
+    let (mut model, mut loader) = setup(cfg, device)?;
+    let first = step(&mut model, &mut loader, cfg, 1)?;
+    let (rss0, buf0) = (rss_bytes(), model.backend().live_buffers());
+    let started = Instant::now();
+    let mut last = first;
+    for t in 2..=steps as u64 {
+        last = step(&mut model, &mut loader, cfg, t)?;
+        progress(t as usize);
+    }
+    Ok(Soak {
+        device: model.backend().describe(),
+        steps,
+        seconds: started.elapsed().as_secs_f64(),
+        rss: (rss0, rss_bytes()),
+        buffers: (buf0, model.backend().live_buffers()),
+        losses: (first, last),
+    })
+}

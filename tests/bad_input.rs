@@ -1,0 +1,330 @@
+//! Bad input never panics: every case drives the real binary and expects a non-zero exit, no panic,
+//! and a short error (at most two lines) that names the file, key or tensor.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use wgslm::data::{tokenfile, Tok};
+use wgslm::model::{gpt2::init_params, hf, ModelConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wgslm");
+
+/// Runs wgslm and checks it fails cleanly, saying every string of `must_say`.
+fn fails(args: &[&str], must_say: &[&str]) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cmd = args.join(" ");
+    assert!(!out.status.success(), "wgslm {cmd} succeeded");
+    assert_ne!(out.status.code(), Some(101), "wgslm {cmd} panicked:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "wgslm {cmd} panicked:\n{stderr}");
+    // Driver noise (EGL's XDG_RUNTIME_DIR complaint) is not ours.
+    let lines: Vec<&str> =
+        stderr.lines().filter(|l| !l.trim().is_empty() && !l.contains("XDG_RUNTIME_DIR")).collect();
+    assert!(lines.len() <= 2, "wgslm {cmd}: a long error:\n{stderr}");
+    for m in must_say {
+        assert!(stderr.contains(m), "wgslm {cmd}: the error does not say {m:?}:\n{stderr}");
+    }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgslm-bad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const TINY: ModelConfig = ModelConfig { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 40, n_positions: 16 };
+
+/// A small valid model directory with a character tokenizer.
+fn model_dir(name: &str) -> PathBuf {
+    let dir = temp(name);
+    hf::save(&dir, &TINY, &init_params(&TINY, 1), None).unwrap();
+    Tok::chars(&["abcdefghij klmnop.".to_string()]).unwrap().save(&dir).unwrap();
+    dir
+}
+
+/// A valid prepared data directory whose tokens are `train`.
+fn data_dir(name: &str, train: &[u32]) -> PathBuf {
+    let dir = temp(name);
+    let tok = Tok::chars(&["abcdefghij klmnop.".to_string()]).unwrap();
+    tok.save(&dir).unwrap();
+    tokenfile::write(&dir.join("train.bin"), train, tok.vocab_size()).unwrap();
+    tokenfile::write(&dir.join("val.bin"), &train[..train.len().min(200)], tok.vocab_size()).unwrap();
+    dir
+}
+
+fn train_with(cfg: &Path, extra: &[&str], must_say: &[&str]) {
+    let out = temp("run");
+    let mut args = vec!["train", "--config", s(cfg), "--out", s(&out), "--device", "cpu"];
+    args.extend(extra);
+    fails(&args, must_say);
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = temp("config");
+    let cases: &[(&str, &[&str])] = &[
+        ("n_layers = 3\n", &["bad.toml", "n_layers"]),
+        ("n_layer = \"four\"\n", &["bad.toml", "n_layer"]),
+        ("n_embd = 50\nn_head = 4\n", &["n_embd 50", "n_head 4"]),
+        ("n_layer = 0\n", &["n_layer must be at least 1"]),
+        ("batch_size = -2\n", &["bad.toml", "batch_size"]),
+        ("lr = nan\n", &["lr = NaN"]),
+        ("max_steps = 10\n[section]\nx = 1\n", &["bad.toml", "section"]),
+        ("dropout = 1.5\n", &["dropout"]),
+        ("tokenizer = \"words\"\n", &["tokenizer"]),
+        ("this is not toml\n", &["bad.toml"]),
+    ];
+    for (text, must) in cases {
+        train_with(&config(&dir, text), &[], must);
+    }
+    fails(&["train", "--set", "lr=-1", "--out", s(&dir.join("r")), "--device", "cpu"], &["lr"]);
+    fails(&["train", "--set", "no-equals-sign", "--device", "cpu"], &["key=value"]);
+}
+
+#[test]
+fn missing_and_empty_files_are_named() {
+    let dir = temp("missing");
+    fails(&["train", "--config", s(&dir.join("nope.toml")), "--device", "cpu"], &["nope.toml"]);
+    fails(&["sample", "--model", s(&dir.join("no-model")), "--device", "cpu"], &["no-model"]);
+    fails(
+        &[
+            "eval",
+            "--model",
+            s(&model_dir("eval-missing")),
+            "--data",
+            s(&dir.join("none.bin")),
+            "--device",
+            "cpu",
+        ],
+        &["none.bin"],
+    );
+    fails(&["prepare", "--input", s(&dir.join("absent.txt")), "--out", s(&dir.join("o"))], &["absent.txt"]);
+
+    // Empty files: a token file, weights, a tokenizer, a config.json.
+    let data = data_dir("empty-train", &[1; 100]);
+    std::fs::write(data.join("train.bin"), b"").unwrap();
+    let cfg = config(&dir, &format!("data = {:?}\n", s(&data)));
+    train_with(&cfg, &[], &["train.bin", "header"]);
+    for (file, must) in [
+        ("model.safetensors", "model.safetensors"),
+        ("tokenizer.json", "tokenizer.json"),
+        ("config.json", "config.json"),
+    ] {
+        let model = model_dir(&format!("empty-{file}"));
+        std::fs::write(model.join(file), b"").unwrap();
+        fails(&["sample", "--model", s(&model), "--device", "cpu"], &[must]);
+    }
+    let empty_text = dir.join("empty.txt");
+    std::fs::write(&empty_text, b"").unwrap();
+    fails(&["prepare", "--input", s(&empty_text), "--out", s(&dir.join("o2"))], &["empty.txt", "no text"]);
+}
+
+#[test]
+fn damaged_weights_name_the_tensor() {
+    let weights = |dir: &Path| dir.join("model.safetensors");
+    // Truncated.
+    let m = model_dir("truncated");
+    let bytes = std::fs::read(weights(&m)).unwrap();
+    std::fs::write(weights(&m), &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["sample", "--model", s(&m), "--device", "cpu"], &["model.safetensors", "truncated"]);
+    // A header length past the end of the file.
+    let m = model_dir("header");
+    let mut bytes = std::fs::read(weights(&m)).unwrap();
+    bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(weights(&m), &bytes).unwrap();
+    fails(&["sample", "--model", s(&m), "--device", "cpu"], &["model.safetensors"]);
+
+    // Wrong dtype, wrong shape, missing tensor: rewrite the file with one tensor changed.
+    let layout = wgslm::model::ParamLayout::new(&TINY);
+    let flat = init_params(&TINY, 2);
+    let ints = vec![0i32; 16];
+    let write =
+        |dir: &Path, change: &dyn Fn(&str, &[f32], Vec<usize>) -> Option<wgslm::tensors::Tensor<'static>>| {
+            let tensors: Vec<(String, wgslm::tensors::Tensor<'_>)> = layout
+                .specs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, sp)| {
+                    let data = layout.slice(&flat, i);
+                    match change(&sp.name, data, sp.shape.clone()) {
+                        Some(t) => Some((sp.name.clone(), t)),
+                        None if sp.name == "transformer.ln_f.bias" => None,
+                        None => Some((sp.name.clone(), wgslm::tensors::Tensor::F32(data, sp.shape.clone()))),
+                    }
+                })
+                .collect();
+            wgslm::tensors::write(&weights(dir), tensors, None).unwrap();
+        };
+    let ints: &'static [i32] = Box::leak(ints.into_boxed_slice());
+    let m = model_dir("dtype");
+    write(&m, &|name, d, shape| {
+        if name == "transformer.ln_f.bias" {
+            Some(wgslm::tensors::Tensor::I32(ints, shape))
+        } else {
+            Some(wgslm::tensors::Tensor::F32(Box::leak(d.to_vec().into_boxed_slice()), shape))
+        }
+    });
+    fails(
+        &["sample", "--model", s(&m), "--device", "cpu"],
+        &["transformer.ln_f.bias", "I32", "expected F32"],
+    );
+    let m = model_dir("shape");
+    write(&m, &|name, d, shape| {
+        let shape = if name == "transformer.h.0.mlp.c_fc.weight" { vec![64, 16] } else { shape };
+        Some(wgslm::tensors::Tensor::F32(Box::leak(d.to_vec().into_boxed_slice()), shape))
+    });
+    fails(
+        &["sample", "--model", s(&m), "--device", "cpu"],
+        &["transformer.h.0.mlp.c_fc.weight", "[64, 16]", "[16, 64]"],
+    );
+    let m = model_dir("missing-tensor");
+    write(&m, &|name, d, shape| {
+        (name != "transformer.ln_f.bias")
+            .then(|| wgslm::tensors::Tensor::F32(Box::leak(d.to_vec().into_boxed_slice()), shape))
+    });
+    fails(&["sample", "--model", s(&m), "--device", "cpu"], &["transformer.ln_f.bias", "missing"]);
+}
+
+#[test]
+fn bad_config_json_is_named() {
+    let m = model_dir("config-field");
+    let json = hf::config_json(&TINY, None).to_string().replace("\"n_embd\":16,", "");
+    std::fs::write(m.join("config.json"), json).unwrap();
+    fails(&["sample", "--model", s(&m), "--device", "cpu"], &["config.json", "n_embd"]);
+    let m = model_dir("config-not-json");
+    std::fs::write(m.join("config.json"), "{ not json").unwrap();
+    fails(&["sample", "--model", s(&m), "--device", "cpu"], &["config.json", "not a GPT-2 config.json"]);
+}
+
+#[test]
+fn bad_token_files_are_refused() {
+    let dir = temp("tokens");
+    let data = data_dir("magic", &[1; 500]);
+    let mut bytes = std::fs::read(data.join("train.bin")).unwrap();
+    bytes[0] = 0;
+    std::fs::write(data.join("train.bin"), &bytes).unwrap();
+    train_with(&config(&dir, &format!("data = {:?}\n", s(&data))), &[], &["train.bin", "bad magic"]);
+
+    let data = data_dir("truncated", &[1; 500]);
+    let bytes = std::fs::read(data.join("train.bin")).unwrap();
+    std::fs::write(data.join("train.bin"), &bytes[..bytes.len() - 3]).unwrap();
+    train_with(&config(&dir, &format!("data = {:?}\n", s(&data))), &[], &["train.bin", "truncated"]);
+
+    let mut ids = vec![1u32; 500];
+    ids[321] = 9000;
+    let data = data_dir("vocab", &ids);
+    train_with(
+        &config(&dir, &format!("data = {:?}\n", s(&data))),
+        &[],
+        &["train.bin", "9000", "position 321"],
+    );
+
+    let data = data_dir("short", &[1; 5]);
+    train_with(
+        &config(&dir, &format!("data = {:?}\nblock_size = 32\n", s(&data))),
+        &[],
+        &["shorter than one sequence"],
+    );
+
+    // eval: an id the model cannot embed.
+    let bin = dir.join("high.bin");
+    tokenfile::write(&bin, &[1, 2, 77], 100).unwrap();
+    fails(
+        &["eval", "--model", s(&model_dir("eval-vocab")), "--data", s(&bin), "--device", "cpu"],
+        &["high.bin", "77"],
+    );
+}
+
+#[test]
+fn malformed_tokenizers_do_not_panic() {
+    let variants = [
+        "{",
+        "{}",
+        r#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}"#,
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":4294967295,"content":"x","special":true}],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"BPE","vocab":{},"merges":[]}}"#,
+        r#"{"version":"1.0","model":{"type":"WordPiece","vocab":{}}}"#,
+    ];
+    for (i, v) in variants.iter().enumerate() {
+        let m = model_dir(&format!("tok{i}"));
+        std::fs::write(m.join("tokenizer.json"), v).unwrap();
+        fails(
+            &["sample", "--model", s(&m), "--prompt", "ab", "--max-new-tokens", "2", "--device", "cpu"],
+            &["tokenizer"],
+        );
+    }
+}
+
+#[test]
+fn absent_backends_and_oversized_models_are_refused() {
+    // No Linux machine has Metal (and no macOS machine DX12).
+    let absent = if cfg!(target_os = "macos") { "dx12" } else { "metal" };
+    fails(
+        &["train", "--set", "max_steps=1", "--device", absent, "--out", s(&temp("absent"))],
+        &[&format!("--device {absent}"), "wgslm devices"],
+    );
+    fails(&["train", "--device", "quantum"], &["--device quantum"]);
+    if common::gpu().is_none() {
+        return;
+    }
+    // 12 · 8192² parameters in one block: more than any adapter's largest buffer.
+    let out = temp("huge");
+    fails(
+        &[
+            "train",
+            "--set",
+            "n_embd=8192",
+            "--set",
+            "n_head=8",
+            "--set",
+            "n_layer=1",
+            "--set",
+            "block_size=8",
+            "--set",
+            "batch_size=1",
+            "--set",
+            "builtin_stories=10",
+            "--out",
+            s(&out),
+        ],
+        &["bytes", "allows at most"],
+    );
+}
+
+#[test]
+fn init_from_and_prompts_respect_the_model() {
+    let dir = temp("init");
+    let model = model_dir("init-model");
+    let data = data_dir("init-data", &[1; 2000]);
+    let text = format!(
+        "data = {:?}\ninit_from = {:?}\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 64\n",
+        s(&data),
+        s(&model)
+    );
+    train_with(&config(&dir, &text), &[], &["block_size 64", "n_positions 16"]);
+    let text = format!(
+        "data = {:?}\ninit_from = {:?}\nn_layer = 3\nn_head = 2\nn_embd = 16\nblock_size = 16\n",
+        s(&data),
+        s(&model)
+    );
+    train_with(&config(&dir, &text), &[], &["n_layer 1", "set n_layer = 1"]);
+    let long = "abcd ".repeat(10);
+    fails(
+        &["sample", "--model", s(&model), "--prompt", &long, "--device", "cpu"],
+        &["longer than the model's block size"],
+    );
+    fails(&["sample", "--model", s(&model), "--prompt", "xyz", "--device", "cpu"], &["no token for"]);
+    fails(&["sample", "--model", s(&model), "--top-p", "0", "--device", "cpu"], &["--top-p"]);
+}
