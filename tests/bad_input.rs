@@ -148,54 +148,47 @@ fn damaged_weights_name_the_tensor() {
     fails(&["sample", "--model", s(&m), "--device", "cpu"], &["model.safetensors"]);
 
     // Wrong dtype, wrong shape, missing tensor: rewrite the file with one tensor changed.
+    let cases: [(&str, Edit, &[&str]); 3] = [
+        ("transformer.ln_f.bias", Edit::Int32, &["transformer.ln_f.bias", "I32", "expected F32"]),
+        (
+            "transformer.h.0.mlp.c_fc.weight",
+            Edit::Shape(vec![64, 16]),
+            &["transformer.h.0.mlp.c_fc.weight", "[64, 16]", "[16, 64]"],
+        ),
+        ("transformer.ln_f.bias", Edit::Drop, &["transformer.ln_f.bias", "missing"]),
+    ];
+    for (i, (name, edit, must)) in cases.into_iter().enumerate() {
+        let m = model_dir(&format!("edit{i}"));
+        rewrite_weights(&weights(&m), name, edit);
+        fails(&["sample", "--model", s(&m), "--device", "cpu"], must);
+    }
+}
+
+/// How `rewrite_weights` changes one tensor.
+enum Edit {
+    Int32,
+    Shape(Vec<usize>),
+    Drop,
+}
+
+/// Writes the TINY model's weights with tensor `name` changed.
+fn rewrite_weights(path: &Path, name: &str, edit: Edit) {
+    use wgslm::tensors::Tensor;
     let layout = wgslm::model::ParamLayout::new(&TINY);
     let flat = init_params(&TINY, 2);
     let ints = vec![0i32; 16];
-    let write =
-        |dir: &Path, change: &dyn Fn(&str, &[f32], Vec<usize>) -> Option<wgslm::tensors::Tensor<'static>>| {
-            let tensors: Vec<(String, wgslm::tensors::Tensor<'_>)> = layout
-                .specs
-                .iter()
-                .enumerate()
-                .filter_map(|(i, sp)| {
-                    let data = layout.slice(&flat, i);
-                    match change(&sp.name, data, sp.shape.clone()) {
-                        Some(t) => Some((sp.name.clone(), t)),
-                        None if sp.name == "transformer.ln_f.bias" => None,
-                        None => Some((sp.name.clone(), wgslm::tensors::Tensor::F32(data, sp.shape.clone()))),
-                    }
-                })
-                .collect();
-            wgslm::tensors::write(&weights(dir), tensors, None).unwrap();
+    let mut tensors = Vec::new();
+    for (i, sp) in layout.specs.iter().enumerate() {
+        let data = layout.slice(&flat, i);
+        let t = match (&edit, sp.name == name) {
+            (Edit::Int32, true) => Tensor::I32(&ints, sp.shape.clone()),
+            (Edit::Shape(shape), true) => Tensor::F32(data, shape.clone()),
+            (Edit::Drop, true) => continue,
+            _ => Tensor::F32(data, sp.shape.clone()),
         };
-    let ints: &'static [i32] = Box::leak(ints.into_boxed_slice());
-    let m = model_dir("dtype");
-    write(&m, &|name, d, shape| {
-        if name == "transformer.ln_f.bias" {
-            Some(wgslm::tensors::Tensor::I32(ints, shape))
-        } else {
-            Some(wgslm::tensors::Tensor::F32(Box::leak(d.to_vec().into_boxed_slice()), shape))
-        }
-    });
-    fails(
-        &["sample", "--model", s(&m), "--device", "cpu"],
-        &["transformer.ln_f.bias", "I32", "expected F32"],
-    );
-    let m = model_dir("shape");
-    write(&m, &|name, d, shape| {
-        let shape = if name == "transformer.h.0.mlp.c_fc.weight" { vec![64, 16] } else { shape };
-        Some(wgslm::tensors::Tensor::F32(Box::leak(d.to_vec().into_boxed_slice()), shape))
-    });
-    fails(
-        &["sample", "--model", s(&m), "--device", "cpu"],
-        &["transformer.h.0.mlp.c_fc.weight", "[64, 16]", "[16, 64]"],
-    );
-    let m = model_dir("missing-tensor");
-    write(&m, &|name, d, shape| {
-        (name != "transformer.ln_f.bias")
-            .then(|| wgslm::tensors::Tensor::F32(Box::leak(d.to_vec().into_boxed_slice()), shape))
-    });
-    fails(&["sample", "--model", s(&m), "--device", "cpu"], &["transformer.ln_f.bias", "missing"]);
+        tensors.push((sp.name.clone(), t));
+    }
+    wgslm::tensors::write(path, tensors, None).unwrap();
 }
 
 #[test]
