@@ -513,6 +513,15 @@ pub trait Backend {
     fn sync(&mut self) -> Result<()>;
     /// Objects created so far.
     fn created(&self) -> Created;
+    /// The matmul variant chosen for each shape (GPU backends), as "MxKxN NT" → variant: what a
+    /// checkpoint records so that a resumed run uses the same kernels.
+    fn kernel_choices(&self) -> std::collections::BTreeMap<String, String> {
+        Default::default()
+    }
+    /// Uses these choices (from [`Backend::kernel_choices`]) for their shapes.
+    fn pin_kernel_choices(&mut self, _choices: &std::collections::BTreeMap<String, String>) -> Result<()> {
+        Ok(())
+    }
     /// Buffers alive on the device and their bytes (GPU backends), for memory reports.
     fn live_buffers(&self) -> Option<(usize, u64)> {
         None

@@ -23,8 +23,25 @@ pub use error::{Error, Result};
 
 /// Opens the backend `--device` names: the CPU reference for `cpu`, otherwise a GPU adapter.
 pub fn open_backend(choice: &gpu::DeviceChoice) -> Result<Box<dyn backend::Backend>> {
+    open_backend_with(choice, "default")
+}
+
+/// The autotuner's time budget for one model's matrix-product shapes (cached results cost nothing).
+pub const TUNING_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Like [`open_backend`], with a matmul policy: "auto" (the autotuner), "default" (the adapter's
+/// default variant) or a variant name (pinned).
+pub fn open_backend_with(choice: &gpu::DeviceChoice, matmul: &str) -> Result<Box<dyn backend::Backend>> {
     Ok(match choice {
         gpu::DeviceChoice::Cpu => Box::new(cpu::CpuBackend::new()),
-        gpu => Box::new(gpu::GpuBackend::new(gpu)?),
+        gpu => {
+            let mut backend = gpu::GpuBackend::new(gpu)?;
+            match matmul {
+                "auto" => backend.autotune(TUNING_BUDGET),
+                "default" => {}
+                variant => backend.set_matmul_variant(variant)?,
+            }
+            Box::new(backend)
+        }
     })
 }

@@ -71,6 +71,9 @@ enum Command {
         /// Continue the run in --out from its newest complete checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Matmul kernels: auto (autotune per shape), default, or a variant to pin (the `matmul` key).
+        #[arg(long)]
+        matmul: Option<String>,
         /// auto, vulkan, metal, dx12, gl, an index from `wgslm devices`, or cpu.
         #[arg(long, default_value = "auto")]
         device: String,
@@ -191,6 +194,9 @@ enum BenchCommand {
         /// Timed steps (after two warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Matmul kernels: auto (autotune per shape), default, or a variant to pin (the `matmul` key).
+        #[arg(long)]
+        matmul: Option<String>,
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
@@ -258,7 +264,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Train { config, overrides, out, resume, device } => {
+        Command::Train { config, mut overrides, out, resume, matmul, device } => {
+            overrides.extend(matmul.map(|m| format!("matmul=\"{m}\"")));
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
             let opts = RunOptions {
                 out,
@@ -452,7 +459,8 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BenchCommand::Train { config, overrides, steps, json, device } => {
+        BenchCommand::Train { config, mut overrides, steps, matmul, json, device } => {
+            overrides.extend(matmul.map(|m| format!("matmul=\"{m}\"")));
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
             let b = wgslm::bench::train(&cfg, steps.max(1), &device.parse()?)?;
             println!("{}", b.device);

@@ -28,7 +28,7 @@ fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Gpt2, Loader)> {
     let data = load_data(cfg)?;
     let model_cfg = cfg.model(data.tok.vocab_size());
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
-    let backend = crate::open_backend(device)?;
+    let backend = crate::open_backend_with(device, &cfg.matmul)?;
     let mut model = Gpt2::new(
         backend,
         model_cfg,

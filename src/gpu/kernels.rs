@@ -16,6 +16,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_rows.wgsl", include_str!("../../shaders/matmul_rows.wgsl")),
+    ("matmul_tiled.wgsl", include_str!("../../shaders/matmul_tiled.wgsl")),
     ("matmul_vec4.wgsl", include_str!("../../shaders/matmul_vec4.wgsl")),
     ("adamw.wgsl", include_str!("../../shaders/adamw.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
@@ -64,6 +65,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
         "matmul_vec4_rows" | "matmul_vec4_dot" => "matmul_vec4.wgsl",
         "matmul_rows" => "matmul_rows.wgsl",
+        "matmul_tiled" => "matmul_tiled.wgsl",
         "attention_scores"
         | "attention_softmax"
         | "attention_values"
@@ -96,7 +98,7 @@ pub const NORM_PARTIALS: usize = 256;
 
 /// The matmul kernel variants, by name. `blocked4x4` (matmul.wgsl) handles every shape; the others
 /// handle the shapes their header comment names and fall back to it elsewhere.
-pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "rows16x32"];
+pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "tiled64", "rows16x32"];
 
 /// The tile of a `rows` variant: (rows per invocation R, columns per workgroup 4·C4).
 fn rows_tile(variant: &str) -> Option<(usize, usize)> {
@@ -179,6 +181,8 @@ impl CustomMatmul {
 /// What the op → dispatch mapping needs to know beyond the op.
 #[derive(Clone, Debug)]
 pub struct Env {
+    /// The variant chosen for each shape (by the autotuner); shapes not listed use `matmul`.
+    pub choices: std::sync::Arc<std::collections::BTreeMap<super::tune::GemmShape, &'static str>>,
     /// A kernel loaded at run time, used where the variant is "custom".
     pub custom: Option<std::sync::Arc<CustomMatmul>>,
     /// The matmul variant to use where it applies (one of [`MATMUL_VARIANTS`]).
@@ -263,6 +267,7 @@ fn matmul_entry(
         }
         ("vec4", _) if trans_b && !trans_a && k % 4 == 0 => ("matmul_vec4_dot", "", vec![], tiles32),
         (v, Some((r, c4))) => ("matmul_rows", v, both, [u(n.div_ceil(4 * c4)), u(m.div_ceil(8 * r)), 1]),
+        ("tiled64", _) => ("matmul_tiled", "", both, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]),
         _ => ("matmul", "", both, tiles32),
     }
 }
@@ -282,8 +287,9 @@ pub fn gemm(
     trans_b: bool,
     accumulate: bool,
 ) -> Vec<Call> {
+    let variant = env.choices.get(&(m, k, n, trans_a, trans_b)).copied().unwrap_or(env.matmul);
     let (entry, source, constants, groups) =
-        matmul_entry(env.matmul, env.custom.as_deref(), (m, k, n), trans_a, trans_b);
+        matmul_entry(variant, env.custom.as_deref(), (m, k, n), trans_a, trans_b);
     (0..k.div_ceil(MATMUL_K_CHUNK).max(1))
         .map(|chunk| {
             let k_begin = chunk * MATMUL_K_CHUNK;
@@ -300,6 +306,22 @@ pub fn gemm(
             }
         })
         .collect()
+}
+
+/// The matrix-product shapes an op dispatches (what the autotuner times).
+pub fn gemm_shapes(op: &Op) -> Vec<super::tune::GemmShape> {
+    match *op {
+        Op::Matmul { m, k, n, trans_a, trans_b, .. } => vec![(m, k, n, trans_a, trans_b)],
+        Op::MatmulForward { m, k, n, layout, .. } => vec![(m, k, n, false, layout == WeightLayout::OutIn)],
+        Op::MatmulBackward { m, k, n, layout, .. } => vec![
+            (m, n, k, false, layout == WeightLayout::InOut),
+            match layout {
+                WeightLayout::InOut => (k, m, n, true, false),
+                WeightLayout::OutIn => (n, m, k, true, false),
+            },
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// Blocks of [`ROW_BLOCK`] rows in `rows`.

@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod kernels;
+pub mod tune;
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -50,6 +51,10 @@ pub struct GpuBackend {
     matmul: &'static str,
     /// A matmul kernel loaded at run time (variant "custom").
     custom: Option<Arc<kernels::CustomMatmul>>,
+    /// The autotuner's time budget per `prepare`; None leaves every shape to `matmul`.
+    tuning: Option<std::time::Duration>,
+    /// The variant the autotuner chose for each shape seen so far.
+    choices: std::collections::BTreeMap<tune::GemmShape, &'static str>,
 }
 
 impl GpuBackend {
@@ -66,6 +71,8 @@ impl GpuBackend {
             max_binding,
             matmul,
             custom: None,
+            tuning: None,
+            choices: Default::default(),
             ctx,
             bufs: Vec::new(),
             plans: Vec::new(),
@@ -81,6 +88,17 @@ impl GpuBackend {
 
     /// Splits whole-buffer ops into chunks of at most `elements` (rounded down to a multiple of 64),
     /// as a small adapter would. Tests use it to exercise the chunked paths.
+    /// Times the matmul variants for each new shape of the programs prepared from now on (at most
+    /// `budget` per program), using and filling the on-disk cache; see `tune`.
+    pub fn autotune(&mut self, budget: std::time::Duration) {
+        self.tuning = Some(budget);
+    }
+
+    /// The variant each tuned shape uses.
+    pub fn tuned(&self) -> &std::collections::BTreeMap<tune::GemmShape, &'static str> {
+        &self.choices
+    }
+
     /// Uses a matmul kernel loaded at run time in programs prepared from now on (variant "custom").
     pub fn set_custom_matmul(&mut self, kernel: kernels::CustomMatmul) {
         let kernel = Arc::new(kernel);
@@ -349,7 +367,18 @@ impl Backend for GpuBackend {
         } else {
             dummy
         };
+        if let Some(budget) = self.tuning {
+            let mut shapes: Vec<tune::GemmShape> = ops.iter().flat_map(kernels::gemm_shapes).collect();
+            shapes.sort();
+            shapes.dedup();
+            shapes.retain(|s| !self.choices.contains_key(s));
+            if !shapes.is_empty() {
+                let chosen = tune::choose(&self.ctx, &shapes, self.matmul, budget);
+                self.choices.extend(chosen);
+            }
+        }
         let env = kernels::Env {
+            choices: Arc::new(self.choices.clone()),
             custom: self.custom.clone(),
             matmul: self.matmul,
             dummy,
@@ -460,5 +489,23 @@ impl Backend for GpuBackend {
 
     fn live_buffers(&self) -> Option<(usize, u64)> {
         Some(self.ctx.live_buffers())
+    }
+
+    fn kernel_choices(&self) -> std::collections::BTreeMap<String, String> {
+        self.choices.iter().map(|(s, v)| (tune::shape_key(*s), v.to_string())).collect()
+    }
+
+    fn pin_kernel_choices(&mut self, choices: &std::collections::BTreeMap<String, String>) -> Result<()> {
+        for (shape, variant) in choices {
+            let parsed = tune::parse_shape_key(shape);
+            let known = kernels::MATMUL_VARIANTS.iter().find(|v| **v == variant.as_str());
+            match (parsed, known) {
+                (Some(s), Some(v)) => {
+                    self.choices.insert(s, v);
+                }
+                _ => return Err(Error::Invalid(format!("unknown kernel choice {shape:?} -> {variant:?}"))),
+            }
+        }
+        Ok(())
     }
 }

@@ -33,6 +33,10 @@ pub struct TrainerState {
     pub bad_steps: usize,
     /// The config the run was started with.
     pub config: TrainConfig,
+    /// The matmul variant of each shape ("MxKxN NT" → variant), so a resumed run uses the same kernels
+    /// and stays bit-identical.
+    #[serde(default)]
+    pub kernels: std::collections::BTreeMap<String, String>,
     /// The wgslm version that wrote the checkpoint.
     pub version: String,
 }

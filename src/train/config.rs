@@ -78,6 +78,9 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Seed of the initialisation, the batches and dropout.
     pub seed: u64,
+    /// Matmul kernels on a GPU: "auto" (time the variants per shape, cached on disk), "default" (the
+    /// adapter's default), or a variant name to pin (see docs/KERNELS.md).
+    pub matmul: String,
     /// Consecutive steps with a non-finite loss or gradient tolerated (skipped) before stopping.
     pub max_bad_steps: usize,
 }
@@ -114,6 +117,7 @@ impl Default for TrainConfig {
             checkpoint_every: 200,
             keep_checkpoints: 3,
             seed: 1337,
+            matmul: "auto".into(),
             max_bad_steps: 10,
         }
     }
@@ -210,6 +214,14 @@ impl TrainConfig {
         finite("dropout", self.dropout, 0.0, 0.95, "in [0, 0.95]")?;
         if !matches!(self.tokenizer.as_str(), "char" | "byte" | "bpe") {
             return Err(format!("tokenizer = {:?} must be \"char\", \"byte\" or \"bpe\"", self.tokenizer));
+        }
+        let variants = crate::gpu::kernels::MATMUL_VARIANTS;
+        if !(matches!(self.matmul.as_str(), "auto" | "default") || variants.contains(&self.matmul.as_str())) {
+            return Err(format!(
+                "matmul = {:?} must be \"auto\", \"default\" or one of {}",
+                self.matmul,
+                variants.join(", ")
+            ));
         }
         if self.data == "builtin" && self.builtin_stories < 10 {
             return Err("builtin_stories must be at least 10".into());

@@ -210,7 +210,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         )));
     }
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
-    let backend = crate::open_backend(&opts.device)?;
+    let mut backend = crate::open_backend_with(&opts.device, &cfg.matmul)?;
+    if let Some(r) = &resumed {
+        backend.pin_kernel_choices(&r.state.kernels)?;
+    }
     let device = backend.describe();
     let mut model = Gpt2::new(
         backend,
@@ -346,6 +349,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 loader_state: loader.state(),
                 bad_steps,
                 config: cfg.clone(),
+                kernels: model.backend().kernel_choices(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             let params = model.params()?;

@@ -1,0 +1,128 @@
+//! The matmul autotuner: for each matrix-product shape a program uses, time the variants on the actual
+//! adapter, keep the fastest, and remember the choice on disk, keyed by adapter name, driver, wgpu
+//! version and shape, so the next run on the same machine skips the timing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::kernels::MATMUL_VARIANTS;
+use super::{GpuBackend, GpuContext};
+use crate::backend::{Backend, DType, Op, View};
+use crate::{fsutil, Result};
+
+/// The wgpu version the cache keys carry (kernels may compile differently under another).
+const WGPU_VERSION: &str = "wgpu-30";
+
+/// One matrix-product shape as a program uses it: (M, K, N, trans_a, trans_b).
+pub type GemmShape = (usize, usize, usize, bool, bool);
+
+/// Where tuning results are kept: `$WGSLM_CACHE_DIR`, else `$XDG_CACHE_HOME/wgslm`, else
+/// `~/.cache/wgslm`; None when none can be found (tuning then happens every run).
+pub fn cache_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("WGSLM_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("wgslm")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wgslm")))?;
+    Some(dir.join("matmul-tuning.json"))
+}
+
+/// "MxKxN NT": a shape as text.
+pub fn shape_key((m, k, n, ta, tb): GemmShape) -> String {
+    format!("{m}x{k}x{n} {}{}", if ta { "T" } else { "N" }, if tb { "T" } else { "N" })
+}
+
+/// The inverse of [`shape_key`].
+pub fn parse_shape_key(s: &str) -> Option<GemmShape> {
+    let (dims, t) = s.split_once(' ')?;
+    let d: Vec<usize> = dims.split('x').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<char> = t.chars().collect();
+    match (d.as_slice(), t.as_slice()) {
+        ([m, k, n], [a, b]) => Some((*m, *k, *n, *a == 'T', *b == 'T')),
+        _ => None,
+    }
+}
+
+fn key(ctx: &GpuContext, shape: GemmShape) -> String {
+    let a = &ctx.adapter;
+    format!("{} | {} | {WGPU_VERSION} | {}", a.info.name, a.driver(), shape_key(shape))
+}
+
+fn load() -> BTreeMap<String, String> {
+    cache_file()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn store(entries: &BTreeMap<String, String>) {
+    let Some(path) = cache_file() else { return };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let json = serde_json::to_string_pretty(entries).expect("strings serialise");
+    // A cache that cannot be written only costs time next run.
+    if let Err(e) = fsutil::write_atomic(&path, json.as_bytes()) {
+        log::warn!("could not save matmul tuning: {e}");
+    }
+}
+
+/// Seconds one run of `shape` takes with `variant` (the first run compiles and is not counted).
+fn time_variant(
+    ctx: &std::sync::Arc<GpuContext>,
+    variant: &str,
+    (m, k, n, ta, tb): GemmShape,
+) -> Result<f64> {
+    let mut gpu = GpuBackend::with_context(ctx.clone());
+    gpu.set_matmul_variant(variant)?;
+    let mut view =
+        |len: usize| -> Result<View> { Ok(View::new(gpu.alloc(DType::F32, len, "tuning")?, 0, len)) };
+    let (out, a, b) = (view(m * n)?, view(m * k)?, view(k * n)?);
+    let plan =
+        gpu.prepare(&[Op::Matmul { out, a, b, m, k, n, trans_a: ta, trans_b: tb, accumulate: false }])?;
+    gpu.run(plan)?;
+    gpu.sync()?;
+    Ok(gpu.time(plan, 2)?.0)
+}
+
+/// Chooses a variant for every shape: from the cache where it has one, else by timing the variants,
+/// as long as `budget` lasts (shapes left when it runs out keep `fallback` and are not cached).
+pub fn choose(
+    ctx: &std::sync::Arc<GpuContext>,
+    shapes: &[GemmShape],
+    fallback: &'static str,
+    budget: Duration,
+) -> BTreeMap<GemmShape, &'static str> {
+    let mut cache = load();
+    let started = Instant::now();
+    let mut chosen = BTreeMap::new();
+    let mut changed = false;
+    for &shape in shapes {
+        let k = key(ctx, shape);
+        if let Some(v) = cache.get(&k).and_then(|v| MATMUL_VARIANTS.iter().find(|x| **x == v.as_str())) {
+            chosen.insert(shape, *v);
+            continue;
+        }
+        if started.elapsed() > budget {
+            chosen.insert(shape, fallback);
+            continue;
+        }
+        let mut best: Option<(&'static str, f64)> = None;
+        for &variant in MATMUL_VARIANTS {
+            match time_variant(ctx, variant, shape) {
+                Ok(s) if best.is_none_or(|(_, b)| s < b) => best = Some((variant, s)),
+                Ok(_) => {}
+                Err(e) => log::warn!("tuning {variant} at {shape:?}: {e}"),
+            }
+        }
+        let variant = best.map_or(fallback, |(v, _)| v);
+        log::info!("matmul {shape:?}: {variant}");
+        chosen.insert(shape, variant);
+        cache.insert(k, variant.to_string());
+        changed = true;
+    }
+    if changed {
+        store(&cache);
+    }
+    chosen
+}
