@@ -8,6 +8,10 @@
 // of a feeds 4*C4 multiply-adds. R and C4 are the tile knobs: the host derives the variants
 // (rows16x32, rows32x64, ...) from this source by setting the two `const` lines below.
 //
+// The same source serves the f16-storage kernel (matmul_f16, wgslm's Op::MatmulF16): the host puts
+// `enable f16;` in front and sets `Elem` to f16, so a and b are read as halves and every product and
+// sum stays f32. Each array<f16> packs two halves per 32-bit word, the even element in the low half.
+//
 // Grid: (ceil(N / (4*C4)), ceil(M / (WG*R))) workgroups of WG invocations.
 
 struct Params {
@@ -22,28 +26,30 @@ struct Params {
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 
+alias Elem = f32;
+
 const R: u32 = 16u;
 const C4: u32 = 8u;
 const WG: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> a: array<Elem>;
+@group(0) @binding(3) var<storage, read> b: array<Elem>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 fn load_a(i: u32, kk: u32) -> f32 {
     if (TRANS_A) {
-        return a[kk * p.m + i];
+        return f32(a[kk * p.m + i]);
     }
-    return a[i * p.k + kk];
+    return f32(a[i * p.k + kk]);
 }
 
 fn load_b(kk: u32, j: u32) -> f32 {
     if (TRANS_B) {
-        return b[j * p.k + kk];
+        return f32(b[j * p.k + kk]);
     }
-    return b[kk * p.n + j];
+    return f32(b[kk * p.n + j]);
 }
 
 @compute @workgroup_size(8)

@@ -131,6 +131,20 @@ pub enum Op {
         trans_b: bool,
         accumulate: bool,
     },
+    /// `Matmul` with a and b stored as f16 (two per u32 word, the even element in the low half) and
+    /// f32 products and sums: the storage half of mixed precision, half the bytes of a and b. Needs
+    /// shader-f16 on the GPU.
+    MatmulF16 {
+        out: View,
+        a: View,
+        b: View,
+        m: usize,
+        k: usize,
+        n: usize,
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    },
     /// `out (M,N) = inp (M,K) · W + bias (N)`, W stored as `layout` says.
     MatmulForward {
         out: View,
@@ -325,6 +339,7 @@ impl Op {
             Op::LayernormForward { .. } => "layernorm_forward",
             Op::LayernormBackward { .. } => "layernorm_backward",
             Op::Matmul { .. } => "matmul",
+            Op::MatmulF16 { .. } => "matmul_f16",
             Op::MatmulForward { .. } => "matmul_forward",
             Op::MatmulBackward { .. } => "matmul_backward",
             Op::AttentionForward { .. } => "attention_forward",
@@ -360,6 +375,7 @@ impl Op {
                 vec![(dout, n * c), (inp, n * c), (weight, c), (mean, n), (rstd, n)]
             }
             Op::Matmul { a, b, m, k, n, .. } => vec![(a, m * k), (b, k * n)],
+            Op::MatmulF16 { a, b, m, k, n, .. } => vec![(a, (m * k).div_ceil(2)), (b, (k * n).div_ceil(2))],
             Op::MatmulForward { inp, weight, bias, m, k, n, .. } => {
                 let mut v = vec![(inp, m * k), (weight, k * n)];
                 v.extend(bias.map(|b| (b, n)));
@@ -412,7 +428,7 @@ impl Op {
             Op::LayernormBackward { dinp, dweight, dbias, n, c, .. } => {
                 vec![(dinp, n * c), (dweight, c), (dbias, c)]
             }
-            Op::Matmul { out, m, n, .. } => vec![(out, m * n)],
+            Op::Matmul { out, m, n, .. } | Op::MatmulF16 { out, m, n, .. } => vec![(out, m * n)],
             Op::MatmulForward { out, m, n, .. } => vec![(out, m * n)],
             Op::MatmulBackward { dinp, dweight, dbias, m, k, n, .. } => {
                 let mut v = vec![(dinp, m * k), (dweight, k * n)];

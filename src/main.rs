@@ -167,7 +167,7 @@ enum BenchCommand {
         /// matmul (with its variants), or any kernel `wgslm verify` lists (at its test shapes).
         #[arg(long, default_value = "matmul")]
         kernel: String,
-        /// A matmul variant, or `all` (repeatable).
+        /// A matmul variant (blocked4x4, vec4, tiled64, rows16x32, subgroup, f16), or `all` (repeatable).
         #[arg(long, default_value = "all")]
         variant: Vec<String>,
         /// A matmul shape MxKxN (repeatable); default the four of docs/BENCHMARKS.md.
@@ -404,7 +404,7 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
             println!("{}", ctx.describe());
             let rows = if kernel == "matmul" {
                 let variants = if variant.iter().any(|v| v == "all") {
-                    wgslm::bench::kernels::all_matmul_variants()
+                    wgslm::bench::kernels::all_matmul_variants(&ctx)
                 } else {
                     variant
                 };
@@ -595,11 +595,24 @@ fn verify(device: &str, only: Option<&str>) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let runs = names.into_iter().filter(|n| only.is_none_or(|k| k == *n)).flat_map(|name| {
         // Kernels built on matmul are checked with every matmul variant.
-        let variants: &[&'static str] = if name.starts_with("matmul") { MATMUL_VARIANTS } else { &[""] };
+        let variants: &[&'static str] =
+            if verify::uses_matmul_variants(name) { MATMUL_VARIANTS } else { &[""] };
         variants.iter().map(move |v| (name, *v))
     });
+    let mut skipped = Vec::new();
     for (kernel, variant) in runs {
         let name = if variant.is_empty() { kernel.to_string() } else { format!("{kernel} [{variant}]") };
+        let missing = match kernel {
+            "matmul_f16" if !ctx.features.contains(wgpu::Features::SHADER_F16) => {
+                Some(format!("needs shader-f16, which {} lacks", ctx.adapter.title()))
+            }
+            _ => ctx.variant_unavailable(variant),
+        };
+        if let Some(why) = missing {
+            println!("{name:<32} {:>5}  {:>10}  SKIP ({why})", "-", "-");
+            skipped.push(name);
+            continue;
+        }
         let outcomes = verify::check_kernel(kernel, &mut || {
             let mut gpu = GpuBackend::with_context(ctx.clone());
             if !variant.is_empty() {
@@ -632,5 +645,8 @@ fn verify(device: &str, only: Option<&str>) -> anyhow::Result<()> {
         "all kernels agree with their CPU twins (relative L2 <= {:.0e}) and are deterministic",
         verify::TOLERANCE
     );
+    if !skipped.is_empty() {
+        println!("not run, for want of an optional feature: {}", skipped.join(", "));
+    }
     Ok(())
 }

@@ -351,6 +351,27 @@ pub fn cases() -> Vec<Case> {
                 })
             }));
         }
+        for (trans_a, trans_b) in [(false, false), (true, true)] {
+            let accumulate = (m + n) % 2 == 0;
+            let shape = format!(
+                "{m}x{k}x{n} {}{}",
+                if trans_a { "TT" } else { "NN" },
+                if accumulate { " +=" } else { "" }
+            );
+            // The twin reads the same halves, so only the f32 sums can differ: the f32 tolerance.
+            all.push(case("matmul_f16", shape, move |s| {
+                let out = s.normal(m * n, 1.0, 0.0)?;
+                let mut halves = |len: usize| -> Result<View> {
+                    let x: Vec<f32> = (0..len).map(|_| s.rng().normal() as f32).collect();
+                    s.ids_with(crate::cpu::pack_f16(&x))
+                };
+                let (a, b) = (halves(m * k)?, halves(k * n)?);
+                Ok(Built {
+                    ops: vec![Op::MatmulF16 { out, a, b, m, k, n, trans_a, trans_b, accumulate }],
+                    checked: vec![("out", out)],
+                })
+            }));
+        }
         for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
             let has_bias = layout == WeightLayout::InOut || m % 2 == 1;
             let shape = format!("{m}x{k}x{n} {layout:?}{}", if has_bias { " +bias" } else { "" });
@@ -570,6 +591,11 @@ pub fn cases() -> Vec<Case> {
         }));
     }
     all
+}
+
+/// Whether `kernel` runs on the matmul variant chosen (and so is checked once per variant).
+pub fn uses_matmul_variants(kernel: &str) -> bool {
+    matches!(kernel, "matmul" | "matmul_forward" | "matmul_backward")
 }
 
 /// The kernels with cases, in schedule order.

@@ -12,8 +12,18 @@ use wgslm::verify;
 fn check(kernel: &str) {
     let Some(ctx) = common::gpu() else { return };
     // Kernels built on matmul run once per matmul variant.
-    let variants: &[&str] = if kernel.starts_with("matmul") { MATMUL_VARIANTS } else { &["vec4"] };
+    let variants: &[&str] = if verify::uses_matmul_variants(kernel) { MATMUL_VARIANTS } else { &["vec4"] };
     for variant in variants {
+        let missing = match kernel {
+            "matmul_f16" if !ctx.features.contains(wgpu::Features::SHADER_F16) => {
+                Some("no shader-f16".into())
+            }
+            _ => ctx.variant_unavailable(variant),
+        };
+        if let Some(why) = missing {
+            eprintln!("SKIPPED {kernel} [{variant}] on {}: {why}", ctx.adapter.title());
+            continue;
+        }
         let outcomes = verify::check_kernel(kernel, &mut || {
             let mut gpu = GpuBackend::with_context(ctx.clone());
             gpu.set_matmul_variant(variant)?;
@@ -59,6 +69,7 @@ matches_cpu! {
     layernorm_forward_matches_cpu => "layernorm_forward",
     layernorm_backward_matches_cpu => "layernorm_backward",
     matmul_matches_cpu => "matmul",
+    matmul_f16_matches_cpu => "matmul_f16",
     matmul_forward_matches_cpu => "matmul_forward",
     matmul_backward_matches_cpu => "matmul_backward",
     attention_forward_matches_cpu => "attention_forward",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::backend::{Backend, DType, Op, View};
-use crate::gpu::kernels::{CustomMatmul, MATMUL_VARIANTS};
+use crate::gpu::kernels::CustomMatmul;
 use crate::gpu::{GpuBackend, GpuContext};
 use crate::rng::Rng;
 use crate::verify::{self, rel_l2};
@@ -54,6 +54,10 @@ pub fn matmul(
         let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
         let mut want = vec![0f32; m * n];
         crate::cpu::matmul(&mut want, &a, &b, m, k, n, false, false, false);
+        // The f16 kernel is checked against the twin on the same halves.
+        let (a16, b16) = (crate::cpu::pack_f16(&a), crate::cpu::pack_f16(&b));
+        let mut want16 = vec![0f32; m * n];
+        crate::cpu::matmul_f16(&mut want16, &a16, &b16, m, k, n, false, false, false);
         let shape = format!("{m}x{k}x{n}");
         let mut runs: Vec<(String, Option<CustomMatmul>)> =
             variants.iter().map(|v| (v.clone(), None)).collect();
@@ -66,10 +70,15 @@ pub fn matmul(
         let first = out.len();
         for (variant, custom) in runs {
             let mut gpu = GpuBackend::with_context(ctx.clone());
-            match custom {
-                Some(c) => gpu.set_custom_matmul(c),
-                None => gpu.set_matmul_variant(&variant)?,
-            }
+            let f16 = variant == F16_VARIANT;
+            let chosen = match custom {
+                Some(c) => {
+                    gpu.set_custom_matmul(c);
+                    Ok(())
+                }
+                None if f16 => Ok(()),
+                None => gpu.set_matmul_variant(&variant),
+            };
             let mut t = Timing {
                 kernel: "matmul".into(),
                 variant,
@@ -84,26 +93,29 @@ pub fn matmul(
                 method: "",
             };
             let result = (|| -> Result<()> {
+                chosen?;
                 let mut buf = |data: &[f32]| -> Result<View> {
                     let v = View::new(gpu.alloc(DType::F32, data.len(), "bench")?, 0, data.len());
                     gpu.write_f32(v, data)?;
                     Ok(v)
                 };
-                let (av, bv, ov) = (buf(&a)?, buf(&b)?, buf(&vec![0.0; m * n])?);
-                let op = Op::Matmul {
-                    out: ov,
-                    a: av,
-                    b: bv,
-                    m,
-                    k,
-                    n,
-                    trans_a: false,
-                    trans_b: false,
-                    accumulate: false,
+                let ov = buf(&vec![0.0; m * n])?;
+                let (trans_a, trans_b, accumulate) = (false, false, false);
+                let op = if f16 {
+                    let mut halves = |data: &[u32]| -> Result<View> {
+                        let v = View::new(gpu.alloc(DType::U32, data.len(), "bench")?, 0, data.len());
+                        gpu.write_u32(v, data)?;
+                        Ok(v)
+                    };
+                    let (a, b) = (halves(&a16)?, halves(&b16)?);
+                    Op::MatmulF16 { out: ov, a, b, m, k, n, trans_a, trans_b, accumulate }
+                } else {
+                    let (a, b) = (buf(&a)?, buf(&b)?);
+                    Op::Matmul { out: ov, a, b, m, k, n, trans_a, trans_b, accumulate }
                 };
                 let plan = gpu.prepare(&[op])?;
                 gpu.run(plan)?;
-                t.error = rel_l2(&gpu.read_f32(ov)?, &want);
+                t.error = rel_l2(&gpu.read_f32(ov)?, if f16 { &want16 } else { &want });
                 t.passed = t.error <= matmul_tolerance(k);
                 if t.passed {
                     let (s, method) = gpu.time(plan, reps)?;
@@ -168,7 +180,15 @@ pub fn verified(ctx: &Arc<GpuContext>, kernel: &str, reps: usize) -> Result<Vec<
     Ok(out)
 }
 
-/// Every matmul variant name, for `--variant all`.
-pub fn all_matmul_variants() -> Vec<String> {
-    MATMUL_VARIANTS.iter().map(|v| v.to_string()).collect()
+/// The name `bench kernels` gives the f16-storage matmul (Op::MatmulF16) beside the f32 variants.
+pub const F16_VARIANT: &str = "f16";
+
+/// Every matmul variant `ctx` can run, for `--variant all`: the f32 ones the model can use, then the
+/// f16-storage kernel where the adapter has shader-f16.
+pub fn all_matmul_variants(ctx: &GpuContext) -> Vec<String> {
+    let mut all: Vec<String> = ctx.matmul_variants().iter().map(|v| v.to_string()).collect();
+    if ctx.features.contains(wgpu::Features::SHADER_F16) {
+        all.push(F16_VARIANT.to_string());
+    }
+    all
 }

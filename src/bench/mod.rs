@@ -49,6 +49,23 @@ fn step(model: &mut Gpt2, loader: &mut Loader, cfg: &TrainConfig, t: u64) -> Res
     Ok(model.step(&hyper)?.loss)
 }
 
+/// The matrix products of one training step of `model` at `shape` on `device`, each with the
+/// variant the autotuner picks for it there: what `benches/matmul.rs` times.
+pub fn step_gemms(
+    model: crate::model::ModelConfig,
+    shape: BatchShape,
+    device: &DeviceChoice,
+) -> Result<Vec<(crate::gpu::tune::GemmShape, String)>> {
+    let backend = crate::open_backend_with(device, "auto")?;
+    let model = Gpt2::new(backend, model, shape, Mode::Train { weight_decay: 0.1, dropout: 0.0 })?;
+    Ok(model
+        .backend()
+        .kernel_choices()
+        .into_iter()
+        .filter_map(|(key, variant)| Some((crate::gpu::tune::parse_shape_key(&key)?, variant)))
+        .collect())
+}
+
 /// What `bench train` measured.
 #[derive(Clone, Debug)]
 pub struct TrainBench {

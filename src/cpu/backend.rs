@@ -117,6 +117,10 @@ impl CpuBackend {
                     matmul(o[0], &i[0], &i[1], m, k, n, trans_a, trans_b, accumulate)
                 })
             }
+            Op::MatmulF16 { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
+                let (a, b) = (self.u32s(a).to_vec(), self.u32s(b).to_vec());
+                self.with_outputs(&[out], |o| matmul_f16(o[0], &a, &b, m, k, n, trans_a, trans_b, accumulate))
+            }
             Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
                 let i = self.inputs(&[inp, weight]);
                 let bias = bias.map(|b| self.f32s(b).to_vec());

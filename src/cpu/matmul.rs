@@ -28,6 +28,40 @@ pub fn matmul<F: Real>(
     }
 }
 
+/// `matmul` with a and b stored as f16, two per u32 word (the even element in the low half).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_f16<F: Real>(
+    out: &mut [F],
+    a: &[u32],
+    b: &[u32],
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+) {
+    let a: Vec<F> = unpack_f16(a, m * k).into_iter().map(F::of).collect();
+    let b: Vec<F> = unpack_f16(b, k * n).into_iter().map(F::of).collect();
+    matmul(out, &a, &b, m, k, n, trans_a, trans_b, accumulate);
+}
+
+/// The first `len` halves of `words` (two per word, the even one in the low half), as f64.
+pub fn unpack_f16(words: &[u32], len: usize) -> Vec<f64> {
+    (0..len).map(|i| half::f16::from_bits((words[i / 2] >> (16 * (i % 2))) as u16).to_f64()).collect()
+}
+
+/// `x` rounded to f16 (nearest, ties to even), two per u32 word; an odd length leaves the last high
+/// half zero.
+pub fn pack_f16(x: &[f32]) -> Vec<u32> {
+    x.chunks(2)
+        .map(|p| {
+            let half = |v: Option<&f32>| v.map_or(0, |&v| half::f16::from_f32(v).to_bits() as u32);
+            half(p.first()) | (half(p.get(1)) << 16)
+        })
+        .collect()
+}
+
 /// Element (k, n) of a weight stored in `layout` with K inputs and N outputs.
 fn weight_index(layout: WeightLayout, kk: usize, nn: usize, k: usize, n: usize) -> usize {
     match layout {

@@ -22,7 +22,7 @@ pub use dropout::{dropout_backward, dropout_factor, dropout_forward, hash as dro
 pub use elementwise::{gelu_backward, gelu_forward, residual_backward, residual_forward, zero};
 pub use encoder::{encoder_backward, encoder_forward};
 pub use layernorm::{layernorm_backward, layernorm_forward, LAYERNORM_EPS};
-pub use matmul::{matmul, matmul_backward, matmul_forward};
+pub use matmul::{matmul, matmul_backward, matmul_f16, matmul_forward, pack_f16, unpack_f16};
 pub use optim::{adamw_update, global_norm, reduce_sum};
 
 /// A float the twins compute with: f32 for the backend, f64 for gradient checks.

@@ -249,6 +249,25 @@ impl GpuContext {
         })
     }
 
+    /// Why matmul `variant` cannot run on this device (a feature it needs is missing), if it cannot.
+    pub fn variant_unavailable(&self, variant: &str) -> Option<String> {
+        let (feature, name) = kernels::variant_feature(variant)?;
+        (!self.features.contains(feature))
+            .then(|| format!("matmul variant {variant:?} needs {name}, which {} lacks", self.adapter.title()))
+    }
+
+    /// The matmul variants this device can run, of [`kernels::MATMUL_VARIANTS`].
+    pub fn matmul_variants(&self) -> Vec<&'static str> {
+        kernels::MATMUL_VARIANTS.iter().copied().filter(|v| self.variant_unavailable(v).is_none()).collect()
+    }
+
+    /// Lanes per lane group of the subgroup matmul: the adapter's smallest subgroup size, as a power
+    /// of two within 4..=64.
+    pub fn subgroup_lanes(&self) -> u32 {
+        let min = self.adapter.info.subgroup_min_size.clamp(4, 64);
+        1 << (31 - min.leading_zeros())
+    }
+
     /// Turns any fault wgpu reported since the last check into an error.
     pub fn check_faults(&self, context: &str) -> Result<()> {
         let mut f = self.faults.lock().unwrap();

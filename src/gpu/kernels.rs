@@ -16,6 +16,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_rows.wgsl", include_str!("../../shaders/matmul_rows.wgsl")),
+    ("matmul_subgroup.wgsl", include_str!("../../shaders/matmul_subgroup.wgsl")),
     ("matmul_tiled.wgsl", include_str!("../../shaders/matmul_tiled.wgsl")),
     ("matmul_vec4.wgsl", include_str!("../../shaders/matmul_vec4.wgsl")),
     ("adamw.wgsl", include_str!("../../shaders/adamw.wgsl")),
@@ -65,6 +66,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
         "matmul_vec4_rows" | "matmul_vec4_dot" => "matmul_vec4.wgsl",
         "matmul_rows" => "matmul_rows.wgsl",
+        "matmul_subgroup" => "matmul_subgroup.wgsl",
         "matmul_tiled" => "matmul_tiled.wgsl",
         "attention_scores"
         | "attention_softmax"
@@ -98,7 +100,18 @@ pub const NORM_PARTIALS: usize = 256;
 
 /// The matmul kernel variants, by name. `blocked4x4` (matmul.wgsl) handles every shape; the others
 /// handle the shapes their header comment names and fall back to it elsewhere.
-pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "tiled64", "rows16x32"];
+pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "tiled64", "rows16x32", "subgroup"];
+
+/// The wgpu feature a matmul variant needs beyond core WebGPU, if any.
+pub fn variant_feature(variant: &str) -> Option<(wgpu::Features, &'static str)> {
+    match variant {
+        "subgroup" => Some((wgpu::Features::SUBGROUP, "subgroups")),
+        _ => None,
+    }
+}
+
+/// The source variant of matmul_rows.wgsl that reads a and b as f16 (Op::MatmulF16).
+pub const F16_SOURCE: &str = "f16";
 
 /// The tile of a `rows` variant: (rows per invocation R, columns per workgroup 4·C4).
 fn rows_tile(variant: &str) -> Option<(usize, usize)> {
@@ -111,6 +124,9 @@ fn rows_tile(variant: &str) -> Option<(usize, usize)> {
 /// The WGSL source of a shader, with a `rows` variant's tile written into its `const` lines.
 pub fn variant_source(file: &str, variant: &str) -> std::borrow::Cow<'static, str> {
     let source = shader_source(file);
+    if file == "matmul_rows.wgsl" && variant == F16_SOURCE {
+        return format!("enable f16;\n{}", source.replace("alias Elem = f32;", "alias Elem = f16;")).into();
+    }
     match rows_tile(variant) {
         Some((r, c4)) if file == "matmul_rows.wgsl" => source
             .replace("const R: u32 = 16u;", &format!("const R: u32 = {r}u;"))
@@ -187,6 +203,8 @@ pub struct Env {
     pub custom: Option<std::sync::Arc<CustomMatmul>>,
     /// The matmul variant to use where it applies (one of [`MATMUL_VARIANTS`]).
     pub matmul: &'static str,
+    /// Lanes per lane group of the subgroup variant: the adapter's smallest subgroup, within 4..=64.
+    pub subgroup_lanes: u32,
     /// A 1-element f32 view for bindings an entry declares but a call does not use.
     pub dummy: View,
     /// GPU-only scratch of at least [`scratch_len`] elements.
@@ -247,6 +265,7 @@ fn call(entry: &'static str, views: Vec<View>, params: Vec<u32>, groups: [u32; 3
 fn matmul_entry(
     variant: &'static str,
     custom: Option<&CustomMatmul>,
+    subgroup_lanes: u32,
     (m, k, n): (usize, usize, usize),
     trans_a: bool,
     trans_b: bool,
@@ -268,6 +287,12 @@ fn matmul_entry(
         ("vec4", _) if trans_b && !trans_a && k % 4 == 0 => ("matmul_vec4_dot", "", vec![], tiles32),
         (v, Some((r, c4))) => ("matmul_rows", v, both, [u(n.div_ceil(4 * c4)), u(m.div_ceil(8 * r)), 1]),
         ("tiled64", _) => ("matmul_tiled", "", both, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]),
+        ("subgroup", _) => {
+            let x = subgroup_lanes as usize;
+            let mut constants = both;
+            constants.push(("X", x as f64));
+            ("matmul_subgroup", "", constants, [u(n.div_ceil(4 * x)), u(m.div_ceil(8 * 64 / x)), 1])
+        }
         _ => ("matmul", "", both, tiles32),
     }
 }
@@ -288,8 +313,22 @@ pub fn gemm(
     accumulate: bool,
 ) -> Vec<Call> {
     let variant = env.choices.get(&(m, k, n, trans_a, trans_b)).copied().unwrap_or(env.matmul);
-    let (entry, source, constants, groups) =
-        matmul_entry(variant, env.custom.as_deref(), (m, k, n), trans_a, trans_b);
+    let entry = matmul_entry(variant, env.custom.as_deref(), env.subgroup_lanes, (m, k, n), trans_a, trans_b);
+    k_chunks(entry, out, a, b, bias, dummy, (m, k, n), accumulate)
+}
+
+/// One dispatch of a matmul entry per chunk of [`MATMUL_K_CHUNK`] along K.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn k_chunks(
+    (entry, source, constants, groups): (&'static str, &'static str, Vec<(&'static str, f64)>, [u32; 3]),
+    out: View,
+    a: View,
+    b: View,
+    bias: Option<View>,
+    dummy: View,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+) -> Vec<Call> {
     (0..k.div_ceil(MATMUL_K_CHUNK).max(1))
         .map(|chunk| {
             let k_begin = chunk * MATMUL_K_CHUNK;
@@ -401,6 +440,12 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
         }
         Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
             gemm(env, out, a, b, None, dummy, (m, k, n), trans_a, trans_b, accumulate)
+        }
+        Op::MatmulF16 { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
+            // The rows16x32 kernel with a and b read as halves.
+            let (entry, _, constants, groups) =
+                matmul_entry("rows16x32", None, 0, (m, k, n), trans_a, trans_b);
+            k_chunks((entry, F16_SOURCE, constants, groups), out, a, b, None, dummy, (m, k, n), accumulate)
         }
         Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
             let trans_b = layout == WeightLayout::OutIn;

@@ -115,6 +115,12 @@ impl GpuBackend {
                 kernels::MATMUL_VARIANTS.join(", ")
             ))
         })?;
+        if let Some(why) = self.ctx.variant_unavailable(name) {
+            return Err(Error::Invalid(format!(
+                "{why}; use one of {}",
+                self.ctx.matmul_variants().join(", ")
+            )));
+        }
         Ok(())
     }
 
@@ -381,6 +387,7 @@ impl Backend for GpuBackend {
             choices: Arc::new(self.choices.clone()),
             custom: self.custom.clone(),
             matmul: self.matmul,
+            subgroup_lanes: self.ctx.subgroup_lanes(),
             dummy,
             scratch,
             max_binding: self.max_binding,
@@ -388,6 +395,12 @@ impl Backend for GpuBackend {
         let mut calls = Vec::new();
         for op in ops {
             op.check().map_err(Error::Invalid)?;
+            if matches!(op, Op::MatmulF16 { .. }) && !self.ctx.features.contains(wgpu::Features::SHADER_F16) {
+                return Err(Error::Invalid(format!(
+                    "matmul_f16 needs shader-f16, which {} lacks",
+                    self.ctx.adapter.title()
+                )));
+            }
             for call in kernels::calls(op, &env) {
                 for (i, v) in call.views.iter().enumerate() {
                     self.check_view(op.name(), i, v)?;
@@ -498,7 +511,7 @@ impl Backend for GpuBackend {
     fn pin_kernel_choices(&mut self, choices: &std::collections::BTreeMap<String, String>) -> Result<()> {
         for (shape, variant) in choices {
             let parsed = tune::parse_shape_key(shape);
-            let known = kernels::MATMUL_VARIANTS.iter().find(|v| **v == variant.as_str());
+            let known = self.ctx.matmul_variants().into_iter().find(|v| *v == variant.as_str());
             match (parsed, known) {
                 (Some(s), Some(v)) => {
                     self.choices.insert(s, v);

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::kernels::MATMUL_VARIANTS;
 use super::{GpuBackend, GpuContext};
 use crate::backend::{Backend, DType, Op, View};
 use crate::{fsutil, Result};
@@ -43,9 +42,12 @@ pub fn parse_shape_key(s: &str) -> Option<GemmShape> {
     }
 }
 
+/// The adapter, driver, wgpu version, the candidates (a choice made before a variant existed is not
+/// a choice among them all) and the shape.
 fn key(ctx: &GpuContext, shape: GemmShape) -> String {
     let a = &ctx.adapter;
-    format!("{} | {} | {WGPU_VERSION} | {}", a.info.name, a.driver(), shape_key(shape))
+    let candidates = ctx.matmul_variants().join(",");
+    format!("{} | {} | {WGPU_VERSION} | {candidates} | {}", a.info.name, a.driver(), shape_key(shape))
 }
 
 fn load() -> BTreeMap<String, String> {
@@ -93,13 +95,14 @@ pub fn choose(
     fallback: &'static str,
     budget: Duration,
 ) -> BTreeMap<GemmShape, &'static str> {
+    let variants = ctx.matmul_variants();
     let mut cache = load();
     let started = Instant::now();
     let mut chosen = BTreeMap::new();
     let mut changed = false;
     for &shape in shapes {
         let k = key(ctx, shape);
-        if let Some(v) = cache.get(&k).and_then(|v| MATMUL_VARIANTS.iter().find(|x| **x == v.as_str())) {
+        if let Some(v) = cache.get(&k).and_then(|v| variants.iter().find(|x| **x == v.as_str())) {
             chosen.insert(shape, *v);
             continue;
         }
@@ -108,7 +111,7 @@ pub fn choose(
             continue;
         }
         let mut best: Option<(&'static str, f64)> = None;
-        for &variant in MATMUL_VARIANTS {
+        for &variant in &variants {
             match time_variant(ctx, variant, shape) {
                 Ok(s) if best.is_none_or(|(_, b)| s < b) => best = Some((variant, s)),
                 Ok(_) => {}
