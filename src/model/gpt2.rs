@@ -76,14 +76,16 @@ struct Acts {
     lse: View,
 }
 
-/// The activation gradients the backward pass accumulates into (zeroed before each micro-batch).
+/// The activation gradients the backward pass accumulates into. Every block shares one set (the
+/// backward pass visits one block at a time) but for the gradient of the residual stream, which
+/// alternates between two buffers: block i reads it from one and accumulates block i-1's into the
+/// other. Each buffer is zeroed just before the op that first accumulates into it.
 impl Acts {
+    /// The gradients zeroed before each micro-batch: the embedding, ln_f, the logits and the residual
+    /// stream after the last block.
     fn grad_views(&self) -> Vec<View> {
-        let mut v = vec![self.encoded];
-        for l in &self.layers {
-            v.extend([l.ln1, l.qkv, l.atty, l.attproj, l.res2, l.ln2, l.fch, l.fch_gelu, l.fcproj, l.res3]);
-        }
-        v.extend([self.lnf, self.logits]);
+        let mut v = vec![self.encoded, self.lnf, self.logits];
+        v.extend(self.layers.last().map(|l| l.res3));
         v
     }
 }
@@ -100,16 +102,53 @@ fn alloc_acts(
     let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
     let att_len = s.b * cfg.n_head * s.t * s.t;
     let what = if grads { "gradient of " } else { "" };
-    // Gradients need no statistics (`stat` tensors), and one attention-score scratch serves every layer.
+    // Gradients need no statistics (`stat` tensors).
     let mut alloc = |len: usize, name: &str, stat: bool| -> Result<View> {
         if grads && stat {
             return Ok(scalar);
         }
         Ok(View::new(be.alloc(DType::F32, len, &format!("{what}{name}"))?, 0, len))
     };
-    let datt = if grads { Some(alloc(att_len, "attention scores", false)?) } else { None };
-    let mut layers = Vec::new();
+    let mut layers: Vec<LayerActs> = Vec::new();
     for l in 0..cfg.n_layer {
+        if grads {
+            // One block's gradients, shared by every block, but for the residual stream, which
+            // alternates (see `Acts`). Within a block, tensors whose lives do not overlap share a
+            // buffer (see `Gpt2::backward_ops`): five buffers of 11·N·C elements instead of 18·N·C.
+            let res3 = match l {
+                0 => alloc(n * c, "gradient of the residual stream (even blocks)", false)?,
+                1 => alloc(n * c, "gradient of the residual stream (odd blocks)", false)?,
+                _ => layers[l - 2].res3,
+            };
+            if l > 0 {
+                layers.push(LayerActs { res3, ..layers[0] });
+                continue;
+            }
+            let x1 = alloc(n * c, "block gradient: mlp projection, ln_2, attention projection, ln_1", false)?;
+            let x2 = alloc(n * c, "block gradient: attention", false)?;
+            let y1 = alloc(n * 4 * c, "block gradient: mlp gelu, qkv", false)?;
+            // The attention-score scratch of the attention backward pass lives in the buffer of the
+            // mlp fc gradient, dead by then.
+            let y2 = alloc((n * 4 * c).max(att_len), "block gradient: mlp fc, attention scores", false)?;
+            layers.push(LayerActs {
+                ln1: x1,
+                ln1_mean: scalar,
+                ln1_rstd: scalar,
+                qkv: y1.slice(0, n * 3 * c),
+                atty: x2,
+                att: y2.slice(0, att_len),
+                attproj: x1,
+                res2: alloc(n * c, "block gradient: residual 2", false)?,
+                ln2: x1,
+                ln2_mean: scalar,
+                ln2_rstd: scalar,
+                fch: y2.slice(0, n * 4 * c),
+                fch_gelu: y1,
+                fcproj: x1,
+                res3,
+            });
+            continue;
+        }
         let p = |x: &str| format!("h.{l}.{x}");
         layers.push(LayerActs {
             ln1: alloc(n * c, &p("ln_1"), false)?,
@@ -117,10 +156,7 @@ fn alloc_acts(
             ln1_rstd: alloc(n, &p("ln_1 rstd"), true)?,
             qkv: alloc(n * 3 * c, &p("qkv"), false)?,
             atty: alloc(n * c, &p("attention"), false)?,
-            att: match datt {
-                Some(d) => d,
-                None => alloc(att_len, &p("attention probabilities"), false)?,
-            },
+            att: alloc(att_len, &p("attention probabilities"), false)?,
             attproj: alloc(n * c, &p("attention projection"), false)?,
             res2: alloc(n * c, &p("residual 2"), false)?,
             ln2: alloc(n * c, &p("ln_2"), false)?,
@@ -596,6 +632,14 @@ impl Gpt2 {
         for i in (0..cfg.n_layer).rev() {
             let (la, da, li) = (&a.layers[i], &d.layers[i], &l.layers[i]);
             let (x, dx) = if i == 0 { (emb, demb) } else { (a.layers[i - 1].res3, d.layers[i - 1].res3) };
+            // The block's gradients share buffers (see `alloc_acts`): each is zeroed just before the
+            // op that first accumulates into it, when the tensor it held before is dead.
+            let zero =
+                |ops: &mut Vec<Op>, views: &[View]| ops.extend(views.iter().map(|&out| Op::Zero { out }));
+            if i > 0 {
+                zero(&mut ops, &[dx]);
+            }
+            zero(&mut ops, &[da.res2, da.fcproj]);
             let dsite = |k: usize, plain: View| drop.map_or(plain, |dr| dr.grads.layers[i][k]);
             let (dfcproj, dattproj) = (dsite(2, da.fcproj), dsite(1, da.attproj));
             let linear = |dinp: View, dout: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
@@ -614,9 +658,12 @@ impl Gpt2 {
             };
             ops.push(Op::ResidualBackward { dinp1: da.res2, dinp2: dfcproj, dout: da.res3, n: n * c });
             undrop(&mut ops, da.fcproj, dfcproj, 3 + 3 * i);
+            zero(&mut ops, &[da.fch_gelu]);
+            ops.push(linear(da.fch_gelu, da.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c));
+            zero(&mut ops, &[da.fch]);
+            ops.push(Op::GeluBackward { dinp: da.fch, inp: la.fch, dout: da.fch_gelu, n: n * 4 * c });
+            zero(&mut ops, &[da.ln2]);
             ops.extend([
-                linear(da.fch_gelu, da.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c),
-                Op::GeluBackward { dinp: da.fch, inp: la.fch, dout: da.fch_gelu, n: n * 4 * c },
                 linear(da.ln2, da.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
                 Op::LayernormBackward {
                     dinp: da.res2,
@@ -630,28 +677,32 @@ impl Gpt2 {
                     n,
                     c,
                 },
-                Op::ResidualBackward { dinp1: dx, dinp2: dattproj, dout: da.res2, n: n * c },
             ]);
+            zero(&mut ops, &[da.attproj]);
+            ops.push(Op::ResidualBackward { dinp1: dx, dinp2: dattproj, dout: da.res2, n: n * c });
             undrop(&mut ops, da.attproj, dattproj, 2 + 3 * i);
+            zero(&mut ops, &[da.atty]);
+            ops.push(linear(da.atty, da.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c));
+            zero(&mut ops, &[da.qkv]);
+            ops.extend([Op::AttentionBackward {
+                dqkv: da.qkv,
+                datt: da.att,
+                dout: da.atty,
+                qkv: la.qkv,
+                att: la.att,
+                b: s.b,
+                t: s.t,
+                c,
+                nh: cfg.n_head,
+                dropout: drop.map(|dr| AttnDropout {
+                    probs: dr.acts.layers[i][0],
+                    seed: dr.seed,
+                    p: dr.p,
+                    stream: dr.stream(micro, 1 + 3 * i),
+                }),
+            }]);
+            zero(&mut ops, &[da.ln1]);
             ops.extend([
-                linear(da.atty, da.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
-                Op::AttentionBackward {
-                    dqkv: da.qkv,
-                    datt: da.att,
-                    dout: da.atty,
-                    qkv: la.qkv,
-                    att: la.att,
-                    b: s.b,
-                    t: s.t,
-                    c,
-                    nh: cfg.n_head,
-                    dropout: drop.map(|dr| AttnDropout {
-                        probs: dr.acts.layers[i][0],
-                        seed: dr.seed,
-                        p: dr.p,
-                        stream: dr.stream(micro, 1 + 3 * i),
-                    }),
-                },
                 linear(da.ln1, da.qkv, la.ln1, li.c_attn_w, li.c_attn_b, c, 3 * c),
                 Op::LayernormBackward {
                     dinp: dx,
