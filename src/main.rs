@@ -287,9 +287,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.val_loss.map_or(String::new(), |v| format!(", val loss {v:.4}"))
             );
             println!(
-                "model: {}\n  sample it: wgslm sample --model {} --prompt \"Once upon a time\"",
+                "model: {}\n  sample it: wgslm sample --model {} --prompt {:?}",
                 s.checkpoint.display(),
-                opts.out.display()
+                opts.out.display(),
+                cfg.sample_prompt
             );
             Ok(())
         }
