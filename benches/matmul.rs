@@ -19,17 +19,18 @@ use wgslm::train::TrainConfig;
 
 type Gemm = ((usize, usize, usize, bool, bool), String);
 
-/// The (name, step shapes) to benchmark, or why they could not be found.
-fn workloads() -> wgslm::Result<Vec<(&'static str, Vec<Gemm>)>> {
-    let device = DeviceChoice::Auto;
+/// The step shapes of configs/tiny.toml (whose vocabulary comes from its data).
+fn tiny() -> wgslm::Result<Vec<Gemm>> {
     let tiny = TrainConfig::load(Some(std::path::Path::new("configs/tiny.toml")), &[])?;
     let vocab = wgslm::train::trainer::load_data(&tiny)?.tok.vocab_size();
-    let tiny_shape = BatchShape { b: tiny.batch_size, t: tiny.block_size, accum: 1 };
+    let shape = BatchShape { b: tiny.batch_size, t: tiny.block_size, accum: 1 };
+    wgslm::bench::step_gemms(tiny.model(vocab), shape, &DeviceChoice::Auto)
+}
+
+/// The step shapes of config B of docs/BENCHMARKS.md, 4.3M parameters.
+fn four_million() -> wgslm::Result<Vec<Gemm>> {
     let b = ModelConfig { n_layer: 4, n_head: 4, n_embd: 256, vocab_size: 4096, n_positions: 256 };
-    Ok(vec![
-        ("tiny", wgslm::bench::step_gemms(tiny.model(vocab), tiny_shape, &device)?),
-        ("4M", wgslm::bench::step_gemms(b, BatchShape { b: 8, t: 256, accum: 1 }, &device)?),
-    ])
+    wgslm::bench::step_gemms(b, BatchShape { b: 8, t: 256, accum: 1 }, &DeviceChoice::Auto)
 }
 
 fn matmul(c: &mut Criterion) {
@@ -40,15 +41,15 @@ fn matmul(c: &mut Criterion) {
             return;
         }
     };
-    let workloads = match workloads() {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("SKIPPED the matmul benchmarks: {e}");
-            return;
-        }
-    };
     let every = std::env::var("WGSLM_BENCH_VARIANTS").is_ok_and(|v| v == "all");
-    for (name, gemms) in workloads {
+    for (name, gemms) in [("tiny", tiny()), ("4M", four_million())] {
+        let gemms = match gemms {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("SKIPPED the {name} matmul benchmarks: {e}");
+                continue;
+            }
+        };
         let mut group = c.benchmark_group(format!("matmul/{name}"));
         group
             .sample_size(10)

@@ -6,8 +6,8 @@
 // the adapter's smallest subgroup, so a lane group never straddles two subgroups). The lanes of a group
 // share R rows and take neighbouring blocks of 4 columns. Per X steps along K, each lane loads ONE
 // element of a per row (element k0 + lane) and the group passes them round with subgroupShuffle: X
-// times fewer loads of a than if every lane read every element, and the loads of b stay contiguous
-// vec4-wide across the lanes.
+// times fewer loads of a than if every lane read every element, and the four loads of b per step are
+// contiguous across the lanes.
 //
 // Every lane runs every shuffle (no early return; rows and columns past the edge are clamped on load
 // and skipped on store), and the trip counts depend only on uniform values, as shuffles require.
@@ -54,13 +54,19 @@ fn load_b(kk: u32, j: u32) -> f32 {
 @compute @workgroup_size(64)
 fn matmul_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(subgroup_size) sg_size: u32,
     @builtin(subgroup_invocation_id) sg_lane: u32,
 ) {
-    let lane = lid % X;
-    let row0 = (wid.y * (WG / X) + lid / X) * R;
+    // The invocation's place is numbered from its subgroup and its lane in it, never from
+    // local_invocation_index: WGSL does not tie the two together. With full subgroups (64 is a
+    // multiple of every subgroup size up to 64; a larger subgroup holds the whole workgroup) `flat`
+    // numbers the 64 invocations 0..63, and X divides the subgroup size, so a lane group of X lanes
+    // lies within one subgroup, starting at lane `base`.
+    let flat = sg_id * sg_size + sg_lane;
+    let lane = flat % X;
+    let row0 = (wid.y * (WG / X) + flat / X) * R;
     let col0 = (wid.x * X + lane) * 4u;
-    // This lane group's first lane within the subgroup.
     let base = sg_lane - lane;
     let last_row = p.m - 1u;
     let last_col = p.n - 1u;

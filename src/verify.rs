@@ -117,6 +117,12 @@ impl Outcome {
     }
 }
 
+/// The tolerance of a matmul with K terms at arbitrary sizes (`bench kernels`, the autotuner): f32 sums
+/// of K products carry about sqrt(K)·2⁻²⁴ relative error.
+pub fn matmul_tolerance(k: usize) -> f64 {
+    TOLERANCE.max(4.0 * (k as f64).sqrt() * f32::EPSILON as f64)
+}
+
 /// ‖a − b‖₂ / ‖b‖₂ in f64 (absolute when b is zero); NaN when either holds a NaN.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());

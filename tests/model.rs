@@ -338,3 +338,52 @@ fn a_lost_device_is_an_error() {
     assert!(matches!(err, wgslm::Error::DeviceLost(_)), "{msg}");
     assert!(msg.contains("last checkpoint is intact") && msg.contains("--resume"), "{msg}");
 }
+
+/// The tensor names, dtypes and shapes of a safetensors file, and its metadata.
+type Header = (
+    std::collections::BTreeMap<String, (String, Vec<usize>)>,
+    Option<std::collections::HashMap<String, String>>,
+);
+
+fn header(path: &Path) -> Header {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let tensors =
+        meta.tensors().into_iter().map(|(n, i)| (n, (format!("{:?}", i.dtype), i.shape.clone()))).collect();
+    (tensors, meta.metadata().clone())
+}
+
+/// An export carries exactly what transformers' `save_pretrained` wrote for the fixture: the same
+/// tensor names, dtypes and shapes, `format = pt` metadata, and the config fields that shape the model
+/// with the same values — so `GPT2LMHeadModel.from_pretrained` finds no missing or unexpected keys.
+#[test]
+fn hf_export_matches_what_transformers_writes() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny");
+    let (cfg, flat) = hf::load(&fixture).unwrap();
+    let dir = tempdir("export-layout");
+    hf::save(&dir, &cfg, &flat, Some(0)).unwrap();
+    let (want, want_meta) = header(&fixture.join("model.safetensors"));
+    let (got, got_meta) = header(&dir.join("model.safetensors"));
+    assert_eq!(got, want, "the exported tensors differ from transformers' own");
+    assert_eq!(got_meta.unwrap().get("format"), want_meta.unwrap().get("format"));
+    let json =
+        |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let (want, got) = (json(&fixture.join("config.json")), json(&dir.join("config.json")));
+    for key in [
+        "architectures",
+        "model_type",
+        "activation_function",
+        "layer_norm_epsilon",
+        "n_embd",
+        "n_head",
+        "n_layer",
+        "n_positions",
+        "vocab_size",
+        "tie_word_embeddings",
+        "scale_attn_weights",
+        "bos_token_id",
+        "eos_token_id",
+    ] {
+        assert_eq!(got.get(key), want.get(key), "config.json field {key}");
+    }
+}

@@ -33,11 +33,6 @@ pub struct Timing {
     pub method: &'static str,
 }
 
-/// The matmul tolerance: f32 sums of K products carry about sqrt(K)·2⁻²⁴ relative error.
-fn matmul_tolerance(k: usize) -> f64 {
-    verify::TOLERANCE.max(4.0 * (k as f64).sqrt() * f32::EPSILON as f64)
-}
-
 /// Matmul (`out = a·b`, neither transposed) with every variant in `variants` (and `custom`) at each
 /// (M, K, N).
 pub fn matmul(
@@ -116,7 +111,7 @@ pub fn matmul(
                 let plan = gpu.prepare(&[op])?;
                 gpu.run(plan)?;
                 t.error = rel_l2(&gpu.read_f32(ov)?, if f16 { &want16 } else { &want });
-                t.passed = t.error <= matmul_tolerance(k);
+                t.passed = t.error <= verify::matmul_tolerance(k);
                 if t.passed {
                     let (s, method) = gpu.time(plan, reps)?;
                     t.ms = Some(s * 1e3);

@@ -516,6 +516,13 @@ impl Backend for GpuBackend {
                 (Some(s), Some(v)) => {
                     self.choices.insert(s, v);
                 }
+                (Some(_), None) if self.ctx.variant_unavailable(variant).is_some() => {
+                    let why = self.ctx.variant_unavailable(variant).unwrap_or_default();
+                    return Err(Error::Invalid(format!(
+                        "the checkpoint's kernel choice {shape} -> {variant}: {why}; resume on the adapter it was \
+                         trained on"
+                    )));
+                }
                 _ => return Err(Error::Invalid(format!("unknown kernel choice {shape:?} -> {variant:?}"))),
             }
         }

@@ -69,22 +69,26 @@ fn store(entries: &BTreeMap<String, String>) {
     }
 }
 
-/// Seconds one run of `shape` takes with `variant` (the first run compiles and is not counted).
+/// Seconds one run of `shape` takes with `variant` on inputs `a` and `b` (the first run compiles and is
+/// not counted), and the product that run computed.
 fn time_variant(
     ctx: &std::sync::Arc<GpuContext>,
     variant: &str,
     (m, k, n, ta, tb): GemmShape,
-) -> Result<f64> {
+    (a_data, b_data): (&[f32], &[f32]),
+) -> Result<(f64, Vec<f32>)> {
     let mut gpu = GpuBackend::with_context(ctx.clone());
     gpu.set_matmul_variant(variant)?;
     let mut view =
         |len: usize| -> Result<View> { Ok(View::new(gpu.alloc(DType::F32, len, "tuning")?, 0, len)) };
     let (out, a, b) = (view(m * n)?, view(m * k)?, view(k * n)?);
+    gpu.write_f32(a, a_data)?;
+    gpu.write_f32(b, b_data)?;
     let plan =
         gpu.prepare(&[Op::Matmul { out, a, b, m, k, n, trans_a: ta, trans_b: tb, accumulate: false }])?;
     gpu.run(plan)?;
-    gpu.sync()?;
-    Ok(gpu.time(plan, 2)?.0)
+    let product = gpu.read_f32(out)?;
+    Ok((gpu.time(plan, 2)?.0, product))
 }
 
 /// Chooses a variant for every shape: from the cache where it has one, else by timing the variants,
@@ -110,11 +114,31 @@ pub fn choose(
             chosen.insert(shape, fallback);
             continue;
         }
+        // Every candidate must agree with the first (blocked4x4, the plainest kernel) on random data
+        // before its time counts: a variant that is wrong on this adapter is never chosen.
+        let (m, depth, n, ..) = shape;
+        let mut rng = crate::rng::Rng::new(0x7475_6e65);
+        let a: Vec<f32> = (0..m * depth).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..depth * n).map(|_| rng.normal() as f32).collect();
+        let mut reference: Option<Vec<f32>> = None;
         let mut best: Option<(&'static str, f64)> = None;
         for &variant in &variants {
-            match time_variant(ctx, variant, shape) {
-                Ok(s) if best.is_none_or(|(_, b)| s < b) => best = Some((variant, s)),
-                Ok(_) => {}
+            match time_variant(ctx, variant, shape, (&a, &b)) {
+                Ok((_, product))
+                    if reference.as_ref().is_some_and(|r| {
+                        crate::verify::rel_l2(&product, r) > 2.0 * crate::verify::matmul_tolerance(depth)
+                    }) =>
+                {
+                    log::warn!(
+                        "tuning {variant} at {shape:?}: its product disagrees with blocked4x4; not chosen"
+                    );
+                }
+                Ok((s, product)) => {
+                    reference.get_or_insert(product);
+                    if best.is_none_or(|(_, b)| s < b) {
+                        best = Some((variant, s));
+                    }
+                }
                 Err(e) => log::warn!("tuning {variant} at {shape:?}: {e}"),
             }
         }

@@ -90,8 +90,9 @@ impl Acts {
     }
 }
 
-/// Allocates one buffer per activation tensor. Separate buffers let a kernel read one activation and
-/// write another without binding one buffer both read-only and writable.
+/// Allocates one buffer per activation tensor (separate buffers let a kernel read one activation and
+/// write another without binding one buffer both read-only and writable), or, with `grads`, the
+/// shared activation gradients described at `Acts`.
 fn alloc_acts(
     be: &mut dyn Backend,
     cfg: &ModelConfig,
@@ -116,20 +117,20 @@ fn alloc_acts(
             // alternates (see `Acts`). Within a block, tensors whose lives do not overlap share a
             // buffer (see `Gpt2::backward_ops`): five buffers of 11·N·C elements instead of 18·N·C.
             let res3 = match l {
-                0 => alloc(n * c, "gradient of the residual stream (even blocks)", false)?,
-                1 => alloc(n * c, "gradient of the residual stream (odd blocks)", false)?,
+                0 => alloc(n * c, "residual stream (even blocks)", false)?,
+                1 => alloc(n * c, "residual stream (odd blocks)", false)?,
                 _ => layers[l - 2].res3,
             };
             if l > 0 {
                 layers.push(LayerActs { res3, ..layers[0] });
                 continue;
             }
-            let x1 = alloc(n * c, "block gradient: mlp projection, ln_2, attention projection, ln_1", false)?;
-            let x2 = alloc(n * c, "block gradient: attention", false)?;
-            let y1 = alloc(n * 4 * c, "block gradient: mlp gelu, qkv", false)?;
+            let x1 = alloc(n * c, "mlp projection, ln_2, attention projection, ln_1 (every block)", false)?;
+            let x2 = alloc(n * c, "attention (every block)", false)?;
+            let y1 = alloc(n * 4 * c, "mlp gelu, qkv (every block)", false)?;
             // The attention-score scratch of the attention backward pass lives in the buffer of the
             // mlp fc gradient, dead by then.
-            let y2 = alloc((n * 4 * c).max(att_len), "block gradient: mlp fc, attention scores", false)?;
+            let y2 = alloc((n * 4 * c).max(att_len), "mlp fc, attention scores (every block)", false)?;
             layers.push(LayerActs {
                 ln1: x1,
                 ln1_mean: scalar,
@@ -138,7 +139,7 @@ fn alloc_acts(
                 atty: x2,
                 att: y2.slice(0, att_len),
                 attproj: x1,
-                res2: alloc(n * c, "block gradient: residual 2", false)?,
+                res2: alloc(n * c, "residual 2 (every block)", false)?,
                 ln2: x1,
                 ln2_mean: scalar,
                 ln2_rstd: scalar,
