@@ -92,3 +92,26 @@ fn crossentropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     }
     dlogits[idx] += (p.scale * grad_scale[0]) * (exp(logits_in[idx] - lse_in[row]) - y);
 }
+
+// crossentropy_backward_inplace: the same gradient written over the logits it is formed from,
+// logits (N,V) = scale * grad_scale * (exp(logits - lse) - onehot(target)): the model's step, where
+// the logits are dead once the loss is formed, so no second (N,V) buffer is needed.
+// Same grid. 1: logits (read_write), 2: lse (N), 3: targets (N) u32, 4: grad_scale (1)
+@group(0) @binding(3) var<storage, read> targets_in3: array<u32>;
+@group(0) @binding(4) var<storage, read> grad_scale_in4: array<f32>;
+
+@compute @workgroup_size(64)
+fn crossentropy_backward_inplace(@builtin(workgroup_id) wid: vec3<u32>,
+                                 @builtin(num_workgroups) nwg: vec3<u32>,
+                                 @builtin(local_invocation_index) lid: u32) {
+    let idx = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (idx >= p.n * p.v) {
+        return;
+    }
+    let row = idx / p.v;
+    var y = 0.0;
+    if (targets_in3[row] == idx % p.v) {
+        y = 1.0;
+    }
+    dlogits[idx] = (p.scale * grad_scale_in4[0]) * (exp(dlogits[idx] - lse[row]) - y);
+}

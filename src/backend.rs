@@ -215,7 +215,8 @@ pub enum Op {
     CrossentropyForward { losses: View, lse: View, logits: View, targets: View, n: usize, v: usize },
     /// `dlogits[i,v] += scale · grad_scale[0] · (softmax(logits[i])[v] - [v == targets[i]])`; scale is
     /// dL/dlosses[i] (1/(B·T) for a mean); grad_scale (1 f32) is a multiplier the host sets per step
-    /// (1 normally: the hook for loss scaling, and for injecting faults in tests).
+    /// (1 normally: the hook for loss scaling, and for injecting faults in tests). With `dlogits` the
+    /// same view as `logits`, the gradient overwrites the logits instead (`=` rather than `+=`).
     CrossentropyBackward {
         dlogits: View,
         logits: View,
@@ -482,9 +483,10 @@ impl Op {
             }
             _ => {}
         }
+        let in_place = matches!(*self, Op::CrossentropyBackward { dlogits, logits, .. } if dlogits == logits);
         for (i, (o, _)) in outs.iter().enumerate() {
             for (j, (other, _)) in ins.iter().chain(outs.iter()).enumerate() {
-                if j != ins.len() + i && o.overlaps(other) {
+                if j != ins.len() + i && o.overlaps(other) && !(in_place && o == other) {
                     return Err(format!("{name}: output #{i} overlaps view #{j}"));
                 }
             }

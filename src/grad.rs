@@ -93,7 +93,8 @@ pub fn run(
     model.set_params(&params)?;
     model.set_batch(0, &inputs, &targets)?;
     let stats = model.compute_grads()?;
-    let logits = model.last_logits()?;
+    // The backward pass wrote the logits' gradient over the logits: run the forward pass again.
+    let logits = model.logits()?;
     let grads = model.grads()?;
     let (mut losses, mut step1) = (Vec::new(), Vec::new());
     for step in 1..=opts.adamw_steps as u64 {

@@ -534,31 +534,40 @@ pub fn cases() -> Vec<Case> {
                 checked: vec![("losses", losses), ("lse", lse)],
             })
         }));
-        all.push(case("crossentropy_backward", shape, move |s| {
-            let dlogits = s.normal(n * v, 1.0, 0.0)?;
-            let l: Vec<f32> = (0..n * v).map(|_| (s.rng().normal() * 3.0 + 1.0) as f32).collect();
-            let tgt: Vec<u32> = (0..n).map(|_| s.rng().below(v as u64) as u32).collect();
-            let (mut losses, mut lse) = (vec![0f32; n], vec![0f32; n]);
-            cpu::crossentropy_forward(&mut losses, &mut lse, &l, &tgt, n, v);
-            let logits = s.with(l)?;
-            let lse = s.with(lse)?;
-            let targets = s.ids_with(tgt)?;
-            let scale = 1.0 / n as f32;
-            let grad_scale = s.with(vec![0.75])?;
-            Ok(Built {
-                ops: vec![Op::CrossentropyBackward {
-                    dlogits,
-                    logits,
-                    lse,
-                    targets,
-                    grad_scale,
-                    n,
-                    v,
-                    scale,
-                }],
-                checked: vec![("dlogits", dlogits)],
-            })
-        }));
+        for in_place in [false, true] {
+            let shape = if in_place { format!("{shape} in place") } else { shape.clone() };
+            all.push(case("crossentropy_backward", shape, move |s| {
+                let dlogits = s.normal(n * v, 1.0, 0.0)?;
+                let l: Vec<f32> = (0..n * v).map(|_| (s.rng().normal() * 3.0 + 1.0) as f32).collect();
+                let tgt: Vec<u32> = (0..n).map(|_| s.rng().below(v as u64) as u32).collect();
+                let (mut losses, mut lse) = (vec![0f32; n], vec![0f32; n]);
+                cpu::crossentropy_forward(&mut losses, &mut lse, &l, &tgt, n, v);
+                // In place, the gradient is written over the logits (the model's use).
+                let (logits, dlogits) = if in_place {
+                    let logits = s.with(l)?;
+                    (logits, logits)
+                } else {
+                    (s.with(l)?, dlogits)
+                };
+                let lse = s.with(lse)?;
+                let targets = s.ids_with(tgt)?;
+                let scale = 1.0 / n as f32;
+                let grad_scale = s.with(vec![0.75])?;
+                Ok(Built {
+                    ops: vec![Op::CrossentropyBackward {
+                        dlogits,
+                        logits,
+                        lse,
+                        targets,
+                        grad_scale,
+                        n,
+                        v,
+                        scale,
+                    }],
+                    checked: vec![("dlogits", dlogits)],
+                })
+            }));
+        }
     }
     for n in [1, 7, 37, 129, 10_007] {
         all.push(case("reduce_sum", format!("n={n}"), move |s| {

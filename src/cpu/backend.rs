@@ -202,7 +202,12 @@ impl CpuBackend {
                 let i = self.inputs(&[logits, lse, grad_scale]);
                 // The product in f32, as the kernel forms it.
                 let scale = (scale * i[2][0]) as f64;
+                // In place (dlogits == logits): `i` holds a copy of the logits; overwrite them.
+                let in_place = dlogits == logits;
                 self.with_outputs(&[dlogits], |o| {
+                    if in_place {
+                        zero(o[0]);
+                    }
                     crossentropy_backward(o[0], &i[0], &i[1], &tgt, n, v, scale)
                 })
             }

@@ -75,7 +75,9 @@ pub fn shader_file(entry: &str) -> &'static str {
         | "attention_backward_softmax"
         | "attention_backward_q"
         | "attention_backward_kv" => "attention.wgsl",
-        "crossentropy_forward" | "crossentropy_backward" => "crossentropy.wgsl",
+        "crossentropy_forward" | "crossentropy_backward" | "crossentropy_backward_inplace" => {
+            "crossentropy.wgsl"
+        }
         "dropout_forward" | "dropout_backward" | "dropout_mask_inplace" => "dropout.wgsl",
         "reduce_sum" | "global_norm_partial" | "global_norm_final" | "colsum_final" => "reduce.wgsl",
         "adamw_update" => "adamw.wgsl",
@@ -551,12 +553,14 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             vec![u(n), u(v), 0],
             fold(n),
         )],
-        Op::CrossentropyBackward { dlogits, logits, lse, targets, grad_scale, n, v, scale } => vec![call(
-            "crossentropy_backward",
-            vec![dlogits, logits, lse, targets, grad_scale],
-            vec![u(n), u(v), f(scale)],
-            per_item(n * v),
-        )],
+        Op::CrossentropyBackward { dlogits, logits, lse, targets, grad_scale, n, v, scale } => {
+            let (entry, views) = if dlogits == logits {
+                ("crossentropy_backward_inplace", vec![dlogits, lse, targets, grad_scale])
+            } else {
+                ("crossentropy_backward", vec![dlogits, logits, lse, targets, grad_scale])
+            };
+            vec![call(entry, views, vec![u(n), u(v), f(scale)], per_item(n * v))]
+        }
         Op::ReduceSum { out, inp, n, scale } => {
             vec![call("reduce_sum", vec![out, inp], vec![u(n), f(scale)], [1, 1, 1])]
         }

@@ -81,10 +81,10 @@ struct Acts {
 /// alternates between two buffers: block i reads it from one and accumulates block i-1's into the
 /// other. Each buffer is zeroed just before the op that first accumulates into it.
 impl Acts {
-    /// The gradients zeroed before each micro-batch: the embedding, ln_f, the logits and the residual
-    /// stream after the last block.
+    /// The gradients zeroed before each micro-batch: the embedding, ln_f and the residual stream after
+    /// the last block. (The logits' gradient needs no buffer: it is written over the logits.)
     fn grad_views(&self) -> Vec<View> {
-        let mut v = vec![self.encoded, self.lnf, self.logits];
+        let mut v = vec![self.encoded, self.lnf];
         v.extend(self.layers.last().map(|l| l.res3));
         v
     }
@@ -175,7 +175,8 @@ fn alloc_acts(
         lnf: alloc(n * c, "ln_f", false)?,
         lnf_mean: alloc(n, "ln_f mean", true)?,
         lnf_rstd: alloc(n, "ln_f rstd", true)?,
-        logits: alloc(n * v, "logits", false)?,
+        // The logits' gradient is written over the logits (see `Gpt2::backward_ops`).
+        logits: if grads { scalar } else { alloc(n * v, "logits", false)? },
         losses: alloc(n, "losses", true)?,
         lse: alloc(n, "logsumexp", true)?,
     })
@@ -595,8 +596,9 @@ impl Gpt2 {
             }
         };
         ops.extend([
+            // The logits are dead once the loss is formed: their gradient overwrites them.
             Op::CrossentropyBackward {
-                dlogits: d.logits,
+                dlogits: a.logits,
                 logits: a.logits,
                 lse: a.lse,
                 targets: self.main.targets[micro],
@@ -609,7 +611,7 @@ impl Gpt2 {
                 dinp: d.lnf,
                 dweight: g(l.wte),
                 dbias: None,
-                dout: d.logits,
+                dout: a.logits,
                 inp: a.lnf,
                 weight: p(l.wte),
                 m: n,
@@ -891,7 +893,8 @@ impl Gpt2 {
         self.backend.read_f32(self.main.acts.logits)
     }
 
-    /// The logits the last forward pass left (of the last micro-batch it ran), (B,T,V) flat.
+    /// The logits the last forward pass left (of the last micro-batch it ran), (B,T,V) flat. After a
+    /// training step's backward pass the buffer holds the logits' gradient instead; use [`Gpt2::logits`].
     pub fn last_logits(&mut self) -> Result<Vec<f32>> {
         self.backend.read_f32(self.main.acts.logits)
     }
