@@ -357,11 +357,12 @@ pub fn cases() -> Vec<Case> {
                 })
             }));
         }
-        for (trans_a, trans_b) in [(false, false), (true, true)] {
-            let accumulate = (m + n) % 2 == 0;
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let accumulate = (m + n + trans_b as usize) % 2 == 0;
             let shape = format!(
-                "{m}x{k}x{n} {}{}",
-                if trans_a { "TT" } else { "NN" },
+                "{m}x{k}x{n} {}{}{}",
+                if trans_a { "T" } else { "N" },
+                if trans_b { "T" } else { "N" },
                 if accumulate { " +=" } else { "" }
             );
             // The twin reads the same halves, so only the f32 sums can differ: the f32 tolerance.
