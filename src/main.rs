@@ -603,13 +603,7 @@ fn verify(device: &str, only: Option<&str>) -> anyhow::Result<()> {
     let mut skipped = Vec::new();
     for (kernel, variant) in runs {
         let name = if variant.is_empty() { kernel.to_string() } else { format!("{kernel} [{variant}]") };
-        let missing = match kernel {
-            "matmul_f16" if !ctx.features.contains(wgpu::Features::SHADER_F16) => {
-                Some(format!("needs shader-f16, which {} lacks", ctx.adapter.title()))
-            }
-            _ => ctx.variant_unavailable(variant),
-        };
-        if let Some(why) = missing {
+        if let Some(why) = ctx.kernel_unavailable(kernel, variant) {
             println!("{name:<32} {:>5}  {:>10}  SKIP ({why})", "-", "-");
             skipped.push(name);
             continue;

@@ -14,13 +14,7 @@ fn check(kernel: &str) {
     // Kernels built on matmul run once per matmul variant.
     let variants: &[&str] = if verify::uses_matmul_variants(kernel) { MATMUL_VARIANTS } else { &["vec4"] };
     for variant in variants {
-        let missing = match kernel {
-            "matmul_f16" if !ctx.features.contains(wgpu::Features::SHADER_F16) => {
-                Some("no shader-f16".into())
-            }
-            _ => ctx.variant_unavailable(variant),
-        };
-        if let Some(why) = missing {
+        if let Some(why) = ctx.kernel_unavailable(kernel, variant) {
             eprintln!("SKIPPED {kernel} [{variant}] on {}: {why}", ctx.adapter.title());
             continue;
         }

@@ -182,7 +182,7 @@ pub const F16_VARIANT: &str = "f16";
 /// f16-storage kernel where the adapter has shader-f16.
 pub fn all_matmul_variants(ctx: &GpuContext) -> Vec<String> {
     let mut all: Vec<String> = ctx.matmul_variants().iter().map(|v| v.to_string()).collect();
-    if ctx.features.contains(wgpu::Features::SHADER_F16) {
+    if ctx.kernel_unavailable("matmul_f16", "").is_none() {
         all.push(F16_VARIANT.to_string());
     }
     all

@@ -256,6 +256,12 @@ impl GpuContext {
             .then(|| format!("matmul variant {variant:?} needs {name}, which {} lacks", self.adapter.title()))
     }
 
+    /// Why kernel `kernel` (an op name, as `wgslm verify` lists them) run with matmul `variant` ("" for
+    /// none) cannot run on this device, if it cannot: `matmul_f16` needs shader-f16 whatever the variant.
+    pub fn kernel_unavailable(&self, kernel: &str, variant: &str) -> Option<String> {
+        self.variant_unavailable(if kernel == "matmul_f16" { kernels::F16_SOURCE } else { variant })
+    }
+
     /// The matmul variants this device can run, of [`kernels::MATMUL_VARIANTS`].
     pub fn matmul_variants(&self) -> Vec<&'static str> {
         kernels::MATMUL_VARIANTS.iter().copied().filter(|v| self.variant_unavailable(v).is_none()).collect()

@@ -104,10 +104,12 @@ pub const NORM_PARTIALS: usize = 256;
 /// handle the shapes their header comment names and fall back to it elsewhere.
 pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "tiled64", "rows16x32", "subgroup"];
 
-/// The wgpu feature a matmul variant needs beyond core WebGPU, if any.
+/// The wgpu feature a matmul variant (or the f16-storage kernel, [`F16_SOURCE`]) needs beyond core
+/// WebGPU, if any.
 pub fn variant_feature(variant: &str) -> Option<(wgpu::Features, &'static str)> {
     match variant {
         "subgroup" => Some((wgpu::Features::SUBGROUP, "subgroups")),
+        F16_SOURCE => Some((wgpu::Features::SHADER_F16, "shader-f16")),
         _ => None,
     }
 }

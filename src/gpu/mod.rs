@@ -395,11 +395,8 @@ impl Backend for GpuBackend {
         let mut calls = Vec::new();
         for op in ops {
             op.check().map_err(Error::Invalid)?;
-            if matches!(op, Op::MatmulF16 { .. }) && !self.ctx.features.contains(wgpu::Features::SHADER_F16) {
-                return Err(Error::Invalid(format!(
-                    "matmul_f16 needs shader-f16, which {} lacks",
-                    self.ctx.adapter.title()
-                )));
+            if let Some(why) = self.ctx.kernel_unavailable(op.name(), "") {
+                return Err(Error::Invalid(why));
             }
             for call in kernels::calls(op, &env) {
                 for (i, v) in call.views.iter().enumerate() {
