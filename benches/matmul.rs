@@ -73,7 +73,8 @@ fn matmul(c: &mut Criterion) {
                         Ok(v)
                     };
                     let (a, b, out) = (buf(m * k)?, buf(k * n)?, buf(m * n)?);
-                    let op = Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate: false };
+                    let op =
+                        Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate: false, half: false };
                     gpu.prepare(&[op])
                 })();
                 let plan = match prepared {

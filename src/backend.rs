@@ -119,7 +119,9 @@ pub enum Op {
     },
     /// General matrix product `out (M,N) (+)= op(a)·op(b)`: a is (M,K), or (K,M) when `trans_a`;
     /// b is (K,N), or (N,K) when `trans_b`. Overwrites unless `accumulate`. The building block of the
-    /// matmul forward and backward ops, and the kernel that has variants.
+    /// matmul forward and backward ops, and the kernel that has variants. With `half`, a and b are
+    /// stored as f16 (two per u32 word, the even element in the low half) and products and sums stay
+    /// f32: the storage half of mixed precision ("matmul_f16"; needs shader-f16 on the GPU).
     Matmul {
         out: View,
         a: View,
@@ -130,20 +132,7 @@ pub enum Op {
         trans_a: bool,
         trans_b: bool,
         accumulate: bool,
-    },
-    /// `Matmul` with a and b stored as f16 (two per u32 word, the even element in the low half) and
-    /// f32 products and sums: the storage half of mixed precision, half the bytes of a and b. Needs
-    /// shader-f16 on the GPU.
-    MatmulF16 {
-        out: View,
-        a: View,
-        b: View,
-        m: usize,
-        k: usize,
-        n: usize,
-        trans_a: bool,
-        trans_b: bool,
-        accumulate: bool,
+        half: bool,
     },
     /// `out (M,N) = inp (M,K) · W + bias (N)`, W stored as `layout` says.
     MatmulForward {
@@ -339,8 +328,8 @@ impl Op {
             Op::EncoderBackward { .. } => "encoder_backward",
             Op::LayernormForward { .. } => "layernorm_forward",
             Op::LayernormBackward { .. } => "layernorm_backward",
-            Op::Matmul { .. } => "matmul",
-            Op::MatmulF16 { .. } => "matmul_f16",
+            Op::Matmul { half: false, .. } => "matmul",
+            Op::Matmul { half: true, .. } => "matmul_f16",
             Op::MatmulForward { .. } => "matmul_forward",
             Op::MatmulBackward { .. } => "matmul_backward",
             Op::AttentionForward { .. } => "attention_forward",
@@ -375,8 +364,10 @@ impl Op {
             Op::LayernormBackward { dout, inp, weight, mean, rstd, n, c, .. } => {
                 vec![(dout, n * c), (inp, n * c), (weight, c), (mean, n), (rstd, n)]
             }
-            Op::Matmul { a, b, m, k, n, .. } => vec![(a, m * k), (b, k * n)],
-            Op::MatmulF16 { a, b, m, k, n, .. } => vec![(a, (m * k).div_ceil(2)), (b, (k * n).div_ceil(2))],
+            Op::Matmul { a, b, m, k, n, half, .. } => {
+                let words = |len: usize| if half { len.div_ceil(2) } else { len };
+                vec![(a, words(m * k)), (b, words(k * n))]
+            }
             Op::MatmulForward { inp, weight, bias, m, k, n, .. } => {
                 let mut v = vec![(inp, m * k), (weight, k * n)];
                 v.extend(bias.map(|b| (b, n)));
@@ -429,7 +420,7 @@ impl Op {
             Op::LayernormBackward { dinp, dweight, dbias, n, c, .. } => {
                 vec![(dinp, n * c), (dweight, c), (dbias, c)]
             }
-            Op::Matmul { out, m, n, .. } | Op::MatmulF16 { out, m, n, .. } => vec![(out, m * n)],
+            Op::Matmul { out, m, n, .. } => vec![(out, m * n)],
             Op::MatmulForward { out, m, n, .. } => vec![(out, m * n)],
             Op::MatmulBackward { dinp, dweight, dbias, m, k, n, .. } => {
                 let mut v = vec![(dinp, m * k), (dweight, k * n)];

@@ -352,7 +352,7 @@ pub fn cases() -> Vec<Case> {
                 let a = s.normal(m * k, 1.0, 0.0)?;
                 let b = s.normal(k * n, 1.0, 0.0)?;
                 Ok(Built {
-                    ops: vec![Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate }],
+                    ops: vec![Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: false }],
                     checked: vec![("out", out)],
                 })
             }));
@@ -374,7 +374,7 @@ pub fn cases() -> Vec<Case> {
                 };
                 let (a, b) = (halves(m * k)?, halves(k * n)?);
                 Ok(Built {
-                    ops: vec![Op::MatmulF16 { out, a, b, m, k, n, trans_a, trans_b, accumulate }],
+                    ops: vec![Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: true }],
                     checked: vec![("out", out)],
                 })
             }));

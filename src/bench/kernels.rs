@@ -96,18 +96,17 @@ pub fn matmul(
                 };
                 let ov = buf(&vec![0.0; m * n])?;
                 let (trans_a, trans_b, accumulate) = (false, false, false);
-                let op = if f16 {
+                let (a, b) = if f16 {
                     let mut halves = |data: &[u32]| -> Result<View> {
                         let v = View::new(gpu.alloc(DType::U32, data.len(), "bench")?, 0, data.len());
                         gpu.write_u32(v, data)?;
                         Ok(v)
                     };
-                    let (a, b) = (halves(&a16)?, halves(&b16)?);
-                    Op::MatmulF16 { out: ov, a, b, m, k, n, trans_a, trans_b, accumulate }
+                    (halves(&a16)?, halves(&b16)?)
                 } else {
-                    let (a, b) = (buf(&a)?, buf(&b)?);
-                    Op::Matmul { out: ov, a, b, m, k, n, trans_a, trans_b, accumulate }
+                    (buf(&a)?, buf(&b)?)
                 };
+                let op = Op::Matmul { out: ov, a, b, m, k, n, trans_a, trans_b, accumulate, half: f16 };
                 let plan = gpu.prepare(&[op])?;
                 gpu.run(plan)?;
                 t.error = rel_l2(&gpu.read_f32(ov)?, if f16 { &want16 } else { &want });
@@ -175,7 +174,7 @@ pub fn verified(ctx: &Arc<GpuContext>, kernel: &str, reps: usize) -> Result<Vec<
     Ok(out)
 }
 
-/// The name `bench kernels` gives the f16-storage matmul (Op::MatmulF16) beside the f32 variants.
+/// The name `bench kernels` gives the f16-storage matmul (`Op::Matmul` with `half`) beside the f32 variants.
 pub const F16_VARIANT: &str = "f16";
 
 /// Every matmul variant `ctx` can run, for `--variant all`: the f32 ones the model can use, then the

@@ -111,15 +111,15 @@ impl CpuBackend {
                     layernorm_backward(dinp, dweight, dbias, &i[0], &i[1], &i[2], &i[3], &i[4], n, c)
                 })
             }
-            Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
+            Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: true } => {
+                let (a, b) = (self.u32s(a).to_vec(), self.u32s(b).to_vec());
+                self.with_outputs(&[out], |o| matmul_f16(o[0], &a, &b, m, k, n, trans_a, trans_b, accumulate))
+            }
+            Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: false } => {
                 let i = self.inputs(&[a, b]);
                 self.with_outputs(&[out], |o| {
                     matmul(o[0], &i[0], &i[1], m, k, n, trans_a, trans_b, accumulate)
                 })
-            }
-            Op::MatmulF16 { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
-                let (a, b) = (self.u32s(a).to_vec(), self.u32s(b).to_vec());
-                self.with_outputs(&[out], |o| matmul_f16(o[0], &a, &b, m, k, n, trans_a, trans_b, accumulate))
             }
             Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
                 let i = self.inputs(&[inp, weight]);

@@ -114,7 +114,7 @@ pub fn variant_feature(variant: &str) -> Option<(wgpu::Features, &'static str)> 
     }
 }
 
-/// The source variant of matmul_rows.wgsl that reads a and b as f16 (Op::MatmulF16).
+/// The source variant of matmul_rows.wgsl that reads a and b as f16 (`Op::Matmul` with `half`).
 pub const F16_SOURCE: &str = "f16";
 
 /// The tile of a `rows` variant: (rows per invocation R, columns per workgroup 4·C4).
@@ -354,7 +354,7 @@ fn k_chunks(
 /// The matrix-product shapes an op dispatches (what the autotuner times).
 pub fn gemm_shapes(op: &Op) -> Vec<super::tune::GemmShape> {
     match *op {
-        Op::Matmul { m, k, n, trans_a, trans_b, .. } => vec![(m, k, n, trans_a, trans_b)],
+        Op::Matmul { m, k, n, trans_a, trans_b, half: false, .. } => vec![(m, k, n, trans_a, trans_b)],
         Op::MatmulForward { m, k, n, layout, .. } => vec![(m, k, n, false, layout == WeightLayout::OutIn)],
         Op::MatmulBackward { m, k, n, layout, .. } => vec![
             (m, n, k, false, layout == WeightLayout::InOut),
@@ -442,10 +442,10 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 colsum_final(dbias, scratch, blocks, c, blocks * c),
             ]
         }
-        Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
+        Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: false } => {
             gemm(env, out, a, b, None, dummy, (m, k, n), trans_a, trans_b, accumulate)
         }
-        Op::MatmulF16 { out, a, b, m, k, n, trans_a, trans_b, accumulate } => {
+        Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: true } => {
             // The rows16x32 kernel with a and b read as halves.
             let (entry, _, constants, groups) =
                 matmul_entry("rows16x32", None, 0, (m, k, n), trans_a, trans_b);

@@ -84,8 +84,18 @@ fn time_variant(
     let (out, a, b) = (view(m * n)?, view(m * k)?, view(k * n)?);
     gpu.write_f32(a, a_data)?;
     gpu.write_f32(b, b_data)?;
-    let plan =
-        gpu.prepare(&[Op::Matmul { out, a, b, m, k, n, trans_a: ta, trans_b: tb, accumulate: false }])?;
+    let plan = gpu.prepare(&[Op::Matmul {
+        out,
+        a,
+        b,
+        m,
+        k,
+        n,
+        trans_a: ta,
+        trans_b: tb,
+        accumulate: false,
+        half: false,
+    }])?;
     gpu.run(plan)?;
     let product = gpu.read_f32(out)?;
     Ok((gpu.time(plan, 2)?.0, product))
