@@ -1,4 +1,4 @@
-//! The op set both backends implement: every kernel of a GPT-2 training step, as data.
+//! The op set both backends implement: every kernel of a GPT-2 or Llama training step, as data.
 //!
 //! A model schedule is a `Vec<Op>` built once (see `model::gpt2`). The CPU backend interprets it with
 //! the plain-Rust twins in `cpu::`; the GPU backend compiles it once into pipelines, bind groups and a
@@ -78,14 +78,15 @@ pub struct AttnDropout {
 pub enum Op {
     /// `out[i] = 0`.
     Zero { out: View },
-    /// `out (B,T,C) = wte[tokens[b,t]] + wpe[t]`; tokens (B,T) u32, wte (V,C), wpe (>=T,C).
-    EncoderForward { out: View, tokens: View, wte: View, wpe: View, b: usize, t: usize, c: usize },
-    /// `dwte[tokens[b,t]] += dout[b,t]`, `dwpe[t] += Σ_b dout[b,t]`. `order` (B·T) u32 is
+    /// `out (B,T,C) = wte[tokens[b,t]] + wpe[t]`; tokens (B,T) u32, wte (V,C), wpe (>=T,C). Without
+    /// `wpe` (models whose positions come from RoPE), `out = wte[tokens[b,t]]`.
+    EncoderForward { out: View, tokens: View, wte: View, wpe: Option<View>, b: usize, t: usize, c: usize },
+    /// `dwte[tokens[b,t]] += dout[b,t]`, `dwpe[t] += Σ_b dout[b,t]` (when there is a `dwpe`). `order` (B·T) u32 is
     /// `encoder_order(tokens)`: positions sorted by token, which lets the GPU sum each token's rows in a
     /// fixed order without float atomics.
     EncoderBackward {
         dwte: View,
-        dwpe: View,
+        dwpe: Option<View>,
         dout: View,
         tokens: View,
         order: View,
@@ -117,6 +118,51 @@ pub enum Op {
         n: usize,
         c: usize,
     },
+    /// `out (N,C) = inp · rstd · weight` with `rstd = 1 / sqrt(mean(inp²) + eps)` per row; saves rstd (N).
+    RmsnormForward { out: View, rstd: View, inp: View, weight: View, n: usize, c: usize, eps: f32 },
+    /// Accumulates dinp (N,C) and dweight (C) from dout (N,C) and the saved rstd (N).
+    RmsnormBackward {
+        dinp: View,
+        dweight: View,
+        dout: View,
+        inp: View,
+        weight: View,
+        rstd: View,
+        n: usize,
+        c: usize,
+    },
+    /// Rotary position embedding, Hugging Face's "rotate half" convention, on rows of `width` elements:
+    /// the first `heads` chunks of `hd` elements of each row are rotated, the rest of the row is copied.
+    /// In chunk j of row r, with p = positions[r] and i < hd/2:
+    /// `out[i] = x[i]·cos - x[i+hd/2]·sin`, `out[i+hd/2] = x[i+hd/2]·cos + x[i]·sin`, where
+    /// `cos = table[p·hd + i]` and `sin = table[p·hd + hd/2 + i]` (see [`rope_table`]).
+    /// inp, out (N,width); positions (N) u32, each below table.len / hd; hd even.
+    RopeForward {
+        out: View,
+        inp: View,
+        positions: View,
+        table: View,
+        n: usize,
+        width: usize,
+        heads: usize,
+        hd: usize,
+    },
+    /// `dinp += Rᵀ·dout` on the rotated chunks (the rotation by -angle), `dinp += dout` elsewhere.
+    RopeBackward {
+        dinp: View,
+        dout: View,
+        positions: View,
+        table: View,
+        n: usize,
+        width: usize,
+        heads: usize,
+        hd: usize,
+    },
+    /// SwiGLU: `out (N,I) = silu(inp[:, :I]) · inp[:, I:]` with `silu(g) = g / (1 + exp(-g))`;
+    /// inp (N,2I) holds the gate and the up projection side by side.
+    SwigluForward { out: View, inp: View, n: usize, i: usize },
+    /// Accumulates dinp (N,2I) from dout (N,I).
+    SwigluBackward { dinp: View, inp: View, dout: View, n: usize, i: usize },
     /// General matrix product `out (M,N) (+)= op(a)·op(b)`: a is (M,K), or (K,M) when `trans_a`;
     /// b is (K,N), or (N,K) when `trans_b`. Overwrites unless `accumulate`. The building block of the
     /// matmul forward and backward ops, and the kernel that has variants. With `half`, a and b are
@@ -158,10 +204,12 @@ pub enum Op {
         n: usize,
         layout: WeightLayout,
     },
-    /// Causal self-attention. qkv (B,T,3C) holds q, k, v side by side, head h at columns h·hd..(h+1)·hd
-    /// of each; out (B,T,C); att (B,NH,T,T) saves the softmax probabilities (row t valid for t2 <= t).
-    /// Scores are scaled by 1/sqrt(hd). With `dropout`, the values are weighted by the dropped
-    /// probabilities, which it saves too.
+    /// Causal self-attention with `nh` query heads sharing `nkv` key/value heads (`nkv` divides `nh`;
+    /// `nkv == nh` is multi-head attention, `nkv == 1` multi-query). hd = C/NH. qkv (B,T,W) with
+    /// W = (NH + 2·NKV)·hd holds q (NH·hd = C columns), then k and v (NKV·hd each); query head h reads
+    /// kv head h / (NH/NKV). out (B,T,C); att (B,NH,T,T) saves the softmax probabilities (row t valid
+    /// for t2 <= t). Scores are scaled by 1/sqrt(hd). With `dropout`, the values are weighted by the
+    /// dropped probabilities, which it saves too.
     AttentionForward {
         out: View,
         att: View,
@@ -170,10 +218,11 @@ pub enum Op {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
         dropout: Option<AttnDropout>,
     },
-    /// Accumulates dqkv (B,T,3C) from dout (B,T,C); `datt` (B,NH,T,T) is scratch. `dropout` must be
-    /// what the forward pass used.
+    /// Accumulates dqkv (B,T,W) from dout (B,T,C); `datt` (B,NH,T,T) is scratch. A kv head's gradient
+    /// sums over its query heads in increasing order. `dropout` must be what the forward pass used.
     AttentionBackward {
         dqkv: View,
         datt: View,
@@ -184,6 +233,7 @@ pub enum Op {
         t: usize,
         c: usize,
         nh: usize,
+        nkv: usize,
         dropout: Option<AttnDropout>,
     },
     /// `out = inp · mask / (1 - p)`, n elements; element i is kept when
@@ -312,6 +362,25 @@ pub fn clip_scale(norm: f32, grad_clip: f32) -> f32 {
     }
 }
 
+/// The cos/sin table of [`Op::RopeForward`] for positions `0..positions`: row p holds
+/// `cos(p·f_i)` for i < hd/2, then `sin(p·f_i)`, with `f_i = theta^(-2i/hd)`, computed in f64 (as
+/// Hugging Face's reference does in float64) and rounded once.
+pub fn rope_table(theta: f64, hd: usize, positions: usize) -> Vec<f32> {
+    let half = hd / 2;
+    let mut table = Vec::with_capacity(positions * hd);
+    for p in 0..positions {
+        let angle = |i: usize| p as f64 * theta.powf(-((2 * i) as f64) / hd as f64);
+        table.extend((0..half).map(|i| angle(i).cos() as f32));
+        table.extend((0..half).map(|i| angle(i).sin() as f32));
+    }
+    table
+}
+
+/// Elements per row of the packed qkv tensor of [`Op::AttentionForward`].
+pub fn qkv_width(c: usize, nh: usize, nkv: usize) -> usize {
+    (nh + 2 * nkv) * (c / nh.max(1))
+}
+
 /// Positions `0..tokens.len()` stably sorted by token id: the `order` input of `EncoderBackward`.
 pub fn encoder_order(tokens: &[u32]) -> Vec<u32> {
     let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
@@ -328,6 +397,12 @@ impl Op {
             Op::EncoderBackward { .. } => "encoder_backward",
             Op::LayernormForward { .. } => "layernorm_forward",
             Op::LayernormBackward { .. } => "layernorm_backward",
+            Op::RmsnormForward { .. } => "rmsnorm_forward",
+            Op::RmsnormBackward { .. } => "rmsnorm_backward",
+            Op::RopeForward { .. } => "rope_forward",
+            Op::RopeBackward { .. } => "rope_backward",
+            Op::SwigluForward { .. } => "swiglu_forward",
+            Op::SwigluBackward { .. } => "swiglu_backward",
             Op::Matmul { half: false, .. } => "matmul",
             Op::Matmul { half: true, .. } => "matmul_f16",
             Op::MatmulForward { .. } => "matmul_forward",
@@ -353,7 +428,9 @@ impl Op {
         match *self {
             Op::Zero { .. } => vec![],
             Op::EncoderForward { tokens, wte, wpe, b, t, c, .. } => {
-                vec![(tokens, b * t), (wte, wte.len / c.max(1) * c), (wpe, wpe.len.max(t * c))]
+                let mut v = vec![(tokens, b * t), (wte, wte.len / c.max(1) * c)];
+                v.extend(wpe.map(|wpe| (wpe, wpe.len.max(t * c))));
+                v
             }
             Op::EncoderBackward { dout, tokens, order, b, t, c, .. } => {
                 vec![(dout, b * t * c), (tokens, b * t), (order, b * t)]
@@ -364,6 +441,16 @@ impl Op {
             Op::LayernormBackward { dout, inp, weight, mean, rstd, n, c, .. } => {
                 vec![(dout, n * c), (inp, n * c), (weight, c), (mean, n), (rstd, n)]
             }
+            Op::RmsnormForward { inp, weight, n, c, .. } => vec![(inp, n * c), (weight, c)],
+            Op::RmsnormBackward { dout, inp, weight, rstd, n, c, .. } => {
+                vec![(dout, n * c), (inp, n * c), (weight, c), (rstd, n)]
+            }
+            Op::RopeForward { inp: x, positions, table, n, width, hd, .. }
+            | Op::RopeBackward { dout: x, positions, table, n, width, hd, .. } => {
+                vec![(x, n * width), (positions, n), (table, table.len / hd.max(1) * hd)]
+            }
+            Op::SwigluForward { inp, n, i, .. } => vec![(inp, n * 2 * i)],
+            Op::SwigluBackward { inp, dout, n, i, .. } => vec![(inp, n * 2 * i), (dout, n * i)],
             Op::Matmul { a, b, m, k, n, half, .. } => {
                 let words = |len: usize| if half { len.div_ceil(2) } else { len };
                 vec![(a, words(m * k)), (b, words(k * n))]
@@ -376,13 +463,14 @@ impl Op {
             Op::MatmulBackward { dout, inp, weight, m, k, n, .. } => {
                 vec![(dout, m * n), (inp, m * k), (weight, k * n)]
             }
-            Op::AttentionForward { qkv, b, t, c, dropout, .. } => {
-                let mut v = vec![(qkv, b * t * 3 * c)];
+            Op::AttentionForward { qkv, b, t, c, nh, nkv, dropout, .. } => {
+                let mut v = vec![(qkv, b * t * qkv_width(c, nh, nkv))];
                 v.extend(dropout.map(|d| (d.seed, 1)));
                 v
             }
-            Op::AttentionBackward { dout, qkv, att, b, t, c, nh, dropout, .. } => {
-                let mut v = vec![(dout, b * t * c), (qkv, b * t * 3 * c), (att, b * nh * t * t)];
+            Op::AttentionBackward { dout, qkv, att, b, t, c, nh, nkv, dropout, .. } => {
+                let w = qkv_width(c, nh, nkv);
+                let mut v = vec![(dout, b * t * c), (qkv, b * t * w), (att, b * nh * t * t)];
                 v.extend(dropout.iter().flat_map(|d| [(d.probs, b * nh * t * t), (d.seed, 1)]));
                 v
             }
@@ -412,7 +500,9 @@ impl Op {
             Op::Zero { out } => vec![(out, out.len)],
             Op::EncoderForward { out, b, t, c, .. } => vec![(out, b * t * c)],
             Op::EncoderBackward { dwte, dwpe, t, c, .. } => {
-                vec![(dwte, dwte.len / c.max(1) * c), (dwpe, dwpe.len.max(t * c))]
+                let mut v = vec![(dwte, dwte.len / c.max(1) * c)];
+                v.extend(dwpe.map(|dwpe| (dwpe, dwpe.len.max(t * c))));
+                v
             }
             Op::LayernormForward { out, mean, rstd, n, c, .. } => {
                 vec![(out, n * c), (mean, n), (rstd, n)]
@@ -420,6 +510,13 @@ impl Op {
             Op::LayernormBackward { dinp, dweight, dbias, n, c, .. } => {
                 vec![(dinp, n * c), (dweight, c), (dbias, c)]
             }
+            Op::RmsnormForward { out, rstd, n, c, .. } => vec![(out, n * c), (rstd, n)],
+            Op::RmsnormBackward { dinp, dweight, n, c, .. } => vec![(dinp, n * c), (dweight, c)],
+            Op::RopeForward { out: x, n, width, .. } | Op::RopeBackward { dinp: x, n, width, .. } => {
+                vec![(x, n * width)]
+            }
+            Op::SwigluForward { out, n, i, .. } => vec![(out, n * i)],
+            Op::SwigluBackward { dinp, n, i, .. } => vec![(dinp, n * 2 * i)],
             Op::Matmul { out, m, n, .. } => vec![(out, m * n)],
             Op::MatmulForward { out, m, n, .. } => vec![(out, m * n)],
             Op::MatmulBackward { dinp, dweight, dbias, m, k, n, .. } => {
@@ -434,8 +531,8 @@ impl Op {
             }
             Op::DropoutForward { out, n, .. } => vec![(out, n)],
             Op::DropoutBackward { dinp, n, .. } => vec![(dinp, n)],
-            Op::AttentionBackward { dqkv, datt, b, t, c, nh, .. } => {
-                vec![(dqkv, b * t * 3 * c), (datt, b * nh * t * t)]
+            Op::AttentionBackward { dqkv, datt, b, t, c, nh, nkv, .. } => {
+                vec![(dqkv, b * t * qkv_width(c, nh, nkv)), (datt, b * nh * t * t)]
             }
             Op::GeluForward { out, n, .. } => vec![(out, n)],
             Op::GeluBackward { dinp, n, .. } => vec![(dinp, n)],
@@ -463,14 +560,23 @@ impl Op {
         match *self {
             Op::EncoderForward { wte, wpe, t, c, .. }
             | Op::EncoderBackward { dwte: wte, dwpe: wpe, t, c, .. }
-                if c == 0 || wte.len % c != 0 || wpe.len % c != 0 || wpe.len / c < t =>
+                if c == 0
+                    || wte.len % c != 0
+                    || wpe.is_some_and(|wpe| wpe.len % c != 0 || wpe.len / c < t) =>
             {
                 return Err(format!("{name}: wte/wpe must be (V,{c}) and (>= {t},{c})"));
             }
-            Op::AttentionForward { c, nh, .. } | Op::AttentionBackward { c, nh, .. }
-                if nh == 0 || c % nh != 0 =>
+            Op::AttentionForward { c, nh, nkv, .. } | Op::AttentionBackward { c, nh, nkv, .. }
+                if nh == 0 || c % nh != 0 || nkv == 0 || nh % nkv != 0 =>
             {
-                return Err(format!("{name}: {nh} heads do not divide {c} channels"));
+                return Err(format!(
+                    "{name}: {nh} heads must divide {c} channels and be a multiple of {nkv} kv heads"
+                ));
+            }
+            Op::RopeForward { width, heads, hd, .. } | Op::RopeBackward { width, heads, hd, .. }
+                if hd == 0 || hd % 2 != 0 || heads * hd > width =>
+            {
+                return Err(format!("{name}: {heads} heads of even size {hd} must fit rows of {width}"));
             }
             _ => {}
         }

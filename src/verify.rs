@@ -275,7 +275,7 @@ pub fn cases() -> Vec<Case> {
             let wte = s.normal(v * c, 1.0, 0.0)?;
             let wpe = s.normal((t + 3) * c, 1.0, 0.0)?;
             Ok(Built {
-                ops: vec![Op::EncoderForward { out, tokens, wte, wpe, b, t, c }],
+                ops: vec![Op::EncoderForward { out, tokens, wte, wpe: Some(wpe), b, t, c }],
                 checked: vec![("out", out)],
             })
         }));
@@ -287,7 +287,7 @@ pub fn cases() -> Vec<Case> {
             let order = s.ids_with(crate::backend::encoder_order(&ids))?;
             let tokens = s.ids_with(ids)?;
             Ok(Built {
-                ops: vec![Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c }],
+                ops: vec![Op::EncoderBackward { dwte, dwpe: Some(dwpe), dout, tokens, order, b, t, c }],
                 checked: vec![("dwte", dwte), ("dwpe", dwpe)],
             })
         }));
@@ -442,7 +442,10 @@ pub fn cases() -> Vec<Case> {
                     }
                     None => None,
                 };
-                Ok(Built { ops: vec![Op::AttentionForward { out, att, qkv, b, t, c, nh, dropout }], checked })
+                Ok(Built {
+                    ops: vec![Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv: nh, dropout }],
+                    checked,
+                })
             }));
             all.push(case("attention_backward", shape, move |s| {
                 let dqkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
@@ -466,7 +469,19 @@ pub fn cases() -> Vec<Case> {
                     None => None,
                 };
                 Ok(Built {
-                    ops: vec![Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, dropout }],
+                    ops: vec![Op::AttentionBackward {
+                        dqkv,
+                        datt,
+                        dout,
+                        qkv,
+                        att,
+                        b,
+                        t,
+                        c,
+                        nh,
+                        nkv: nh,
+                        dropout,
+                    }],
                     checked: vec![("dqkv", dqkv)],
                 })
             }));

@@ -84,14 +84,21 @@ impl CpuBackend {
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::Zero { out } => self.with_outputs(&[out], |o| zero(o[0])),
+            Op::RmsnormForward { .. }
+            | Op::RmsnormBackward { .. }
+            | Op::RopeForward { .. }
+            | Op::RopeBackward { .. }
+            | Op::SwigluForward { .. }
+            | Op::SwigluBackward { .. } => unimplemented!("{}: not implemented yet", op.name()),
             Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => {
                 let tok = self.u32s(tokens).to_vec();
-                let i = self.inputs(&[wte, wpe]);
+                let i = self.inputs(&[wte, wpe.expect("encoder without wpe: not implemented yet")]);
                 self.with_outputs(&[out], |o| encoder_forward(o[0], &tok, &i[0], &i[1], b, t, c))
             }
             Op::EncoderBackward { dwte, dwpe, dout, tokens, b, t, c, .. } => {
                 let tok = self.u32s(tokens).to_vec();
                 let i = self.inputs(&[dout]);
+                let dwpe = dwpe.expect("encoder without wpe: not implemented yet");
                 self.with_outputs(&[dwte, dwpe], |o| {
                     let [dwte, dwpe] = o else { unreachable!() };
                     encoder_backward(dwte, dwpe, &i[0], &tok, b, t, c)
@@ -139,7 +146,8 @@ impl CpuBackend {
                     matmul_backward(dinp, dweight, dbias, &i[0], &i[1], &i[2], m, k, n, layout)
                 })
             }
-            Op::AttentionForward { out, att, qkv, b, t, c, nh, dropout } => {
+            Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout } => {
+                assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
                 let i = self.inputs(&[qkv]);
                 let mask = dropout.map(|d| self.mask(&d));
                 let mut outs = vec![out, att];
@@ -151,7 +159,8 @@ impl CpuBackend {
                     attention_forward(out, att, &i[0], b, t, c, nh, probs)
                 })
             }
-            Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, dropout } => {
+            Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, nkv, dropout } => {
+                assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
                 let i = self.inputs(&[dout, qkv, att]);
                 let probs = dropout.map(|d| (self.f32s(d.probs).to_vec(), self.mask(&d)));
                 self.with_outputs(&[dqkv, datt], |o| {

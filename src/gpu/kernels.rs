@@ -404,19 +404,22 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             .collect(),
         Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => vec![call(
             "encoder_forward",
-            vec![out, tokens, wte, wpe],
+            vec![out, tokens, wte, wpe.expect("encoder without wpe: not implemented yet")],
             vec![u(b), u(t), u(c), 0],
             per_item(b * t * c),
         )],
-        Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c } => vec![
-            call(
-                "encoder_backward_wte",
-                vec![dwte, dout, tokens, order],
-                vec![u(b), u(t), u(c), 0],
-                per_item(b * t * c),
-            ),
-            call("encoder_backward_wpe", vec![dwpe, dout], vec![u(b), u(t), u(c), 0], per_item(t * c)),
-        ],
+        Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c } => {
+            let dwpe = dwpe.expect("encoder without wpe: not implemented yet");
+            vec![
+                call(
+                    "encoder_backward_wte",
+                    vec![dwte, dout, tokens, order],
+                    vec![u(b), u(t), u(c), 0],
+                    per_item(b * t * c),
+                ),
+                call("encoder_backward_wpe", vec![dwpe, dout], vec![u(b), u(t), u(c), 0], per_item(t * c)),
+            ]
+        }
         Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => vec![call(
             "layernorm_forward",
             vec![out, mean, rstd, inp, weight, bias],
@@ -493,7 +496,8 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             }
             v
         }
-        Op::AttentionForward { out, att, qkv, b, t, c, nh, dropout } => {
+        Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout } => {
+            assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
             let p = vec![u(b), u(t), u(c), u(nh)];
             let mut v = vec![
                 call("attention_scores", vec![att, qkv], p.clone(), per_item(b * nh * t * t)),
@@ -509,7 +513,8 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             v.push(call("attention_values", vec![out, qkv, weights], p, per_item(b * t * c)));
             v
         }
-        Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, dropout } => {
+        Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, nkv, dropout } => {
+            assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
             let p = vec![u(b), u(t), u(c), u(nh)];
             let mut v = vec![call(
                 "attention_backward_probs",
@@ -583,6 +588,12 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             v.push(call("global_norm_final", vec![out, partials], vec![u(partials.len), 0], [1, 1, 1]));
             v
         }
+        Op::RmsnormForward { .. }
+        | Op::RmsnormBackward { .. }
+        | Op::RopeForward { .. }
+        | Op::RopeBackward { .. }
+        | Op::SwigluForward { .. }
+        | Op::SwigluBackward { .. } => unimplemented!("{}: not implemented yet", op.name()),
         Op::AdamwUpdate { params, grads, m, v, hyper, norm, n, weight_decay } => chunks(n, env.max_binding)
             .map(|(at, len)| {
                 let piece = |x: View| x.slice(at, len);

@@ -428,7 +428,7 @@ impl Gpt2 {
             out: a.encoded,
             tokens: frame.tokens[micro],
             wte: p(l.wte),
-            wpe: p(l.wpe),
+            wpe: Some(p(l.wpe)),
             b: s.b,
             t: s.t,
             c,
@@ -482,6 +482,7 @@ impl Gpt2 {
                     t: s.t,
                     c,
                     nh: cfg.n_head,
+                    nkv: cfg.n_head,
                     dropout: drop.map(|d| AttnDropout {
                         probs: d.acts.layers[i][0],
                         seed: d.seed,
@@ -697,6 +698,7 @@ impl Gpt2 {
                 t: s.t,
                 c,
                 nh: cfg.n_head,
+                nkv: cfg.n_head,
                 dropout: drop.map(|dr| AttnDropout {
                     probs: dr.acts.layers[i][0],
                     seed: dr.seed,
@@ -724,7 +726,7 @@ impl Gpt2 {
         undrop(&mut ops, d.encoded, demb, 0);
         ops.push(Op::EncoderBackward {
             dwte: g(l.wte),
-            dwpe: g(l.wpe),
+            dwpe: Some(g(l.wpe)),
             dout: d.encoded,
             tokens: self.main.tokens[micro],
             order: self.main.orders[micro],
