@@ -29,7 +29,7 @@ fn tiny() -> wgslm::Result<Vec<Gemm>> {
 
 /// The step shapes of config B of docs/BENCHMARKS.md, 4.3M parameters.
 fn four_million() -> wgslm::Result<Vec<Gemm>> {
-    let b = ModelConfig { n_layer: 4, n_head: 4, n_embd: 256, vocab_size: 4096, n_positions: 256 };
+    let b = ModelConfig::gpt2(4, 4, 256, 4096, 256);
     wgslm::bench::step_gemms(b, BatchShape { b: 8, t: 256, accum: 1 }, &DeviceChoice::Auto)
 }
 

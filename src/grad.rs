@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::backend::{AdamwHyper, Backend};
-use crate::model::{hf, BatchShape, Gpt2, Mode, ModelConfig, ParamLayout};
+use crate::model::{hf, BatchShape, Mode, Model, ModelConfig, ParamLayout};
 use crate::tensors::{self, Tensor, TensorFile};
 use crate::{Error, Result};
 
@@ -89,7 +89,7 @@ pub fn run(
     }
     let shape = BatchShape { b, t, accum: 1 };
     let mut model =
-        Gpt2::new(backend, config, shape, Mode::Train { weight_decay: opts.weight_decay, dropout: 0.0 })?;
+        Model::new(backend, config, shape, Mode::Train { weight_decay: opts.weight_decay, dropout: 0.0 })?;
     model.set_params(&params)?;
     model.set_batch(0, &inputs, &targets)?;
     let stats = model.compute_grads()?;

@@ -15,7 +15,7 @@ use wgslm::gpu::{list_adapters, DeviceChoice, GpuBackend, GpuContext};
 use wgslm::data::prepare::PrepareOptions;
 use wgslm::data::Tok;
 use wgslm::grad::GradOptions;
-use wgslm::model::{hf, BatchShape, Gpt2, Mode};
+use wgslm::model::{hf, BatchShape, Mode, Model};
 use wgslm::sample::SampleOptions;
 use wgslm::train::{checkpoint, RunOptions, TrainConfig};
 use wgslm::verify;
@@ -307,7 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// A model directory (or a run's newest checkpoint) and its tokenizer, on a (B, n_positions) frame.
-fn open_model(dir: &Path, b: usize, device: &str) -> anyhow::Result<(Gpt2, Tok)> {
+fn open_model(dir: &Path, b: usize, device: &str) -> anyhow::Result<(Model, Tok)> {
     let dir = checkpoint::resolve_model_dir(dir)?;
     let (config, params) = hf::load(&dir)?;
     let tok = Tok::load(&dir.join("tokenizer.json"))?;
@@ -321,7 +321,7 @@ fn open_model(dir: &Path, b: usize, device: &str) -> anyhow::Result<(Gpt2, Tok)>
     }
     let backend = wgslm::open_backend(&device.parse()?)?;
     let shape = BatchShape { b, t: config.n_positions, accum: 1 };
-    let mut model = Gpt2::new(backend, config, shape, Mode::Inference)?;
+    let mut model = Model::new(backend, config, shape, Mode::Inference)?;
     model.set_params(&params)?;
     Ok((model, tok))
 }

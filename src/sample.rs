@@ -1,7 +1,7 @@
 //! Text generation: temperature, top-k and top-p (nucleus) sampling from a model's logits.
 
 use crate::data::Tok;
-use crate::model::Gpt2;
+use crate::model::Model;
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -78,7 +78,7 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 {
 /// piece. Stops at the end-of-text token or after `max_new_tokens`. Contexts longer than the model's
 /// block size slide.
 pub fn generate(
-    model: &mut Gpt2,
+    model: &mut Model,
     tok: &Tok,
     prompt: &str,
     opts: &SampleOptions,

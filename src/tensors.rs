@@ -17,6 +17,8 @@ pub struct TensorFile {
 pub enum Tensor<'a> {
     F32(&'a [f32], Vec<usize>),
     I32(&'a [i32], Vec<usize>),
+    /// Raw little-endian half-precision words (tests write f16 and bf16 files with it).
+    Half(&'a [u16], Dtype, Vec<usize>),
 }
 
 impl TensorFile {
@@ -71,7 +73,8 @@ impl TensorFile {
         Ok((t.shape().to_vec(), t.dtype()))
     }
 
-    /// An f32 tensor, checked against the expected shape when one is given.
+    /// An f32 tensor, checked against the expected shape when one is given. F16 and BF16 tensors are
+    /// widened to f32, which is exact.
     pub fn f32(&self, name: &str, shape: Option<&[usize]>) -> Result<Vec<f32>> {
         let st = self.parsed()?;
         let t = st
@@ -87,14 +90,22 @@ impl TensorFile {
                 )));
             }
         }
-        if t.dtype() != Dtype::F32 {
-            return Err(Error::Invalid(format!(
-                "{}: tensor `{name}` is {:?}, expected F32",
-                self.path.display(),
-                t.dtype()
-            )));
-        }
-        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        let halves = |widen: fn(u16) -> f32| {
+            t.data().chunks_exact(2).map(move |b| widen(u16::from_le_bytes([b[0], b[1]])))
+        };
+        Ok(match t.dtype() {
+            Dtype::F32 => {
+                t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            Dtype::F16 => halves(|h| half::f16::from_bits(h).to_f32()).collect(),
+            Dtype::BF16 => halves(|h| half::bf16::from_bits(h).to_f32()).collect(),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor `{name}` is {other:?}, expected F32 (F16 and BF16 are converted too)",
+                    self.path.display()
+                )))
+            }
+        })
     }
 
     /// An integer tensor (I32 or I64) as i64, with its shape.
@@ -133,6 +144,9 @@ pub fn serialize(
         .map(|(name, t)| match t {
             Tensor::F32(d, s) => (name.clone(), Dtype::F32, s.clone(), bytemuck::cast_slice::<f32, u8>(d)),
             Tensor::I32(d, s) => (name.clone(), Dtype::I32, s.clone(), bytemuck::cast_slice::<i32, u8>(d)),
+            Tensor::Half(d, dtype, s) => {
+                (name.clone(), *dtype, s.clone(), bytemuck::cast_slice::<u16, u8>(d))
+            }
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned

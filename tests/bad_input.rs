@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use wgslm::data::{tokenfile, Tok};
-use wgslm::model::{gpt2::init_params, hf, ModelConfig};
+use wgslm::model::{hf, init_params, ModelConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wgslm");
 
@@ -45,7 +45,7 @@ fn config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-const TINY: ModelConfig = ModelConfig { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 40, n_positions: 16 };
+const TINY: ModelConfig = ModelConfig::gpt2(1, 2, 16, 40, 16);
 
 /// A small valid model directory with a character tokenizer.
 fn model_dir(name: &str) -> PathBuf {

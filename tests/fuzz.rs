@@ -7,11 +7,11 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use wgslm::data::tokenfile;
-use wgslm::model::{gpt2::init_params, hf, ModelConfig, ParamLayout};
+use wgslm::model::{hf, init_params, ModelConfig, ParamLayout};
 use wgslm::tensors::{self, Tensor, TensorFile};
 use wgslm::train::TrainConfig;
 
-const TINY: ModelConfig = ModelConfig { n_layer: 1, n_head: 2, n_embd: 8, vocab_size: 11, n_positions: 5 };
+const TINY: ModelConfig = ModelConfig::gpt2(1, 2, 8, 11, 5);
 
 fn valid_tokens() -> Vec<u8> {
     tokenfile::encode(&(0..300).map(|i| i % 11).collect::<Vec<u32>>(), 11)

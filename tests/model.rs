@@ -7,15 +7,14 @@ use std::path::Path;
 
 use wgslm::backend::{AdamwHyper, Backend};
 use wgslm::cpu::CpuBackend;
-use wgslm::model::{hf, BatchShape, Gpt2, Mode, ModelConfig, ParamLayout};
+use wgslm::model::{hf, BatchShape, Mode, Model, ModelConfig, ParamLayout};
 use wgslm::rng::Rng;
 use wgslm::tensors::{self, Tensor};
 use wgslm::verify::rel_l2;
 
 /// n_embd 48 with 3 heads (head size 16), vocab 997, T 37 of 40 positions, B 3: nothing a power of two
 /// that need not be.
-const AWKWARD: ModelConfig =
-    ModelConfig { n_layer: 2, n_head: 3, n_embd: 48, vocab_size: 997, n_positions: 40 };
+const AWKWARD: ModelConfig = ModelConfig::gpt2(2, 3, 48, 997, 40);
 
 /// Parameters with every tensor random (gains near one), so that a kernel ignoring a bias fails.
 fn random_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
@@ -35,7 +34,7 @@ fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
 }
 
-fn build(backend: Box<dyn Backend>, cfg: ModelConfig, shape: BatchShape, seed: u64) -> Gpt2 {
+fn build(backend: Box<dyn Backend>, cfg: ModelConfig, shape: BatchShape, seed: u64) -> Model {
     build_with(backend, cfg, shape, seed, 0.0)
 }
 
@@ -45,8 +44,8 @@ fn build_with(
     shape: BatchShape,
     seed: u64,
     dropout: f32,
-) -> Gpt2 {
-    let mut model = Gpt2::new(backend, cfg, shape, Mode::Train { weight_decay: 0.1, dropout }).unwrap();
+) -> Model {
+    let mut model = Model::new(backend, cfg, shape, Mode::Train { weight_decay: 0.1, dropout }).unwrap();
     model.set_dropout_seed(seed as u32).unwrap();
     model.set_params(&random_params(&cfg, seed)).unwrap();
     let mut rng = Rng::new(seed + 1);
@@ -125,7 +124,7 @@ fn gpu_matches_cpu_with_dropout() {
 /// Accumulating two micro-batches gives the mean of their losses and of their gradients.
 #[test]
 fn gradient_accumulation_averages_micro_batches() {
-    let cfg = ModelConfig { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 37, n_positions: 8 };
+    let cfg = ModelConfig::gpt2(1, 2, 16, 37, 8);
     let (b, t) = (2, 7);
     let params = random_params(&cfg, 3);
     let mut rng = Rng::new(4);
@@ -135,7 +134,7 @@ fn gradient_accumulation_averages_micro_batches() {
         })
         .collect();
     let new = |accum| {
-        let mut m = Gpt2::new(
+        let mut m = Model::new(
             Box::new(CpuBackend::new()),
             cfg,
             BatchShape { b, t, accum },
@@ -172,7 +171,7 @@ fn a_training_step_allocates_nothing() {
     let Some(gpu) = common::gpu_backend() else {
         return;
     };
-    let cfg = ModelConfig { n_layer: 2, n_head: 2, n_embd: 32, vocab_size: 50, n_positions: 16 };
+    let cfg = ModelConfig::gpt2(2, 2, 32, 50, 16);
     let mut model = build(Box::new(gpu), cfg, BatchShape { b: 2, t: 16, accum: 2 }, 1);
     let hyper = AdamwHyper::at_step(1e-3, 0.9, 0.95, 1e-8, 1.0, 1);
     model.step(&hyper).unwrap();
@@ -236,7 +235,7 @@ fn hf_tensors<'a>(
 fn hf_import_accepts_what_transformers_writes() {
     let layout = ParamLayout::new(&AWKWARD);
     let flat = random_params(&AWKWARD, 12);
-    let wte = layout.slice(&flat, layout.wte);
+    let wte = layout.slice(&flat, layout.index("transformer.wte.weight").unwrap());
     let mask = vec![1f32; 40 * 40];
 
     // No `transformer.` prefix, mask buffers present, lm_head.weight equal to wte.
@@ -330,7 +329,7 @@ fn a_lost_device_is_an_error() {
     }
     let ctx = std::sync::Arc::new(wgslm::gpu::GpuContext::new(&wgslm::gpu::DeviceChoice::Auto).unwrap());
     let gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
-    let cfg = ModelConfig { n_layer: 1, n_head: 2, n_embd: 16, vocab_size: 20, n_positions: 8 };
+    let cfg = ModelConfig::gpt2(1, 2, 16, 20, 8);
     let mut model = build(Box::new(gpu), cfg, BatchShape { b: 2, t: 8, accum: 1 }, 3);
     let hyper = AdamwHyper::at_step(1e-3, 0.9, 0.95, 1e-8, 1.0, 1);
     model.step(&hyper).unwrap();

@@ -9,8 +9,8 @@ use std::time::Instant;
 use crate::backend::AdamwHyper;
 use crate::data::Loader;
 use crate::gpu::DeviceChoice;
-use crate::model::gpt2::init_params;
-use crate::model::{BatchShape, Gpt2, Mode};
+use crate::model::init_params;
+use crate::model::{BatchShape, Mode, Model};
 use crate::train::trainer::load_data;
 use crate::train::TrainConfig;
 use crate::Result;
@@ -24,12 +24,12 @@ pub fn rss_bytes() -> Option<u64> {
 }
 
 /// A model and a loader as `wgslm train` builds them (random initialisation, no run directory).
-fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Gpt2, Loader)> {
+fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Model, Loader)> {
     let data = load_data(cfg)?;
     let model_cfg = cfg.model(data.tok.vocab_size());
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
     let backend = crate::open_backend_with(device, &cfg.matmul)?;
-    let mut model = Gpt2::new(
+    let mut model = Model::new(
         backend,
         model_cfg,
         shape,
@@ -40,7 +40,7 @@ fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Gpt2, Loader)> {
     Ok((model, loader))
 }
 
-fn step(model: &mut Gpt2, loader: &mut Loader, cfg: &TrainConfig, t: u64) -> Result<f32> {
+fn step(model: &mut Model, loader: &mut Loader, cfg: &TrainConfig, t: u64) -> Result<f32> {
     for micro in 0..model.shape.accum {
         let (x, y) = loader.next_batch();
         model.set_batch(micro, &x, &y)?;
@@ -57,7 +57,7 @@ pub fn step_gemms(
     device: &DeviceChoice,
 ) -> Result<Vec<(crate::gpu::tune::GemmShape, String)>> {
     let backend = crate::open_backend_with(device, "auto")?;
-    let model = Gpt2::new(backend, model, shape, Mode::Train { weight_decay: 0.1, dropout: 0.0 })?;
+    let model = Model::new(backend, model, shape, Mode::Train { weight_decay: 0.1, dropout: 0.0 })?;
     Ok(model
         .backend()
         .kernel_choices()

@@ -1,48 +1,86 @@
-//! The GPT-2 schedule: forward, backward in exact reverse, AdamW — written once as ops and run by any
-//! backend. Buffers are planned for a fixed batch shape when the model is built; a step then only
-//! writes the batch and the step's hyperparameters, runs one prepared program, and reads back the
-//! loss and the gradient norm.
+//! GPT-2: its parameter table (Hugging Face `GPT2LMHeadModel` names, Conv1D `[in, out]` weights), its
+//! activation plan, and its forward and backward ops, written once for both backends. The runtime
+//! (`model::runtime`) adds the output head (tied to `wte`), the loss and the optimizer.
 
-use super::layout::{ParamLayout, ALIGN};
+use super::layout::{Init, ParamDef};
+use super::runtime::{BatchShape, DropoutSeed, Io, Network, Weights};
 use super::ModelConfig;
-use crate::backend::{
-    encoder_order, AdamwHyper, AttnDropout, Backend, BufId, DType, Op, PlanId, View, WeightLayout,
-};
-use crate::rng::Rng;
-use crate::{Error, Result};
+use crate::backend::{AttnDropout, Backend, DType, Op, View, WeightLayout};
+use crate::Result;
 
-/// The fixed shape of a batch: `accum` micro-batches of (b, t) tokens per optimizer step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchShape {
-    pub b: usize,
-    pub t: usize,
-    pub accum: usize,
+/// Indices into the layout of one block's tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerIndex {
+    pub ln_1_w: usize,
+    pub ln_1_b: usize,
+    pub c_attn_w: usize,
+    pub c_attn_b: usize,
+    pub attn_proj_w: usize,
+    pub attn_proj_b: usize,
+    pub ln_2_w: usize,
+    pub ln_2_b: usize,
+    pub c_fc_w: usize,
+    pub c_fc_b: usize,
+    pub mlp_proj_w: usize,
+    pub mlp_proj_b: usize,
 }
 
-impl BatchShape {
-    pub fn tokens(&self) -> usize {
-        self.b * self.t
+/// Indices into the layout of every tensor the schedule names.
+#[derive(Clone, Debug)]
+pub struct Index {
+    pub wte: usize,
+    pub wpe: usize,
+    pub layers: Vec<LayerIndex>,
+    pub ln_f_w: usize,
+    pub ln_f_b: usize,
+}
+
+/// The parameter table, in buffer order (decayed 2-D tensors first), and where each tensor landed.
+/// Initialisation as GPT-2's: N(0, 0.02) for weights and embeddings, scaled by 1/sqrt(2·n_layer) for
+/// the two projections that feed the residual stream; zero biases; LayerNorm gains of one.
+pub fn params(cfg: &ModelConfig) -> (Vec<ParamDef>, Index) {
+    let c = cfg.n_embd;
+    let residual_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+    let mut defs: Vec<ParamDef> = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, init: Init| {
+        defs.push(ParamDef::new(name, shape, init));
+        defs.len() - 1
+    };
+    let h = |l: usize, s: &str| format!("transformer.h.{l}.{s}");
+    let normal = Init::Normal(0.02);
+    // Decayed (2-D) tensors.
+    let wte = push("transformer.wte.weight".into(), vec![cfg.vocab_size, c], normal);
+    let wpe = push("transformer.wpe.weight".into(), vec![cfg.n_positions, c], normal);
+    let mut weights = Vec::new();
+    for l in 0..cfg.n_layer {
+        weights.push([
+            push(h(l, "attn.c_attn.weight"), vec![c, 3 * c], normal),
+            push(h(l, "attn.c_proj.weight"), vec![c, c], Init::Normal(residual_std)),
+            push(h(l, "mlp.c_fc.weight"), vec![c, 4 * c], normal),
+            push(h(l, "mlp.c_proj.weight"), vec![4 * c, c], Init::Normal(residual_std)),
+        ]);
     }
-}
-
-/// What the model is built for.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Mode {
-    /// Forward only (sampling, evaluation): no gradients, no optimizer state.
-    Inference,
-    /// Forward, backward and AdamW, with decoupled weight decay on the 2-D tensors, and dropout with
-    /// probability `dropout` (0 = none) on the embedding, the attention probabilities and both residual
-    /// branches of every block, during training steps only.
-    Train { weight_decay: f32, dropout: f32 },
-}
-
-/// What one step measured.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StepStats {
-    /// Mean cross-entropy over every position of the step's micro-batches, before the update.
-    pub loss: f32,
-    /// Global L2 norm of the gradient, before clipping. Not finite means the update was skipped.
-    pub grad_norm: f32,
+    // Everything else: biases and LayerNorm parameters.
+    let mut layers = Vec::new();
+    for (l, [c_attn_w, attn_proj_w, c_fc_w, mlp_proj_w]) in weights.into_iter().enumerate() {
+        layers.push(LayerIndex {
+            ln_1_w: push(h(l, "ln_1.weight"), vec![c], Init::Ones),
+            ln_1_b: push(h(l, "ln_1.bias"), vec![c], Init::Zeros),
+            c_attn_w,
+            c_attn_b: push(h(l, "attn.c_attn.bias"), vec![3 * c], Init::Zeros),
+            attn_proj_w,
+            attn_proj_b: push(h(l, "attn.c_proj.bias"), vec![c], Init::Zeros),
+            ln_2_w: push(h(l, "ln_2.weight"), vec![c], Init::Ones),
+            ln_2_b: push(h(l, "ln_2.bias"), vec![c], Init::Zeros),
+            c_fc_w,
+            c_fc_b: push(h(l, "mlp.c_fc.bias"), vec![4 * c], Init::Zeros),
+            mlp_proj_w,
+            mlp_proj_b: push(h(l, "mlp.c_proj.bias"), vec![c], Init::Zeros),
+        });
+    }
+    let ln_f_w = push("transformer.ln_f.weight".into(), vec![c], Init::Ones);
+    let ln_f_b = push("transformer.ln_f.bias".into(), vec![c], Init::Zeros);
+    (defs, Index { wte, wpe, layers, ln_f_w, ln_f_b })
 }
 
 /// One block's activations (or their gradients), each (B,T,·) unless said.
@@ -65,29 +103,17 @@ struct LayerActs {
     res3: View,
 }
 
+/// A frame's activations, or the activation gradients. Every block shares one set of gradients (the
+/// backward pass visits one block at a time) but for the gradient of the residual stream, which
+/// alternates between two buffers: block i reads it from one and accumulates block i-1's into the
+/// other. Each buffer is zeroed just before the op that first accumulates into it.
 struct Acts {
+    shape: BatchShape,
     encoded: View,
     layers: Vec<LayerActs>,
     lnf: View,
     lnf_mean: View,
     lnf_rstd: View,
-    logits: View,
-    losses: View,
-    lse: View,
-}
-
-/// The activation gradients the backward pass accumulates into. Every block shares one set (the
-/// backward pass visits one block at a time) but for the gradient of the residual stream, which
-/// alternates between two buffers: block i reads it from one and accumulates block i-1's into the
-/// other. Each buffer is zeroed just before the op that first accumulates into it.
-impl Acts {
-    /// The gradients zeroed before each micro-batch: the embedding, ln_f and the residual stream after
-    /// the last block. (The logits' gradient needs no buffer: it is written over the logits.)
-    fn grad_views(&self) -> Vec<View> {
-        let mut v = vec![self.encoded, self.lnf];
-        v.extend(self.layers.last().map(|l| l.res3));
-        v
-    }
 }
 
 /// Allocates one buffer per activation tensor (separate buffers let a kernel read one activation and
@@ -99,10 +125,11 @@ fn alloc_acts(
     s: BatchShape,
     grads: bool,
     scalar: View,
+    label: &str,
 ) -> Result<Acts> {
-    let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
+    let (n, c) = (s.tokens(), cfg.n_embd);
     let att_len = s.b * cfg.n_head * s.t * s.t;
-    let what = if grads { "gradient of " } else { "" };
+    let what = if grads { "gradient of " } else { label };
     // Gradients need no statistics (`stat` tensors).
     let mut alloc = |len: usize, name: &str, stat: bool| -> Result<View> {
         if grads && stat {
@@ -115,7 +142,7 @@ fn alloc_acts(
         if grads {
             // One block's gradients, shared by every block, but for the residual stream, which
             // alternates (see `Acts`). Within a block, tensors whose lives do not overlap share a
-            // buffer (see `Gpt2::backward_ops`): five buffers of 11·N·C elements instead of 18·N·C.
+            // buffer (see `Gpt2Net::backward`): five buffers of 11·N·C elements instead of 18·N·C.
             let res3 = match l {
                 0 => alloc(n * c, "residual stream (even blocks)", false)?,
                 1 => alloc(n * c, "residual stream (odd blocks)", false)?,
@@ -170,52 +197,13 @@ fn alloc_acts(
         });
     }
     Ok(Acts {
+        shape: s,
         encoded: alloc(n * c, "embedding", false)?,
         layers,
         lnf: alloc(n * c, "ln_f", false)?,
         lnf_mean: alloc(n, "ln_f mean", true)?,
         lnf_rstd: alloc(n, "ln_f rstd", true)?,
-        // The logits' gradient is written over the logits (see `Gpt2::backward_ops`).
-        logits: if grads { scalar } else { alloc(n * v, "logits", false)? },
-        losses: alloc(n, "losses", true)?,
-        lse: alloc(n, "logsumexp", true)?,
     })
-}
-
-/// Where the loss and the gradient norm live in the stats buffer (each on its own aligned slot).
-const LOSS_AT: usize = 0;
-const NORM_AT: usize = ALIGN;
-
-/// A batch shape's worth of inputs and activations: the training frame, or a one-sequence frame for
-/// sampling that shares the parameters.
-struct Frame {
-    shape: BatchShape,
-    acts: Acts,
-    tokens: Vec<View>,
-    targets: Vec<View>,
-    orders: Vec<View>,
-}
-
-impl Frame {
-    fn new(
-        be: &mut dyn Backend,
-        cfg: &ModelConfig,
-        shape: BatchShape,
-        scalar: View,
-        label: &str,
-    ) -> Result<Self> {
-        let acts = alloc_acts(be, cfg, shape, false, scalar)?;
-        let mut ids = |what: &str| -> Result<Vec<View>> {
-            (0..shape.accum)
-                .map(|i| {
-                    let id = be.alloc(DType::U32, shape.tokens(), &format!("{label}{what} {i}"))?;
-                    Ok(View::new(id, 0, shape.tokens()))
-                })
-                .collect()
-        };
-        let (tokens, targets, orders) = (ids("tokens")?, ids("targets")?, ids("token order")?);
-        Ok(Frame { shape, acts, tokens, targets, orders })
-    }
 }
 
 /// The outputs of the dropout sites (or their gradients): the embedding, and per block the attention
@@ -235,7 +223,13 @@ struct Dropout {
 }
 
 impl Dropout {
-    fn new(be: &mut dyn Backend, cfg: &ModelConfig, s: BatchShape, p: f32, scalar: View) -> Result<Self> {
+    fn new(
+        be: &mut dyn Backend,
+        cfg: &ModelConfig,
+        s: BatchShape,
+        d: DropoutSeed,
+        scalar: View,
+    ) -> Result<Self> {
         let (nc, att) = (s.tokens() * cfg.n_embd, s.b * cfg.n_head * s.t * s.t);
         let mut t = |len: usize, name: String| -> Result<View> {
             Ok(View::new(be.alloc(DType::F32, len, &name)?, 0, len))
@@ -260,8 +254,7 @@ impl Dropout {
             })
         };
         let (acts, grads) = (dropped(false)?, dropped(true)?);
-        let seed = View::new(be.alloc(DType::U32, 1, "dropout seed")?, 0, 1);
-        Ok(Dropout { p, seed, acts, grads })
+        Ok(Dropout { p: d.p, seed: d.seed, acts, grads })
     }
 
     /// Every dropout site of every micro-batch draws its own mask: site 0 is the embedding, then three
@@ -271,168 +264,93 @@ impl Dropout {
     }
 }
 
-struct Train {
-    grads: BufId,
-    m: BufId,
-    v: BufId,
-    dacts: Acts,
-    grad_plan: PlanId,
-    step_plan: PlanId,
-}
-
-/// A GPT-2 model on a backend, planned for one batch shape.
-pub struct Gpt2 {
-    pub config: ModelConfig,
-    pub layout: ParamLayout,
-    pub shape: BatchShape,
-    backend: Box<dyn Backend>,
-    params: BufId,
-    main: Frame,
-    /// A (1, T) frame and its logits program, when sampling is enabled on a training model.
-    sampler: Option<(Frame, PlanId)>,
+/// GPT-2 as a [`Network`].
+pub struct Gpt2Net {
+    config: ModelConfig,
+    index: Index,
+    frames: Vec<Acts>,
+    grads: Option<Acts>,
     dropout: Option<Dropout>,
-    /// The loss-gradient multiplier (1 f32; see `Op::CrossentropyBackward`).
-    grad_scale: View,
-    scalar: View,
-    stats: View,
-    hyper: View,
-    loss_plan: PlanId,
-    logits_plan: PlanId,
-    train: Option<Train>,
-    /// Seconds the last `step` spent recording and submitting its program (host time, no waiting).
-    last_submit: f64,
 }
 
-impl Gpt2 {
-    /// Allocates every buffer and prepares every program for `shape`. Parameters start at zero; load
-    /// them with [`Gpt2::set_params`].
-    pub fn new(
-        mut backend: Box<dyn Backend>,
-        config: ModelConfig,
+impl Gpt2Net {
+    pub fn new(config: &ModelConfig) -> Self {
+        Gpt2Net { config: *config, index: params(config).1, frames: Vec::new(), grads: None, dropout: None }
+    }
+
+    fn grads(&self) -> &Acts {
+        self.grads.as_ref().expect("the training plan exists before backward ops are built")
+    }
+}
+
+impl Network for Gpt2Net {
+    fn add_frame(
+        &mut self,
+        be: &mut dyn Backend,
         shape: BatchShape,
-        mode: Mode,
-    ) -> Result<Self> {
-        config.validate()?;
-        if shape.b == 0 || shape.t == 0 || shape.accum == 0 {
-            return Err(Error::Invalid(format!("batch shape {shape:?}: every dimension must be at least 1")));
-        }
-        if shape.t > config.n_positions {
-            return Err(Error::Invalid(format!(
-                "sequence length {} is longer than the model's n_positions {}",
-                shape.t, config.n_positions
-            )));
-        }
-        let layout = ParamLayout::new(&config);
-        let be = backend.as_mut();
-        let params = be.alloc(DType::F32, layout.total, "parameters")?;
-        let stats = View::new(be.alloc(DType::F32, NORM_AT + 1, "loss and gradient norm")?, 0, NORM_AT + 1);
-        let hyper =
-            View::new(be.alloc(DType::F32, AdamwHyper::WORDS, "AdamW step values")?, 0, AdamwHyper::WORDS);
-        let scalar = View::new(be.alloc(DType::F32, 1, "unused statistics")?, 0, 1);
-        let grad_scale = View::new(be.alloc(DType::F32, 1, "loss-gradient multiplier")?, 0, 1);
-        be.write_f32(grad_scale, &[1.0])?;
-        let main = Frame::new(be, &config, shape, scalar, "")?;
-        let mut model = Gpt2 {
-            config,
-            layout,
-            shape,
-            backend,
-            params,
-            main,
-            sampler: None,
-            dropout: None,
-            grad_scale,
-            scalar,
-            stats,
-            hyper,
-            loss_plan: PlanId(0),
-            logits_plan: PlanId(0),
-            train: None,
-            last_submit: 0.0,
-        };
-        let stats = model.stats;
-        let mut loss_ops = vec![Op::Zero { out: stats }];
-        for micro in 0..shape.accum {
-            loss_ops.extend(model.forward_ops(&model.main, micro, true, false));
-        }
-        model.loss_plan = model.backend.prepare(&loss_ops)?;
-        model.logits_plan = model.backend.prepare(&model.forward_ops(&model.main, 0, false, false))?;
-
-        if let Mode::Train { weight_decay, dropout } = mode {
-            if !(0.0..1.0).contains(&dropout) {
-                return Err(Error::Invalid(format!("dropout {dropout} must be in [0, 1)")));
-            }
-            if dropout > 0.0 {
-                model.dropout =
-                    Some(Dropout::new(model.backend.as_mut(), &model.config, shape, dropout, scalar)?);
-            }
-            let be = model.backend.as_mut();
-            let total = model.layout.total;
-            let grads = be.alloc(DType::F32, total, "gradients")?;
-            let m = be.alloc(DType::F32, total, "AdamW m")?;
-            let v = be.alloc(DType::F32, total, "AdamW v")?;
-            let dacts = alloc_acts(be, &model.config, shape, true, scalar)?;
-            let mut train = Train { grads, m, v, dacts, grad_plan: PlanId(0), step_plan: PlanId(0) };
-            let mut ops = vec![Op::Zero { out: View::new(grads, 0, total) }, Op::Zero { out: stats }];
-            for micro in 0..shape.accum {
-                ops.extend(model.forward_ops(&model.main, micro, true, true));
-                ops.extend(model.backward_ops(&train, micro));
-            }
-            ops.push(Op::GlobalNorm {
-                out: stats.slice(NORM_AT, 1),
-                inp: View::new(grads, 0, total),
-                n: total,
-            });
-            train.grad_plan = model.backend.prepare(&ops)?;
-            for ((start, end), wd) in
-                [(model.layout.decay_range, weight_decay), (model.layout.no_decay_range, 0.0)]
-            {
-                if end > start {
-                    let at = |buf: BufId| View::new(buf, start, end - start);
-                    ops.push(Op::AdamwUpdate {
-                        params: at(model.params),
-                        grads: at(grads),
-                        m: at(m),
-                        v: at(v),
-                        hyper: model.hyper,
-                        norm: stats.slice(NORM_AT, 1),
-                        n: end - start,
-                        weight_decay: wd,
-                    });
-                }
-            }
-            train.step_plan = model.backend.prepare(&ops)?;
-            model.train = Some(train);
-        }
-        Ok(model)
+        scalar: View,
+        label: &str,
+    ) -> Result<usize> {
+        self.frames.push(alloc_acts(be, &self.config, shape, false, scalar, label)?);
+        Ok(self.frames.len() - 1)
     }
 
-    fn param(&self, index: usize) -> View {
-        let s = &self.layout.specs[index];
-        View::new(self.params, s.offset, s.len())
+    fn add_training(
+        &mut self,
+        be: &mut dyn Backend,
+        dropout: Option<DropoutSeed>,
+        scalar: View,
+    ) -> Result<()> {
+        let shape = self.frames[0].shape;
+        if let Some(d) = dropout {
+            self.dropout = Some(Dropout::new(be, &self.config, shape, d, scalar)?);
+        }
+        self.grads = Some(alloc_acts(be, &self.config, shape, true, scalar, "")?);
+        Ok(())
     }
 
-    fn grad(&self, train: &Train, index: usize) -> View {
-        let s = &self.layout.specs[index];
-        View::new(train.grads, s.offset, s.len())
+    fn hidden(&self, frame: usize) -> View {
+        self.frames[frame].lnf
     }
 
-    /// The forward pass of micro-batch `micro`, and (with `loss`) the cross-entropy added into the
-    /// stats buffer's loss slot as a mean over the whole step. `train` applies dropout.
-    fn forward_ops(&self, frame: &Frame, micro: usize, loss: bool, train: bool) -> Vec<Op> {
-        let (cfg, s, a, l) = (&self.config, frame.shape, &frame.acts, &self.layout);
-        let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
-        let p = |i: usize| self.param(i);
-        let drop = self.dropout.as_ref().filter(|_| train);
-        let mut ops = vec![Op::EncoderForward {
+    fn hidden_grad(&self) -> View {
+        self.grads().lnf
+    }
+
+    fn head(&self) -> usize {
+        // The output head is tied to the token embedding: logits = lnf · wteᵀ.
+        self.index.wte
+    }
+
+    fn saved(&self, frame: usize) -> Vec<View> {
+        let a = &self.frames[frame];
+        let mut acts: Vec<View> = vec![a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd];
+        for l in &a.layers {
+            acts.extend([l.ln1, l.ln1_mean, l.ln1_rstd, l.qkv, l.atty, l.att, l.attproj, l.res2]);
+            acts.extend([l.ln2, l.ln2_mean, l.ln2_rstd, l.fch, l.fch_gelu, l.fcproj, l.res3]);
+        }
+        if let Some(d) = &self.dropout {
+            acts.push(d.acts.encoded);
+            acts.extend(d.acts.layers.iter().flatten());
+        }
+        acts
+    }
+
+    fn forward(&self, frame: usize, io: &Io, ops: &mut Vec<Op>) {
+        let (cfg, a, l, micro) = (&self.config, &self.frames[frame], &self.index, io.micro);
+        let (n, c) = (io.shape.tokens(), cfg.n_embd);
+        let s = io.shape;
+        let p = |i: usize| io.params.at(i);
+        let drop = self.dropout.as_ref().filter(|_| io.train);
+        ops.push(Op::EncoderForward {
             out: a.encoded,
-            tokens: frame.tokens[micro],
+            tokens: io.tokens,
             wte: p(l.wte),
             wpe: Some(p(l.wpe)),
             b: s.b,
             t: s.t,
             c,
-        }];
+        });
         // Where dropout applies, the dropped copy takes the tensor's place downstream.
         let dropped = |ops: &mut Vec<Op>, inp: View, site: usize, out: Option<View>| match (drop, out) {
             (Some(d), Some(out)) => {
@@ -448,7 +366,7 @@ impl Gpt2 {
             }
             _ => inp,
         };
-        let mut x = dropped(&mut ops, a.encoded, 0, drop.map(|d| d.acts.encoded));
+        let mut x = dropped(ops, a.encoded, 0, drop.map(|d| d.acts.encoded));
         for (i, (la, li)) in a.layers.iter().zip(&l.layers).enumerate() {
             let linear =
                 |out: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| Op::MatmulForward {
@@ -492,7 +410,7 @@ impl Gpt2 {
                 },
                 linear(la.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
             ]);
-            let attproj = dropped(&mut ops, la.attproj, 2 + 3 * i, site(1));
+            let attproj = dropped(ops, la.attproj, 2 + 3 * i, site(1));
             ops.extend([
                 Op::ResidualForward { out: la.res2, inp1: x, inp2: attproj, n: n * c },
                 Op::LayernormForward {
@@ -509,74 +427,36 @@ impl Gpt2 {
                 Op::GeluForward { out: la.fch_gelu, inp: la.fch, n: n * 4 * c },
                 linear(la.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c),
             ]);
-            let fcproj = dropped(&mut ops, la.fcproj, 3 + 3 * i, site(2));
+            let fcproj = dropped(ops, la.fcproj, 3 + 3 * i, site(2));
             ops.push(Op::ResidualForward { out: la.res3, inp1: la.res2, inp2: fcproj, n: n * c });
             x = la.res3;
         }
-        ops.extend([
-            Op::LayernormForward {
-                out: a.lnf,
-                mean: a.lnf_mean,
-                rstd: a.lnf_rstd,
-                inp: x,
-                weight: p(l.ln_f_w),
-                bias: p(l.ln_f_b),
-                n,
-                c,
-            },
-            // The output head is tied to the token embedding: logits = lnf · wteᵀ.
-            Op::MatmulForward {
-                out: a.logits,
-                inp: a.lnf,
-                weight: p(l.wte),
-                bias: None,
-                m: n,
-                k: c,
-                n: v,
-                layout: WeightLayout::OutIn,
-            },
-        ]);
-        if loss {
-            ops.extend([
-                Op::CrossentropyForward {
-                    losses: a.losses,
-                    lse: a.lse,
-                    logits: a.logits,
-                    targets: frame.targets[micro],
-                    n,
-                    v,
-                },
-                Op::ReduceSum {
-                    out: self.stats.slice(LOSS_AT, 1),
-                    inp: a.losses,
-                    n,
-                    scale: self.loss_scale(s),
-                },
-            ]);
-        }
-        ops
+        ops.push(Op::LayernormForward {
+            out: a.lnf,
+            mean: a.lnf_mean,
+            rstd: a.lnf_rstd,
+            inp: x,
+            weight: p(l.ln_f_w),
+            bias: p(l.ln_f_b),
+            n,
+            c,
+        });
     }
 
-    /// d(step loss)/d(loss at one position): the loss is the mean over every position of every
-    /// micro-batch.
-    fn loss_scale(&self, shape: BatchShape) -> f32 {
-        (1.0 / (shape.tokens() * shape.accum) as f64) as f32
-    }
-
-    /// The backward pass of micro-batch `micro`, in exact reverse of the forward pass, accumulating
-    /// into the parameter gradients.
-    fn backward_ops(&self, train: &Train, micro: usize) -> Vec<Op> {
-        let (cfg, s, a, d, l) = (&self.config, self.shape, &self.main.acts, &train.dacts, &self.layout);
-        let (n, c, v) = (s.tokens(), cfg.n_embd, cfg.vocab_size);
-        let p = |i: usize| self.param(i);
-        let g = |i: usize| self.grad(train, i);
+    fn backward(&self, io: &Io, grads: Weights, ops: &mut Vec<Op>) {
+        let (cfg, a, d, l, micro) = (&self.config, &self.frames[0], self.grads(), &self.index, io.micro);
+        let s = io.shape;
+        let (n, c) = (s.tokens(), cfg.n_embd);
+        let p = |i: usize| io.params.at(i);
+        let g = |i: usize| grads.at(i);
         let drop = self.dropout.as_ref();
-        let mut zeroed = d.grad_views();
+        let mut zeroed = vec![d.encoded];
+        zeroed.extend(d.layers.last().map(|l| l.res3));
         if let Some(dr) = drop {
             zeroed.push(dr.grads.encoded);
             zeroed.extend(dr.grads.layers.iter().flat_map(|[_, attproj, fcproj]| [*attproj, *fcproj]));
         }
-        let mut ops: Vec<Op> = zeroed.into_iter().map(|out| Op::Zero { out }).collect();
+        ops.extend(zeroed.into_iter().map(|out| Op::Zero { out }));
         // The embedding as the first block saw it (dropped, with dropout), and its gradient.
         let (emb, demb) = match drop {
             Some(dr) => (dr.acts.encoded, dr.grads.encoded),
@@ -596,43 +476,18 @@ impl Gpt2 {
                 });
             }
         };
-        ops.extend([
-            // The logits are dead once the loss is formed: their gradient overwrites them.
-            Op::CrossentropyBackward {
-                dlogits: a.logits,
-                logits: a.logits,
-                lse: a.lse,
-                targets: self.main.targets[micro],
-                grad_scale: self.grad_scale,
-                n,
-                v,
-                scale: self.loss_scale(s),
-            },
-            Op::MatmulBackward {
-                dinp: d.lnf,
-                dweight: g(l.wte),
-                dbias: None,
-                dout: a.logits,
-                inp: a.lnf,
-                weight: p(l.wte),
-                m: n,
-                k: c,
-                n: v,
-                layout: WeightLayout::OutIn,
-            },
-            Op::LayernormBackward {
-                dinp: dlast,
-                dweight: g(l.ln_f_w),
-                dbias: g(l.ln_f_b),
-                dout: d.lnf,
-                inp: last,
-                weight: p(l.ln_f_w),
-                mean: a.lnf_mean,
-                rstd: a.lnf_rstd,
-                n,
-                c,
-            },
-        ]);
+        ops.push(Op::LayernormBackward {
+            dinp: dlast,
+            dweight: g(l.ln_f_w),
+            dbias: g(l.ln_f_b),
+            dout: d.lnf,
+            inp: last,
+            weight: p(l.ln_f_w),
+            mean: a.lnf_mean,
+            rstd: a.lnf_rstd,
+            n,
+            c,
+        });
         for i in (0..cfg.n_layer).rev() {
             let (la, da, li) = (&a.layers[i], &d.layers[i], &l.layers[i]);
             let (x, dx) = if i == 0 { (emb, demb) } else { (a.layers[i - 1].res3, d.layers[i - 1].res3) };
@@ -641,9 +496,9 @@ impl Gpt2 {
             let zero =
                 |ops: &mut Vec<Op>, views: &[View]| ops.extend(views.iter().map(|&out| Op::Zero { out }));
             if i > 0 {
-                zero(&mut ops, &[dx]);
+                zero(ops, &[dx]);
             }
-            zero(&mut ops, &[da.res2, da.fcproj]);
+            zero(ops, &[da.res2, da.fcproj]);
             let dsite = |k: usize, plain: View| drop.map_or(plain, |dr| dr.grads.layers[i][k]);
             let (dfcproj, dattproj) = (dsite(2, da.fcproj), dsite(1, da.attproj));
             let linear = |dinp: View, dout: View, inp: View, w: usize, bias: usize, k: usize, nn: usize| {
@@ -661,12 +516,12 @@ impl Gpt2 {
                 }
             };
             ops.push(Op::ResidualBackward { dinp1: da.res2, dinp2: dfcproj, dout: da.res3, n: n * c });
-            undrop(&mut ops, da.fcproj, dfcproj, 3 + 3 * i);
-            zero(&mut ops, &[da.fch_gelu]);
+            undrop(ops, da.fcproj, dfcproj, 3 + 3 * i);
+            zero(ops, &[da.fch_gelu]);
             ops.push(linear(da.fch_gelu, da.fcproj, la.fch_gelu, li.mlp_proj_w, li.mlp_proj_b, 4 * c, c));
-            zero(&mut ops, &[da.fch]);
+            zero(ops, &[da.fch]);
             ops.push(Op::GeluBackward { dinp: da.fch, inp: la.fch, dout: da.fch_gelu, n: n * 4 * c });
-            zero(&mut ops, &[da.ln2]);
+            zero(ops, &[da.ln2]);
             ops.extend([
                 linear(da.ln2, da.fch, la.ln2, li.c_fc_w, li.c_fc_b, c, 4 * c),
                 Op::LayernormBackward {
@@ -682,12 +537,12 @@ impl Gpt2 {
                     c,
                 },
             ]);
-            zero(&mut ops, &[da.attproj]);
+            zero(ops, &[da.attproj]);
             ops.push(Op::ResidualBackward { dinp1: dx, dinp2: dattproj, dout: da.res2, n: n * c });
-            undrop(&mut ops, da.attproj, dattproj, 2 + 3 * i);
-            zero(&mut ops, &[da.atty]);
+            undrop(ops, da.attproj, dattproj, 2 + 3 * i);
+            zero(ops, &[da.atty]);
             ops.push(linear(da.atty, da.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c));
-            zero(&mut ops, &[da.qkv]);
+            zero(ops, &[da.qkv]);
             ops.extend([Op::AttentionBackward {
                 dqkv: da.qkv,
                 datt: da.att,
@@ -706,7 +561,7 @@ impl Gpt2 {
                     stream: dr.stream(micro, 1 + 3 * i),
                 }),
             }]);
-            zero(&mut ops, &[da.ln1]);
+            zero(ops, &[da.ln1]);
             ops.extend([
                 linear(da.ln1, da.qkv, la.ln1, li.c_attn_w, li.c_attn_b, c, 3 * c),
                 Op::LayernormBackward {
@@ -723,260 +578,93 @@ impl Gpt2 {
                 },
             ]);
         }
-        undrop(&mut ops, d.encoded, demb, 0);
+        undrop(ops, d.encoded, demb, 0);
         ops.push(Op::EncoderBackward {
             dwte: g(l.wte),
             dwpe: Some(g(l.wpe)),
             dout: d.encoded,
-            tokens: self.main.tokens[micro],
-            order: self.main.orders[micro],
+            tokens: io.tokens,
+            order: io.order,
             b: s.b,
             t: s.t,
             c,
         });
-        ops
-    }
-
-    pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
-    }
-
-    pub fn backend_mut(&mut self) -> &mut dyn Backend {
-        self.backend.as_mut()
-    }
-
-    fn train(&self) -> Result<&Train> {
-        self.train.as_ref().ok_or_else(|| Error::Invalid("this model was built for inference only".into()))
-    }
-
-    /// Loads micro-batch `micro`: `inputs` and `targets` are (B,T) token ids below the vocabulary size.
-    pub fn set_batch(&mut self, micro: usize, inputs: &[u32], targets: &[u32]) -> Result<()> {
-        let want = self.shape.tokens();
-        if inputs.len() != want || targets.len() != want {
-            return Err(Error::Invalid(format!(
-                "a batch of {} inputs and {} targets for a model planned for B·T = {want}",
-                inputs.len(),
-                targets.len()
-            )));
-        }
-        let v = self.config.vocab_size;
-        for (what, ids) in [("input", inputs), ("target", targets)] {
-            if let Some((i, id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= v) {
-                return Err(Error::Invalid(format!(
-                    "{what} token {id} at position {i} is outside the vocabulary of {v}; was the data \
-                     prepared with another tokenizer?"
-                )));
-            }
-        }
-        let order = encoder_order(inputs);
-        let (f, be) = (&self.main, self.backend.as_mut());
-        be.write_u32(f.tokens[micro], inputs)?;
-        be.write_u32(f.targets[micro], targets)?;
-        be.write_u32(f.orders[micro], &order)
-    }
-
-    /// Writes every parameter (a flat buffer laid out by `self.layout`).
-    pub fn set_params(&mut self, flat: &[f32]) -> Result<()> {
-        self.check_flat(flat.len())?;
-        self.backend.write_f32(View::new(self.params, 0, self.layout.total), flat)
-    }
-
-    fn check_flat(&self, len: usize) -> Result<()> {
-        if len != self.layout.total {
-            return Err(Error::Invalid(format!(
-                "{len} values for a model whose layout holds {}",
-                self.layout.total
-            )));
-        }
-        Ok(())
-    }
-
-    /// Every parameter, flat.
-    pub fn params(&mut self) -> Result<Vec<f32>> {
-        self.backend.read_f32(View::new(self.params, 0, self.layout.total))
-    }
-
-    /// Every parameter gradient of the last step, flat.
-    pub fn grads(&mut self) -> Result<Vec<f32>> {
-        let grads = self.train()?.grads;
-        self.backend.read_f32(View::new(grads, 0, self.layout.total))
-    }
-
-    /// AdamW's moments (m, v), flat.
-    pub fn optimizer_state(&mut self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (m, v) = (self.train()?.m, self.train()?.v);
-        let total = self.layout.total;
-        Ok((self.backend.read_f32(View::new(m, 0, total))?, self.backend.read_f32(View::new(v, 0, total))?))
-    }
-
-    pub fn set_optimizer_state(&mut self, m: &[f32], v: &[f32]) -> Result<()> {
-        self.check_flat(m.len())?;
-        self.check_flat(v.len())?;
-        let (mb, vb) = (self.train()?.m, self.train()?.v);
-        let total = self.layout.total;
-        self.backend.write_f32(View::new(mb, 0, total), m)?;
-        self.backend.write_f32(View::new(vb, 0, total), v)
-    }
-
-    fn read_stats(&mut self) -> Result<StepStats> {
-        let s = self.backend.read_f32(self.stats)?;
-        Ok(StepStats { loss: s[LOSS_AT], grad_norm: s[NORM_AT] })
-    }
-
-    /// Forward and backward over the loaded micro-batches; leaves the gradients in place.
-    pub fn compute_grads(&mut self) -> Result<StepStats> {
-        let plan = self.train()?.grad_plan;
-        self.backend.run(plan)?;
-        self.read_stats()
-    }
-
-    /// Multiplies the gradient of the loss in the next steps by `x` (1 normally). A non-finite `x` makes
-    /// every gradient non-finite: the fault-injection hook of the tests.
-    pub fn set_grad_scale(&mut self, x: f32) -> Result<()> {
-        self.backend.write_f32(self.grad_scale, &[x])
-    }
-
-    /// Sets the seed of the dropout masks of the next steps (each step should have its own).
-    pub fn set_dropout_seed(&mut self, seed: u32) -> Result<()> {
-        match &self.dropout {
-            Some(d) => self.backend.write_u32(d.seed, &[seed]),
-            None => Ok(()),
-        }
-    }
-
-    /// One optimizer step over the loaded micro-batches: zero gradients, forward, backward, global
-    /// norm, clipping and AdamW, as one program (one submission on the GPU).
-    pub fn step(&mut self, hyper: &AdamwHyper) -> Result<StepStats> {
-        let plan = self.train()?.step_plan;
-        self.backend.write_f32(self.hyper, &hyper.to_words())?;
-        let t0 = std::time::Instant::now();
-        self.backend.run(plan)?;
-        self.last_submit = t0.elapsed().as_secs_f64();
-        self.read_stats()
-    }
-
-    /// Host seconds the last step spent recording and submitting its program.
-    pub fn last_submit_seconds(&self) -> f64 {
-        self.last_submit
-    }
-
-    /// The memory a training step needs by its definition, in bytes: parameters, gradients and both
-    /// AdamW moments, plus the forward activations the backward pass reads.
-    pub fn analytic_bytes(&self) -> u64 {
-        let a = &self.main.acts;
-        let mut acts: Vec<View> = vec![a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd, a.logits, a.losses, a.lse];
-        for l in &a.layers {
-            acts.extend([l.ln1, l.ln1_mean, l.ln1_rstd, l.qkv, l.atty, l.att, l.attproj, l.res2]);
-            acts.extend([l.ln2, l.ln2_mean, l.ln2_rstd, l.fch, l.fch_gelu, l.fcproj, l.res3]);
-        }
-        if let Some(d) = &self.dropout {
-            acts.push(d.acts.encoded);
-            acts.extend(d.acts.layers.iter().flatten());
-        }
-        let states = if self.train.is_some() { 4 } else { 1 };
-        4 * (states * self.config.n_params() + acts.iter().map(|v| v.len).sum::<usize>()) as u64
-    }
-
-    /// Wall time of every dispatch of one training step (GPU backends only; a profiling aid).
-    pub fn profile_step(&mut self) -> Result<Vec<(&'static str, f64)>> {
-        let plan = self.train()?.step_plan;
-        self.backend.profile(plan)
-    }
-
-    /// The mean loss over the loaded micro-batches, forward only.
-    pub fn eval_loss(&mut self) -> Result<f32> {
-        self.backend.run(self.loss_plan)?;
-        Ok(self.read_stats()?.loss)
-    }
-
-    /// Runs the forward pass of micro-batch 0 and returns its logits, (B,T,V) flat.
-    pub fn logits(&mut self) -> Result<Vec<f32>> {
-        self.backend.run(self.logits_plan)?;
-        self.backend.read_f32(self.main.acts.logits)
-    }
-
-    /// The logits the last forward pass left (of the last micro-batch it ran), (B,T,V) flat. After a
-    /// training step's backward pass the buffer holds the logits' gradient instead; use [`Gpt2::logits`].
-    pub fn last_logits(&mut self) -> Result<Vec<f32>> {
-        self.backend.read_f32(self.main.acts.logits)
-    }
-
-    /// The logits left by the last forward pass at one position of micro-batch 0: (V).
-    pub fn logits_at(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
-        let v = self.config.vocab_size;
-        let row = b * self.shape.t + t;
-        self.backend.read_f32(self.main.acts.logits.slice(row * v, v))
-    }
-
-    /// Runs the forward pass of micro-batch 0 without reading anything back.
-    pub fn forward(&mut self) -> Result<()> {
-        self.backend.run(self.logits_plan)
-    }
-
-    /// The per-position losses of the last forward pass with a loss (micro-batch `accum - 1`), (B,T).
-    pub fn last_losses(&mut self) -> Result<Vec<f32>> {
-        self.backend.read_f32(self.main.acts.losses)
-    }
-
-    /// Adds a one-sequence frame sharing the parameters, for [`Gpt2::next_logits`]: sampling from a
-    /// model built for training batches costs one sequence, not a batch, per token.
-    pub fn enable_sampling(&mut self) -> Result<()> {
-        if self.sampler.is_some() || self.shape.b == 1 && self.shape.accum == 1 {
-            return Ok(());
-        }
-        let shape = BatchShape { b: 1, t: self.shape.t, accum: 1 };
-        let frame = Frame::new(self.backend.as_mut(), &self.config, shape, self.scalar, "sampling ")?;
-        let plan = self.backend.prepare(&self.forward_ops(&frame, 0, false, false))?;
-        self.sampler = Some((frame, plan));
-        Ok(())
-    }
-
-    /// The logits that follow `context` (at most T tokens): (V).
-    pub fn next_logits(&mut self, context: &[u32]) -> Result<Vec<f32>> {
-        let (t, v) = (self.shape.t, self.config.vocab_size);
-        if context.is_empty() || context.len() > t {
-            return Err(Error::Invalid(format!(
-                "a context of {} tokens for a model of block size {t}",
-                context.len()
-            )));
-        }
-        if let Some(&bad) = context.iter().find(|&&id| id as usize >= v) {
-            return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));
-        }
-        // Causal attention: the positions after the context do not change its logits.
-        let mut padded = context.to_vec();
-        padded.resize(t, 0);
-        let (frame, plan) = match &self.sampler {
-            Some((frame, plan)) => (frame, *plan),
-            None if self.shape.b == 1 => (&self.main, self.logits_plan),
-            None => return Err(Error::Invalid("sampling is not enabled on this model".into())),
-        };
-        let (tokens, order, logits) = (frame.tokens[0], frame.orders[0], frame.acts.logits);
-        self.backend.write_u32(tokens, &padded)?;
-        self.backend.write_u32(order, &encoder_order(&padded))?;
-        self.backend.run(plan)?;
-        self.backend.read_f32(logits.slice((context.len() - 1) * v, v))
     }
 }
 
-/// GPT-2's initialisation: N(0, 0.02) for weights and embeddings, scaled by 1/sqrt(2·n_layer) for the
-/// two projections that feed the residual stream; zero biases; LayerNorm gains of one.
-pub fn init_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
-    let layout = ParamLayout::new(cfg);
-    let mut flat = vec![0f32; layout.total];
-    let mut rng = Rng::new(seed);
-    let residual_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
-    for s in &layout.specs {
-        let out = &mut flat[s.offset..s.offset + s.len()];
-        if s.name.ends_with("ln_1.weight")
-            || s.name.ends_with("ln_2.weight")
-            || s.name.ends_with("ln_f.weight")
-        {
-            out.fill(1.0);
-        } else if s.decay {
-            let std = if s.name.ends_with("c_proj.weight") { residual_std } else { 0.02 };
-            out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
-        }
+/// The fields of a GPT-2 `config.json` that matter; other keys are ignored, as transformers does.
+#[derive(serde::Deserialize)]
+struct HfConfig {
+    n_layer: usize,
+    n_head: usize,
+    n_embd: usize,
+    vocab_size: usize,
+    n_positions: Option<usize>,
+    n_ctx: Option<usize>,
+    n_inner: Option<usize>,
+    activation_function: Option<String>,
+    layer_norm_epsilon: Option<f64>,
+    tie_word_embeddings: Option<bool>,
+    scale_attn_weights: Option<bool>,
+    scale_attn_by_inverse_layer_idx: Option<bool>,
+}
+
+/// Reads a GPT-2 `config.json` (already parsed as JSON); refuses what wgslm's GPT-2 does not compute.
+pub fn parse_hf_config(path: &std::path::Path, json: serde_json::Value) -> Result<ModelConfig> {
+    let hf: HfConfig = serde_json::from_value(json)
+        .map_err(|e| crate::Error::Invalid(format!("{}: not a GPT-2 config.json: {e}", path.display())))?;
+    let bad = |what: String| {
+        Err(crate::Error::Invalid(format!("{}: {what}; wgslm's GPT-2 cannot load it", path.display())))
+    };
+    if let Some(a) =
+        hf.activation_function.as_deref().filter(|a| !matches!(*a, "gelu_new" | "gelu_pytorch_tanh"))
+    {
+        return bad(format!("activation_function \"{a}\" is not the tanh GELU (gelu_new)"));
     }
-    flat
+    if let Some(eps) = hf.layer_norm_epsilon.filter(|e| (e - 1e-5).abs() > 1e-12) {
+        return bad(format!("layer_norm_epsilon {eps} is not 1e-5"));
+    }
+    if let Some(inner) = hf.n_inner.filter(|&i| i != 4 * hf.n_embd) {
+        return bad(format!("n_inner {inner} is not 4 · n_embd"));
+    }
+    if hf.tie_word_embeddings == Some(false) {
+        return bad("tie_word_embeddings is false (the output head must be tied to wte)".into());
+    }
+    if hf.scale_attn_weights == Some(false) || hf.scale_attn_by_inverse_layer_idx == Some(true) {
+        return bad("attention scaling is not 1/sqrt(head size)".into());
+    }
+    let n_positions = hf
+        .n_positions
+        .or(hf.n_ctx)
+        .ok_or_else(|| crate::Error::Invalid(format!("{}: missing field `n_positions`", path.display())))?;
+    Ok(ModelConfig::gpt2(hf.n_layer, hf.n_head, hf.n_embd, hf.vocab_size, n_positions))
+}
+
+/// The GPT-2 `config.json` transformers needs to rebuild the model.
+pub fn hf_config(config: &ModelConfig, bos_eos: Option<u32>) -> serde_json::Value {
+    serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_embd": config.n_embd,
+        "n_inner": null,
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "attn_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "resid_pdrop": 0.0,
+        "scale_attn_weights": true,
+        "scale_attn_by_inverse_layer_idx": false,
+        "reorder_and_upcast_attn": false,
+        "tie_word_embeddings": true,
+        "use_cache": true,
+        "bos_token_id": bos_eos,
+        "eos_token_id": bos_eos,
+        "torch_dtype": "float32",
+    })
 }

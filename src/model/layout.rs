@@ -1,24 +1,61 @@
-//! The one layout table: every parameter's Hugging Face name, shape and offset in the flat params
-//! buffer. Gradients, Adam m and Adam v use the same offsets; checkpoints and HF export use the same
-//! names.
+//! The one layout table: every parameter's Hugging Face name, shape, initialisation and offset in the
+//! flat params buffer. Gradients, Adam m and Adam v use the same offsets; checkpoints and HF import and
+//! export use the same names. Each architecture supplies its table ([`ParamDef`]s); this file assigns
+//! the offsets.
 
-use super::ModelConfig;
+use super::{gpt2, llama, Arch, ModelConfig};
+use crate::rng::Rng;
 
 /// Tensors start on 64-element (256-byte) boundaries: the largest storage-binding offset alignment
 /// WebGPU allows, so any tensor can be bound on its own.
 pub const ALIGN: usize = 64;
 
-/// One parameter tensor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParamSpec {
-    /// The Hugging Face GPT2LMHeadModel name, e.g. `transformer.h.0.attn.c_attn.weight`.
+/// How a tensor starts out in a fresh model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Normal samples with mean 0 and this standard deviation.
+    Normal(f64),
+}
+
+/// One parameter tensor as an architecture declares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamDef {
+    /// The Hugging Face name, e.g. `transformer.h.0.attn.c_attn.weight`.
     pub name: String,
-    /// HF shape: Conv1D weights are `[in, out]`.
+    /// HF shape (GPT-2's Conv1D weights are `[in, out]`, nn.Linear weights `[out, in]`).
+    pub shape: Vec<usize>,
+    /// Weight decay applies.
+    pub decay: bool,
+    pub init: Init,
+    /// Placed right after the previous tensor, without alignment padding, so that the two can be
+    /// bound as one matrix (Llama's q, k and v projections; its gate and up projections).
+    pub packed: bool,
+}
+
+impl ParamDef {
+    /// A tensor with decay on exactly when it has two or more dimensions.
+    pub fn new(name: String, shape: Vec<usize>, init: Init) -> Self {
+        let decay = shape.len() >= 2;
+        ParamDef { name, shape, decay, init, packed: false }
+    }
+
+    /// The same tensor, placed right after the previous one (see `packed`).
+    pub fn packed(self) -> Self {
+        ParamDef { packed: true, ..self }
+    }
+}
+
+/// One parameter tensor in the flat buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
     pub shape: Vec<usize>,
     /// Element offset in the flat buffer.
     pub offset: usize,
-    /// Weight decay applies (tensors with two or more dimensions).
     pub decay: bool,
+    pub init: Init,
 }
 
 impl ParamSpec {
@@ -31,33 +68,11 @@ impl ParamSpec {
     }
 }
 
-/// Indices into [`ParamLayout::specs`] of one block's tensors.
-#[derive(Clone, Copy, Debug)]
-pub struct LayerIndex {
-    pub ln_1_w: usize,
-    pub ln_1_b: usize,
-    pub c_attn_w: usize,
-    pub c_attn_b: usize,
-    pub attn_proj_w: usize,
-    pub attn_proj_b: usize,
-    pub ln_2_w: usize,
-    pub ln_2_b: usize,
-    pub c_fc_w: usize,
-    pub c_fc_b: usize,
-    pub mlp_proj_w: usize,
-    pub mlp_proj_b: usize,
-}
-
 /// Where every parameter lives. Decayed tensors come first, then the others, so AdamW runs as two
 /// contiguous ranges with their own weight decay.
 #[derive(Clone, Debug)]
 pub struct ParamLayout {
     pub specs: Vec<ParamSpec>,
-    pub wte: usize,
-    pub wpe: usize,
-    pub layers: Vec<LayerIndex>,
-    pub ln_f_w: usize,
-    pub ln_f_b: usize,
     /// Elements in the flat buffer, padding included.
     pub total: usize,
     /// `[start, end)` of the decayed tensors and of the rest.
@@ -69,74 +84,54 @@ fn round_up(x: usize) -> usize {
     x.div_ceil(ALIGN) * ALIGN
 }
 
+/// The table of `cfg`'s architecture.
+pub fn param_defs(cfg: &ModelConfig) -> Vec<ParamDef> {
+    match cfg.arch {
+        Arch::Gpt2 => gpt2::params(cfg).0,
+        Arch::Llama(_) => llama::params(cfg).0,
+    }
+}
+
 impl ParamLayout {
     pub fn new(cfg: &ModelConfig) -> Self {
-        let c = cfg.n_embd;
-        // Names and shapes first, in buffer order; offsets are assigned once the order is known.
-        let mut specs: Vec<ParamSpec> = Vec::new();
-        let mut push = |name: String, shape: Vec<usize>| {
-            let decay = shape.len() >= 2;
-            specs.push(ParamSpec { name, shape, offset: 0, decay });
-            specs.len() - 1
-        };
-        let h = |l: usize, s: &str| format!("transformer.h.{l}.{s}");
-        // Decayed (2-D) tensors.
-        let wte = push("transformer.wte.weight".into(), vec![cfg.vocab_size, c]);
-        let wpe = push("transformer.wpe.weight".into(), vec![cfg.n_positions, c]);
-        let mut weights = Vec::new();
-        for l in 0..cfg.n_layer {
-            weights.push([
-                push(h(l, "attn.c_attn.weight"), vec![c, 3 * c]),
-                push(h(l, "attn.c_proj.weight"), vec![c, c]),
-                push(h(l, "mlp.c_fc.weight"), vec![c, 4 * c]),
-                push(h(l, "mlp.c_proj.weight"), vec![4 * c, c]),
-            ]);
-        }
-        // Everything else: biases and LayerNorm parameters.
-        let mut layers = Vec::new();
-        for (l, [c_attn_w, attn_proj_w, c_fc_w, mlp_proj_w]) in weights.into_iter().enumerate() {
-            layers.push(LayerIndex {
-                ln_1_w: push(h(l, "ln_1.weight"), vec![c]),
-                ln_1_b: push(h(l, "ln_1.bias"), vec![c]),
-                c_attn_w,
-                c_attn_b: push(h(l, "attn.c_attn.bias"), vec![3 * c]),
-                attn_proj_w,
-                attn_proj_b: push(h(l, "attn.c_proj.bias"), vec![c]),
-                ln_2_w: push(h(l, "ln_2.weight"), vec![c]),
-                ln_2_b: push(h(l, "ln_2.bias"), vec![c]),
-                c_fc_w,
-                c_fc_b: push(h(l, "mlp.c_fc.bias"), vec![4 * c]),
-                mlp_proj_w,
-                mlp_proj_b: push(h(l, "mlp.c_proj.bias"), vec![c]),
-            });
-        }
-        let ln_f_w = push("transformer.ln_f.weight".into(), vec![c]);
-        let ln_f_b = push("transformer.ln_f.bias".into(), vec![c]);
-        let (mut offset, mut decay_end) = (0, 0);
-        for s in specs.iter_mut() {
-            s.offset = offset;
-            offset = round_up(offset + s.len());
-            if s.decay {
-                decay_end = offset;
-            }
-        }
-        let total = offset;
-        ParamLayout {
-            specs,
-            wte,
-            wpe,
-            layers,
-            ln_f_w,
-            ln_f_b,
-            total,
-            decay_range: (0, decay_end),
-            no_decay_range: (decay_end, total),
-        }
+        Self::from_defs(param_defs(cfg))
     }
 
-    /// The spec with this HF name (with the `transformer.` prefix).
+    /// Assigns offsets in the order given. Architectures list decayed tensors first: a table that
+    /// does not is a bug in the architecture, caught here.
+    pub fn from_defs(defs: Vec<ParamDef>) -> Self {
+        let (mut offset, mut decay_end) = (0, 0);
+        let mut specs = Vec::with_capacity(defs.len());
+        let mut seen_no_decay = false;
+        for d in defs {
+            assert!(!(d.decay && seen_no_decay), "{}: decayed tensors must come first", d.name);
+            seen_no_decay |= !d.decay;
+            let at = match specs.last() {
+                Some(prev) if d.packed => {
+                    let prev: &ParamSpec = prev;
+                    assert_eq!(prev.decay, d.decay, "{}: packed with a tensor of the other group", d.name);
+                    prev.offset + prev.len()
+                }
+                _ => offset,
+            };
+            let spec = ParamSpec { name: d.name, shape: d.shape, offset: at, decay: d.decay, init: d.init };
+            offset = round_up(at + spec.len());
+            if spec.decay {
+                decay_end = offset;
+            }
+            specs.push(spec);
+        }
+        ParamLayout { specs, total: offset, decay_range: (0, decay_end), no_decay_range: (decay_end, offset) }
+    }
+
+    /// The spec with this HF name.
     pub fn find(&self, name: &str) -> Option<&ParamSpec> {
         self.specs.iter().find(|s| s.name == name)
+    }
+
+    /// The index of the spec with this HF name.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.specs.iter().position(|s| s.name == name)
     }
 
     /// Parameters, padding excluded.
@@ -149,26 +144,88 @@ impl ParamLayout {
         let s = &self.specs[index];
         &flat[s.offset..s.offset + s.len()]
     }
+
+    /// A fresh model's parameters: each tensor as its [`Init`] says, the normal samples drawn from
+    /// one generator in table order.
+    pub fn init(&self, seed: u64) -> Vec<f32> {
+        let mut flat = vec![0f32; self.total];
+        let mut rng = Rng::new(seed);
+        for s in &self.specs {
+            let out = &mut flat[s.offset..s.offset + s.len()];
+            match s.init {
+                Init::Zeros => {}
+                Init::Ones => out.fill(1.0),
+                Init::Normal(std) => out.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32),
+            }
+        }
+        flat
+    }
+}
+
+/// A fresh model's parameters (see [`ParamLayout::init`]).
+pub fn init_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
+    ParamLayout::new(cfg).init(seed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::LlamaConfig;
 
-    #[test]
-    fn offsets_are_aligned_disjoint_and_count_every_parameter() {
-        let cfg = ModelConfig { n_layer: 3, n_head: 3, n_embd: 48, vocab_size: 997, n_positions: 37 };
-        let layout = ParamLayout::new(&cfg);
+    fn check(cfg: &ModelConfig) {
+        let layout = ParamLayout::new(cfg);
         assert_eq!(layout.n_params(), cfg.n_params());
-        assert_eq!(layout.specs.len(), 2 + 12 * 3 + 2);
         let mut end = 0;
         for s in &layout.specs {
-            assert_eq!(s.offset % ALIGN, 0, "{} is not aligned", s.name);
             assert!(s.offset >= end, "{} overlaps the previous tensor", s.name);
             end = s.offset + s.len();
             let in_decay = s.offset < layout.decay_range.1;
             assert_eq!(in_decay, s.decay, "{} is in the wrong AdamW group", s.name);
         }
         assert!(end <= layout.total);
+    }
+
+    #[test]
+    fn offsets_are_aligned_disjoint_and_count_every_parameter() {
+        let cfg = ModelConfig::gpt2(3, 3, 48, 997, 37);
+        let layout = ParamLayout::new(&cfg);
+        assert_eq!(layout.specs.len(), 2 + 12 * 3 + 2);
+        for s in &layout.specs {
+            assert_eq!(s.offset % ALIGN, 0, "{} is not aligned", s.name);
+        }
+        check(&cfg);
+    }
+
+    #[test]
+    fn llama_packs_its_projections_and_counts_every_parameter() {
+        for tie in [false, true] {
+            let l = LlamaConfig {
+                n_kv_head: 2,
+                intermediate_size: 37,
+                rope_theta: 1e4,
+                norm_eps: 1e-5,
+                tie_embeddings: tie,
+            };
+            let cfg = ModelConfig {
+                arch: Arch::Llama(l),
+                n_layer: 2,
+                n_head: 6,
+                n_embd: 36,
+                vocab_size: 97,
+                n_positions: 40,
+            };
+            check(&cfg);
+            let layout = ParamLayout::new(&cfg);
+            let at = |n: &str| layout.find(n).unwrap_or_else(|| panic!("{n} missing"));
+            let (q, k, v) = (
+                at("model.layers.1.self_attn.q_proj.weight"),
+                at("model.layers.1.self_attn.k_proj.weight"),
+                at("model.layers.1.self_attn.v_proj.weight"),
+            );
+            assert_eq!((q.offset + q.len(), k.offset + k.len()), (k.offset, v.offset));
+            let (g, u) = (at("model.layers.0.mlp.gate_proj.weight"), at("model.layers.0.mlp.up_proj.weight"));
+            assert_eq!(g.offset + g.len(), u.offset);
+            assert_eq!(layout.find("lm_head.weight").is_none(), tie);
+        }
     }
 }

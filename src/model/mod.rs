@@ -1,7 +1,15 @@
+//! Models: an architecture-free runtime ([`runtime`]) and one file per architecture ([`gpt2`],
+//! [`llama`]), each supplying its parameter table, activation plan, forward and backward ops and
+//! config parsing. [`layout`] turns a parameter table into offsets; [`hf`] reads and writes Hugging
+//! Face directories of either architecture.
+
 pub mod config;
 pub mod gpt2;
 pub mod hf;
 pub mod layout;
-pub use config::ModelConfig;
-pub use gpt2::{BatchShape, Gpt2, Mode, StepStats};
-pub use layout::ParamLayout;
+pub mod llama;
+pub mod runtime;
+
+pub use config::{Arch, LlamaConfig, ModelConfig};
+pub use layout::{init_params, ParamLayout};
+pub use runtime::{BatchShape, Mode, Model, StepStats};

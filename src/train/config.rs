@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::ModelConfig;
+use crate::model::{Arch, LlamaConfig, ModelConfig};
 use crate::{fsutil, Error, Result};
 
 /// Every key of a training config. The defaults train a ~0.45M-parameter model on the embedded stories
@@ -28,6 +28,8 @@ pub struct TrainConfig {
     /// its n_positions, and the data's tokenizer must fit its vocabulary.
     pub init_from: String,
 
+    /// The architecture: "gpt2" or "llama".
+    pub arch: String,
     /// Transformer blocks.
     pub n_layer: usize,
     /// Attention heads per block; must divide n_embd.
@@ -36,8 +38,19 @@ pub struct TrainConfig {
     pub n_embd: usize,
     /// Context length (tokens); also the model's n_positions.
     pub block_size: usize,
-    /// Dropout probability on the embeddings, attention probabilities and residual branches (0 = off).
+    /// Dropout probability on the embeddings, attention probabilities and residual branches (0 = off;
+    /// GPT-2 only).
     pub dropout: f32,
+    /// Llama: key/value heads, dividing n_head (default n_head).
+    pub n_kv_head: Option<usize>,
+    /// Llama: width of the SwiGLU MLP (default: llama's 8/3 · n_embd rounded up to a multiple of 32).
+    pub intermediate_size: Option<usize>,
+    /// Llama: RoPE base (default 10000).
+    pub rope_theta: Option<f64>,
+    /// Llama: RMSNorm epsilon (default 1e-5).
+    pub norm_eps: Option<f64>,
+    /// Llama: the output head is the token embedding (default false).
+    pub tie_embeddings: Option<bool>,
 
     /// Sequences per micro-batch.
     pub batch_size: usize,
@@ -93,11 +106,17 @@ impl Default for TrainConfig {
             tokenizer: "char".into(),
             vocab_size: 512,
             init_from: String::new(),
+            arch: "gpt2".into(),
             n_layer: 4,
             n_head: 4,
             n_embd: 96,
             block_size: 64,
             dropout: 0.0,
+            n_kv_head: None,
+            intermediate_size: None,
+            rope_theta: None,
+            norm_eps: None,
+            tie_embeddings: None,
             batch_size: 16,
             grad_accum_steps: 1,
             max_steps: 400,
@@ -212,6 +231,24 @@ impl TrainConfig {
         finite("weight_decay", self.weight_decay, 0.0, 10.0, "in [0, 10]")?;
         finite("grad_clip", self.grad_clip, 0.0, f32::MAX, "finite and >= 0")?;
         finite("dropout", self.dropout, 0.0, 0.95, "in [0, 0.95]")?;
+        match self.arch.as_str() {
+            "gpt2" => {
+                let set = self.llama_keys();
+                if let Some(key) = set.first() {
+                    return Err(format!(
+                        "{key} applies to arch = \"llama\" only; remove it or set arch = \"llama\""
+                    ));
+                }
+            }
+            "llama" => {
+                if self.dropout > 0.0 {
+                    return Err("dropout applies to arch = \"gpt2\" only; set dropout = 0 for a Llama".into());
+                }
+                let llama = self.model(1);
+                llama.validate().map_err(|e| e.to_string())?;
+            }
+            other => return Err(format!("arch = {other:?} must be \"gpt2\" or \"llama\"")),
+        }
         if !matches!(self.tokenizer.as_str(), "char" | "byte" | "bpe") {
             return Err(format!("tokenizer = {:?} must be \"char\", \"byte\" or \"bpe\"", self.tokenizer));
         }
@@ -229,9 +266,32 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The Llama keys this config sets.
+    fn llama_keys(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        macro_rules! some {
+            ($($k:ident),*) => { $( if self.$k.is_some() { set.push(stringify!($k)); } )* };
+        }
+        some!(n_kv_head, intermediate_size, rope_theta, norm_eps, tie_embeddings);
+        set
+    }
+
     /// The model this config trains, given the data's vocabulary.
     pub fn model(&self, vocab_size: usize) -> ModelConfig {
+        let arch = match self.arch.as_str() {
+            "llama" => Arch::Llama(LlamaConfig {
+                n_kv_head: self.n_kv_head.unwrap_or(self.n_head),
+                // Llama's choice: 2/3 of a 4·C MLP (the gate costs a third matrix), rounded up to a
+                // multiple of 32.
+                intermediate_size: self.intermediate_size.unwrap_or((8 * self.n_embd / 3).div_ceil(32) * 32),
+                rope_theta: self.rope_theta.unwrap_or(10_000.0),
+                norm_eps: self.norm_eps.unwrap_or(1e-5),
+                tie_embeddings: self.tie_embeddings.unwrap_or(false),
+            }),
+            _ => Arch::Gpt2,
+        };
         ModelConfig {
+            arch,
             n_layer: self.n_layer,
             n_head: self.n_head,
             n_embd: self.n_embd,

@@ -15,8 +15,8 @@ use crate::data::loader::check_ids;
 use crate::data::prepare::{self, TokenizerSpec};
 use crate::data::{tokenfile, Loader, Tok};
 use crate::gpu::DeviceChoice;
-use crate::model::gpt2::init_params;
-use crate::model::{BatchShape, Gpt2, Mode};
+use crate::model::init_params;
+use crate::model::{BatchShape, Mode, Model};
 use crate::sample::{self, SampleOptions};
 use crate::{fsutil, Error, Result};
 
@@ -105,11 +105,17 @@ fn same_run(a: &TrainConfig, b: &TrainConfig) -> Vec<&'static str> {
         tokenizer,
         vocab_size,
         init_from,
+        arch,
         n_layer,
         n_head,
         n_embd,
         block_size,
         dropout,
+        n_kv_head,
+        intermediate_size,
+        rope_theta,
+        norm_eps,
+        tie_embeddings,
         batch_size,
         grad_accum_steps,
         seed
@@ -215,7 +221,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         backend.pin_kernel_choices(&r.state.kernels)?;
     }
     let device = backend.describe();
-    let mut model = Gpt2::new(
+    let mut model = Model::new(
         backend,
         model_cfg,
         shape,
@@ -381,6 +387,14 @@ fn load_init(cfg: &TrainConfig, dir: &Path) -> Result<(crate::model::ModelConfig
     let dir = checkpoint::resolve_model_dir(dir)?;
     let (m, params) = crate::model::hf::load(&dir)?;
     let name = dir.display();
+    if cfg.arch != m.arch.name() {
+        return Err(Error::Invalid(format!(
+            "init_from {name}: the model is a {} but the config says arch = {:?}; set arch = \"{}\"",
+            m.arch.name(),
+            cfg.arch,
+            m.arch.name()
+        )));
+    }
     for (key, ours, theirs) in [
         ("n_layer", cfg.n_layer, m.n_layer),
         ("n_head", cfg.n_head, m.n_head),
@@ -402,7 +416,7 @@ fn load_init(cfg: &TrainConfig, dir: &Path) -> Result<(crate::model::ModelConfig
 }
 
 /// Mean loss over fixed validation batches, `accum` micro-batches per forward program.
-fn evaluate(model: &mut Gpt2, batches: &[(Vec<u32>, Vec<u32>)], accum: usize) -> Result<f32> {
+fn evaluate(model: &mut Model, batches: &[(Vec<u32>, Vec<u32>)], accum: usize) -> Result<f32> {
     let rounds = batches.len().div_ceil(accum);
     let mut total = 0.0f64;
     for r in 0..rounds {
