@@ -1,4 +1,4 @@
-//! `wgslm grad`: the loss, logits and every gradient of a Hugging Face GPT-2 on one batch, and
+//! `wgslm grad`: the loss, logits and every gradient of a Hugging Face GPT-2 or Llama on one batch, and
 //! optionally N AdamW steps on it — in exactly the format of the PyTorch reference fixture, so any two
 //! implementations (or backends) can be compared tensor by tensor.
 

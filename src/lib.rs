@@ -1,4 +1,4 @@
-//! wgslm: train small GPT-2 style language models on any GPU through hand-written WGSL kernels,
+//! wgslm: train small GPT-2 and Llama language models on any GPU through hand-written WGSL kernels,
 //! with every kernel proven against a plain-Rust twin.
 //!
 //! Start at [`backend`] (the op set), [`cpu`] (the twins), [`gpu`] (wgpu) and [`verify`] (the checks

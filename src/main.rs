@@ -24,7 +24,7 @@ use wgslm::verify;
 #[command(
     name = "wgslm",
     version,
-    about = "Train small GPT-2 style language models on any GPU with WGSL kernels"
+    about = "Train small GPT-2 and Llama language models on any GPU with WGSL kernels"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -114,7 +114,7 @@ enum Command {
     },
     /// List every GPU adapter: index, name, API, type, driver, limits and optional features.
     Devices,
-    /// Loss, logits and every gradient of a Hugging Face GPT-2 on one batch (and optionally AdamW
+    /// Loss, logits and every gradient of a Hugging Face GPT-2 or Llama on one batch (and optionally AdamW
     /// steps), written as safetensors in the format of the PyTorch reference fixture.
     Grad {
         /// A directory with config.json and model.safetensors (GPT2LMHeadModel layout).

@@ -199,7 +199,10 @@ fn bad_config_json_is_named() {
     fails(&["sample", "--model", s(&m), "--device", "cpu"], &["config.json", "n_embd"]);
     let m = model_dir("config-not-json");
     std::fs::write(m.join("config.json"), "{ not json").unwrap();
-    fails(&["sample", "--model", s(&m), "--device", "cpu"], &["config.json", "not a GPT-2 config.json"]);
+    fails(
+        &["sample", "--model", s(&m), "--device", "cpu"],
+        &["config.json", "not a GPT-2 or Llama config.json"],
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The whole model against PyTorch: a tiny GPT-2 (2 layers, 4 heads, 64 wide, vocab 512, B 4, T 64)
-//! whose loss, logits, every gradient, 10 AdamW losses and first update were computed by
-//! transformers' GPT2LMHeadModel in float64 (tests/fixtures/gpt2-tiny, copied from the reference set).
-//! Tolerances are those the reference README asks of an f32 engine; they are not to be loosened.
+//! and a tiny Llama (2 layers, 64 wide, 4 query heads on 2 kv heads, SwiGLU 172, untied head, vocab
+//! 512, B 4, T 64) whose loss, logits, every gradient, 10 AdamW losses and first update were computed
+//! by transformers' GPT2LMHeadModel and LlamaForCausalLM in float64 (tests/fixtures/gpt2-tiny and
+//! llama-tiny, copied from the reference set). Tolerances are those the reference README asks of an
+//! f32 engine; they are not to be loosened.
 
 mod common;
 
@@ -14,8 +16,11 @@ use wgslm::model::ParamLayout;
 use wgslm::tensors::TensorFile;
 use wgslm::verify::rel_l2;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny").join(name)
+const GPT2: &str = "gpt2-tiny";
+const LLAMA: &str = "llama-tiny";
+
+fn fixture(model: &str, name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(model).join(name)
 }
 
 /// The reference's AdamW: lr 1e-3, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on 2-D tensors.
@@ -25,8 +30,8 @@ fn reference_options() -> GradOptions {
 
 /// Compares an output with expected.safetensors; returns a report of the worst errors, and fails on
 /// any tolerance miss.
-fn check_against_reference(out: &GradOutput, backend: &str) -> String {
-    let exp = TensorFile::open(&fixture("expected.safetensors")).unwrap();
+fn check_against_reference(model: &str, out: &GradOutput, backend: &str) -> String {
+    let exp = TensorFile::open(&fixture(model, "expected.safetensors")).unwrap();
     let layout = ParamLayout::new(&out.config);
     let mut failures = Vec::new();
 
@@ -73,7 +78,7 @@ fn check_against_reference(out: &GradOutput, backend: &str) -> String {
         }
     }
     let report = format!(
-        "{backend}: loss rel {loss_err:.2e}; logits rel L2 {logits_err:.2e}; worst gradient rel L2 \
+        "{model} on {backend}: loss rel {loss_err:.2e}; logits rel L2 {logits_err:.2e}; worst gradient rel L2 \
          {grad_worst:.2e} ({grad_worst_name}); 10 losses worst |diff| {losses_worst:.2e}; worst step-1 \
          update rel L2 {step_worst:.2e} ({step_worst_name})"
     );
@@ -81,18 +86,20 @@ fn check_against_reference(out: &GradOutput, backend: &str) -> String {
     report
 }
 
-fn run(backend: Box<dyn Backend>) -> GradOutput {
-    grad::run(backend, &fixture(""), &fixture("batch.safetensors"), &reference_options()).unwrap()
+fn run(model: &str, backend: Box<dyn Backend>) -> GradOutput {
+    grad::run(backend, &fixture(model, ""), &fixture(model, "batch.safetensors"), &reference_options())
+        .unwrap()
 }
 
 /// `wgslm grad` through the real binary: the file it writes holds what the reference holds.
-fn grad_cli(device: &str) -> String {
-    let out = std::env::temp_dir().join(format!("wgslm-grad-{device}-{}.safetensors", std::process::id()));
+fn grad_cli(model: &str, device: &str) -> String {
+    let out =
+        std::env::temp_dir().join(format!("wgslm-grad-{model}-{device}-{}.safetensors", std::process::id()));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_wgslm"))
         .args(["grad", "--model"])
-        .arg(fixture(""))
+        .arg(fixture(model, ""))
         .arg("--batch")
-        .arg(fixture("batch.safetensors"))
+        .arg(fixture(model, "batch.safetensors"))
         .arg("--out")
         .arg(&out)
         .args(["--adamw-steps", "10", "--device", device])
@@ -100,7 +107,7 @@ fn grad_cli(device: &str) -> String {
         .unwrap();
     assert!(status.success(), "wgslm grad --device {device} failed");
     let file = TensorFile::open(&out).unwrap();
-    let (config, params) = wgslm::model::hf::load(&fixture("")).unwrap();
+    let (config, params) = wgslm::model::hf::load(&fixture(model, "")).unwrap();
     let layout = ParamLayout::new(&config);
     let flat = |prefix: &str| {
         let mut v = vec![0f32; layout.total];
@@ -122,12 +129,16 @@ fn grad_cli(device: &str) -> String {
         step1: flat("step1"),
     };
     let _ = std::fs::remove_file(&out);
-    check_against_reference(&output, &format!("wgslm grad --device {device}"))
+    check_against_reference(model, &output, &format!("wgslm grad --device {device}"))
+}
+
+fn test_device() -> String {
+    std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into())
 }
 
 #[test]
 fn grad_command_reproduces_the_reference_on_cpu() {
-    eprintln!("{}", grad_cli("cpu"));
+    eprintln!("{}", grad_cli(GPT2, "cpu"));
 }
 
 #[test]
@@ -135,13 +146,12 @@ fn grad_command_reproduces_the_reference_on_the_gpu() {
     if common::gpu().is_none() {
         return;
     }
-    eprintln!("{}", grad_cli(&std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into())));
+    eprintln!("{}", grad_cli(GPT2, &test_device()));
 }
 
 #[test]
 fn cpu_backend_matches_pytorch() {
-    let report = check_against_reference(&run(Box::new(CpuBackend::new())), "cpu");
-    eprintln!("{report}");
+    eprintln!("{}", check_against_reference(GPT2, &run(GPT2, Box::new(CpuBackend::new())), "cpu"));
 }
 
 #[test]
@@ -149,6 +159,31 @@ fn gpu_matches_pytorch() {
     let Some(gpu) = common::gpu_backend() else {
         return;
     };
-    let report = check_against_reference(&run(Box::new(gpu)), "gpu");
-    eprintln!("{report}");
+    eprintln!("{}", check_against_reference(GPT2, &run(GPT2, Box::new(gpu)), "gpu"));
+}
+
+#[test]
+fn llama_grad_command_reproduces_the_reference_on_cpu() {
+    eprintln!("{}", grad_cli(LLAMA, "cpu"));
+}
+
+#[test]
+fn llama_grad_command_reproduces_the_reference_on_the_gpu() {
+    if common::gpu().is_none() {
+        return;
+    }
+    eprintln!("{}", grad_cli(LLAMA, &test_device()));
+}
+
+#[test]
+fn llama_cpu_backend_matches_pytorch() {
+    eprintln!("{}", check_against_reference(LLAMA, &run(LLAMA, Box::new(CpuBackend::new())), "cpu"));
+}
+
+#[test]
+fn llama_gpu_matches_pytorch() {
+    let Some(gpu) = common::gpu_backend() else {
+        return;
+    };
+    eprintln!("{}", check_against_reference(LLAMA, &run(LLAMA, Box::new(gpu)), "gpu"));
 }

@@ -27,7 +27,7 @@ pub fn parse_config(path: &Path, bytes: &[u8]) -> Result<ModelConfig> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", path.display())))?;
     let json: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Error::Invalid(format!("{}: not a config.json: {e}", path.display())))?;
+        .map_err(|e| Error::Invalid(format!("{}: not a GPT-2 or Llama config.json: {e}", path.display())))?;
     let model_type = json.get("model_type").and_then(|t| t.as_str()).unwrap_or("gpt2");
     let cfg = match model_type {
         "gpt2" => gpt2::parse_hf_config(path, json)?,
@@ -51,11 +51,11 @@ fn is_ignored_buffer(name: &str) -> bool {
         || name.ends_with("rotary_emb.inv_freq")
 }
 
-/// The token embedding, which a tied output head shares.
-fn embedding_name(arch: &Arch) -> &'static str {
+/// The token embedding, which a tied output head shares: its name, and how messages call it.
+fn embedding_name(arch: &Arch) -> (&'static str, &'static str) {
     match arch {
-        Arch::Gpt2 => "transformer.wte.weight",
-        Arch::Llama(_) => "model.embed_tokens.weight",
+        Arch::Gpt2 => ("transformer.wte.weight", "wte"),
+        Arch::Llama(_) => ("model.embed_tokens.weight", "embed_tokens"),
     }
 }
 
@@ -109,13 +109,16 @@ pub fn load_weights(config: ModelConfig, file: &TensorFile) -> Result<(ModelConf
             continue;
         }
         if name == "lm_head.weight" {
-            let embedding =
-                layout.index(embedding_name(&config.arch)).expect("every layout has an embedding");
+            let (embedding, short) = embedding_name(&config.arch);
+            let embedding = layout.index(embedding).expect("every layout has an embedding");
             let head = file.f32(name, Some(&layout.specs[embedding].shape))?;
             if head != layout.slice(&flat, embedding) {
+                let hint = match config.arch {
+                    Arch::Gpt2 => "wgslm's GPT-2 needs the output head tied to the token embedding",
+                    Arch::Llama(_) => "config.json says the head is tied; set tie_word_embeddings to false",
+                };
                 return Err(Error::Invalid(format!(
-                    "{}: lm_head.weight differs from the token embedding, but the model's output head is \
-                     tied to it (set tie_word_embeddings to false in config.json for a separate head)",
+                    "{}: lm_head.weight differs from {short}; {hint}",
                     file.path().display()
                 )));
             }

@@ -1,4 +1,4 @@
-//! Checkpoints. Each is a Hugging Face GPT-2 directory (config.json, model.safetensors,
+//! Checkpoints. Each is a Hugging Face GPT-2 or Llama directory (config.json, model.safetensors,
 //! tokenizer.json) that transformers loads unchanged, plus the optimizer and trainer state
 //! (training_state.safetensors, trainer.json).
 //!

@@ -23,7 +23,7 @@ pub struct TrainConfig {
     /// Vocabulary size of a BPE trained for data = "builtin" (tokens).
     pub vocab_size: usize,
 
-    /// A Hugging Face GPT-2 directory (or a run directory) to start from instead of a random
+    /// A Hugging Face GPT-2 or Llama directory (or a run directory) to start from instead of a random
     /// initialisation ("" = none). n_layer, n_head and n_embd must match it, block_size may not exceed
     /// its n_positions, and the data's tokenizer must fit its vocabulary.
     pub init_from: String,
