@@ -15,8 +15,21 @@ use wgslm::tensors::{self, Tensor};
 use wgslm::verify::rel_l2;
 
 fn awkward(tie_embeddings: bool) -> ModelConfig {
-    let llama = LlamaConfig { n_kv_head: 2, intermediate_size: 37, rope_theta: 500.0, norm_eps: 1e-5, tie_embeddings };
-    ModelConfig { arch: Arch::Llama(llama), n_layer: 2, n_head: 6, n_embd: 36, vocab_size: 97, n_positions: 40 }
+    let llama = LlamaConfig {
+        n_kv_head: 2,
+        intermediate_size: 37,
+        rope_theta: 500.0,
+        norm_eps: 1e-5,
+        tie_embeddings,
+    };
+    ModelConfig {
+        arch: Arch::Llama(llama),
+        n_layer: 2,
+        n_head: 6,
+        n_embd: 36,
+        vocab_size: 97,
+        n_positions: 40,
+    }
 }
 
 /// Parameters with every tensor random (gains near one).
@@ -26,7 +39,11 @@ fn random_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
     let mut flat = vec![0f32; layout.total];
     for s in &layout.specs {
         for x in &mut flat[s.offset..s.offset + s.len()] {
-            *x = if s.init == Init::Ones { 1.0 + 0.1 * rng.normal() as f32 } else { 0.1 * rng.normal() as f32 };
+            *x = if s.init == Init::Ones {
+                1.0 + 0.1 * rng.normal() as f32
+            } else {
+                0.1 * rng.normal() as f32
+            };
         }
     }
     flat
@@ -58,7 +75,12 @@ fn gpu_matches_cpu(cfg: ModelConfig) {
     let mut c = build(Box::new(CpuBackend::new()), cfg, shape, 7);
     let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
     assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "loss {} vs {}", sg.loss, sc.loss);
-    assert!((sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm, "norm {} vs {}", sg.grad_norm, sc.grad_norm);
+    assert!(
+        (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
+        "norm {} vs {}",
+        sg.grad_norm,
+        sc.grad_norm
+    );
     assert_close("logits", &g.logits().unwrap(), &c.logits().unwrap(), 1e-5);
     let layout = g.layout.clone();
     let (gg, gc) = (g.grads().unwrap(), c.grads().unwrap());
@@ -103,7 +125,12 @@ fn llama_next_logits_match_the_batch_forward_pass() {
     for len in [1, 5, 9] {
         let context = &ids[9..9 + len];
         let want = &logits[(9 + len - 1) * v..(9 + len) * v];
-        assert_close(&format!("next logits after {len} tokens"), &m.next_logits(context).unwrap(), want, 1e-6);
+        assert_close(
+            &format!("next logits after {len} tokens"),
+            &m.next_logits(context).unwrap(),
+            want,
+            1e-6,
+        );
     }
 }
 
@@ -123,7 +150,10 @@ fn hf_round_trip_is_bit_exact_tied_and_untied() {
         hf::save(&dir, &cfg, &flat, Some(0)).unwrap();
         let (back_cfg, back) = hf::load(&dir).unwrap();
         assert_eq!(back_cfg, cfg);
-        assert!(flat.iter().zip(&back).all(|(a, b)| a.to_bits() == b.to_bits()), "the round trip changed bits");
+        assert!(
+            flat.iter().zip(&back).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "the round trip changed bits"
+        );
         let names = tensors::TensorFile::open(&dir.join("model.safetensors")).unwrap().names();
         assert_eq!(names.iter().any(|n| n == "lm_head.weight"), !tie);
     }
@@ -149,7 +179,8 @@ fn hf_export_matches_what_transformers_writes() {
             .collect::<std::collections::BTreeMap<_, _>>()
     };
     assert_eq!(header(&dir.join("model.safetensors")), header(&fixture().join("model.safetensors")));
-    let json = |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let json =
+        |p: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
     let (want, got) = (json(&fixture().join("config.json")), json(&dir.join("config.json")));
     for key in [
         "architectures",
@@ -223,7 +254,9 @@ fn llama_config_json_fields_are_read_or_refused() {
     };
     let refused: [(&str, &dyn Fn(&mut serde_json::Value)); 6] = [
         ("rope_parameters.rope_type", &|j| j["rope_parameters"]["rope_type"] = "linear".into()),
-        ("rope_scaling.rope_type", &|j| j["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 2.0})),
+        ("rope_scaling.rope_type", &|j| {
+            j["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 2.0})
+        }),
         ("attention_bias", &|j| j["attention_bias"] = true.into()),
         ("mlp_bias", &|j| j["mlp_bias"] = true.into()),
         ("hidden_act", &|j| j["hidden_act"] = "gelu".into()),
@@ -273,7 +306,144 @@ fn a_tied_head_accepts_only_a_copy_of_the_embedding() {
         tensors::write(&dir.join("model.safetensors"), list, None).unwrap();
         match hf::load(&dir) {
             Ok((_, back)) => assert!(ok && back == flat),
-            Err(e) => assert!(!ok && e.to_string().contains("lm_head.weight differs from embed_tokens"), "{e}"),
+            Err(e) => {
+                assert!(!ok && e.to_string().contains("lm_head.weight differs from embed_tokens"), "{e}")
+            }
         }
     }
+}
+
+// The training product with a Llama: configs/tiny-llama.toml learns, resumes bit for bit, writes
+// Llama checkpoints that `sample` and `init_from` read.
+
+use wgslm::gpu::DeviceChoice;
+use wgslm::train::{checkpoint, RunOptions, Summary, TrainConfig};
+
+fn tiny_llama(overrides: &[&str]) -> TrainConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-llama.toml");
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    TrainConfig::load(Some(&path), &overrides).unwrap()
+}
+
+fn train(
+    cfg: &TrainConfig,
+    out: &Path,
+    device: &DeviceChoice,
+    resume: bool,
+    stop_after: Option<u64>,
+) -> Summary {
+    let opts = RunOptions { resume, stop_after, ..RunOptions::new(out, device.clone()) };
+    wgslm::train::run(cfg, &opts).unwrap()
+}
+
+fn gpu_device() -> Option<DeviceChoice> {
+    common::gpu()?;
+    Some(std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()).parse().unwrap())
+}
+
+/// (step, loss bits) of every step line in metrics.jsonl.
+fn step_losses(run: &Path) -> Vec<(u64, u32)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), (v["loss"].as_f64().unwrap() as f32).to_bits()))
+        .collect()
+}
+
+#[test]
+fn tiny_llama_trains_samples_and_fine_tunes() {
+    let Some(device) = gpu_device() else { return };
+    let out = tempdir("train");
+    let s = train(&tiny_llama(&[]), &out, &device, false, None);
+    assert_eq!(s.steps, 100);
+    let first = s.first_loss.unwrap();
+    assert!(first > 3.0, "the first loss {first} is already low: was the model initialised?");
+    assert!(s.last_loss < first - 1.0, "the loss fell only from {first} to {}", s.last_loss);
+    assert!(s.val_loss.unwrap() < first - 1.0, "val loss {:?} vs first loss {first}", s.val_loss);
+
+    // The checkpoint is a LlamaForCausalLM directory with a separate head.
+    let (_, dir) = checkpoint::latest(&out).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(json["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(json["num_key_value_heads"], 2);
+    let (config, params) = hf::load(&dir).unwrap();
+    assert!(matches!(config.arch, Arch::Llama(l) if l.n_kv_head == 2 && !l.tie_embeddings));
+    assert!(params.iter().all(|x| x.is_finite()));
+
+    // `wgslm sample` reads it.
+    let sampled = std::process::Command::new(env!("CARGO_BIN_EXE_wgslm"))
+        .args(["sample", "--model"])
+        .arg(&out)
+        .args(["--prompt", "Once", "--max-new-tokens", "20", "--device", "cpu", "--seed", "3"])
+        .output()
+        .unwrap();
+    assert!(sampled.status.success(), "{}", String::from_utf8_lossy(&sampled.stderr));
+    let text = String::from_utf8(sampled.stdout).unwrap();
+    assert!(text.starts_with("Once") && text.trim().len() > 8, "sampled {text:?}");
+
+    // init_from the run: the fine-tuning run starts where it ended.
+    let from = tempdir("init-from");
+    let cfg = tiny_llama(&["max_steps=2", "eval_every=0", &format!("init_from={}", out.display())]);
+    let tuned = train(&cfg, &from, &DeviceChoice::Cpu, false, None);
+    assert!(
+        tuned.first_loss.unwrap() < first - 1.0,
+        "init_from started from scratch: {:?}",
+        tuned.first_loss
+    );
+    // A GPT-2 config cannot start from it.
+    let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let cfg = TrainConfig::load(Some(&gpt2), &[format!("init_from={}", out.display())]).unwrap();
+    let err = wgslm::train::run(&cfg, &RunOptions::new(tempdir("init-gpt2"), DeviceChoice::Cpu)).unwrap_err();
+    assert!(err.to_string().contains("the model is a llama but the config says arch = \"gpt2\""), "{err}");
+}
+
+fn llama_resume_is_bit_exact(device: DeviceChoice, name: &str) {
+    let cfg = tiny_llama(&["max_steps=12", "grad_accum_steps=2", "checkpoint_every=0", "eval_every=6"]);
+    let (straight, interrupted) =
+        (tempdir(&format!("{name}-straight")), tempdir(&format!("{name}-interrupted")));
+    std::fs::remove_dir_all(&straight).unwrap();
+    std::fs::remove_dir_all(&interrupted).unwrap();
+    train(&cfg, &straight, &device, false, None);
+    assert_eq!(train(&cfg, &interrupted, &device, false, Some(6)).steps, 6);
+    train(&cfg, &interrupted, &device, true, None);
+    let (a, b) = (step_losses(&straight), step_losses(&interrupted));
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, b, "the resumed run's losses differ from the straight run's");
+    let (_, da) = checkpoint::latest(&straight).unwrap();
+    let (_, db) = checkpoint::latest(&interrupted).unwrap();
+    let (pa, pb) = (hf::load(&da).unwrap().1, hf::load(&db).unwrap().1);
+    assert!(pa.iter().zip(&pb).all(|(x, y)| x.to_bits() == y.to_bits()), "the final weights differ");
+}
+
+#[test]
+fn llama_resume_is_bit_exact_on_the_gpu() {
+    let Some(device) = gpu_device() else { return };
+    llama_resume_is_bit_exact(device, "resume-gpu");
+}
+
+#[test]
+fn llama_resume_is_bit_exact_on_the_cpu() {
+    llama_resume_is_bit_exact(DeviceChoice::Cpu, "resume-cpu");
+}
+
+/// Keys of the other architecture are errors that say so.
+#[test]
+fn llama_keys_belong_to_llama() {
+    let err = |overrides: &[&str]| {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        TrainConfig::load(None, &overrides).unwrap_err().to_string()
+    };
+    let e = err(&["n_kv_head=2"]);
+    assert!(e.contains("n_kv_head applies to arch = \"llama\" only"), "{e}");
+    let e = err(&["arch=llama", "dropout=0.1"]);
+    assert!(e.contains("dropout applies to arch = \"gpt2\" only"), "{e}");
+    let e = err(&["arch=llama", "n_kv_head=3"]);
+    assert!(e.contains("n_kv_head 3 must divide n_head 4"), "{e}");
+    let e = err(&["arch=mamba"]);
+    assert!(e.contains("arch = \"mamba\" must be \"gpt2\" or \"llama\""), "{e}");
+    let ok = TrainConfig::load(None, &["arch=llama".into(), "n_kv_head=1".into()]).unwrap();
+    assert!(matches!(ok.model(100).arch, Arch::Llama(l) if l.n_kv_head == 1 && l.intermediate_size == 256));
 }
