@@ -1,11 +1,13 @@
-// Elementwise kernels: zero, GELU (tanh approximation, HF "gelu_new"), residual add.
+// Elementwise kernels: zero, GELU (tanh approximation, HF "gelu_new"), residual add, SwiGLU.
 //
-// Binding 0 of every entry is the uniform `Params { n }`; bindings 1.. are listed per entry.
+// Binding 0 of every entry is the uniform `Params { n, i }` (i: the gate width of SwiGLU, unused by
+// the others); bindings 1.. are listed per entry.
 // Grid: one invocation per element, ceil(n / 64) workgroups of 64, folded into (x, y) when there are
 // more than 65,535 (the flat workgroup id is wid.y * nwg.x + wid.x).
 
 struct Params {
     n: u32,
+    i: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -95,5 +97,48 @@ fn residual_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let d = dout[i];
         dinp[i] += d;
         dinp2[i] += d;
+    }
+}
+
+// The logistic sigmoid, in a form whose exp never overflows: exp of a non-positive number only
+// (1 / (1 + exp(-g)) would take exp(88+) to infinity for g below about -88).
+fn sigmoid(g: f32) -> f32 {
+    if (g >= 0.0) {
+        return 1.0 / (1.0 + exp(-g));
+    }
+    let e = exp(g);
+    return e / (1.0 + e);
+}
+
+// swiglu_forward: out (N,I) = silu(g) * u with silu(g) = g * sigmoid(g), where row r of inp (N,2I) is
+// [g (I) | u (I)]; n = N*I output elements.
+// 1: out (read_write), 2: inp (N,2I)
+@compute @workgroup_size(64)
+fn swiglu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let idx = flat(wid, nwg, lid);
+    if (idx < p.n) {
+        let g_at = idx + (idx / p.i) * p.i;
+        let g = inp[g_at];
+        out[idx] = g * sigmoid(g) * inp[g_at + p.i];
+    }
+}
+
+// swiglu_backward: dinp (N,2I) += [dout * u * silu'(g) | dout * silu(g)], with
+// silu'(g) = s * (1 + g * (1 - s)) and s = sigmoid(g); n = N*I. Each invocation owns one (g, u) pair,
+// so the two elements it writes are its own.
+// 1: dinp (read_write), 2: inp (N,2I), 3: dout (N,I)
+@compute @workgroup_size(64)
+fn swiglu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let idx = flat(wid, nwg, lid);
+    if (idx < p.n) {
+        let g_at = idx + (idx / p.i) * p.i;
+        let g = inp[g_at];
+        let u = inp[g_at + p.i];
+        let d = dout[idx];
+        let s = sigmoid(g);
+        dinp[g_at] += d * u * s * (1.0 + g * (1.0 - s));
+        dinp[g_at + p.i] += d * g * s;
     }
 }

@@ -1,4 +1,5 @@
-// Token + position embedding, forward and backward.
+// Token + position embedding, forward and backward; models whose positions come from RoPE have no
+// position embedding (has_wpe = 0: the wpe binding is a dummy that is never read).
 //
 // Binding 0 of every entry is the uniform `Params`; bindings 1, 2, ... are the entry's buffers in the
 // order listed beside it.
@@ -10,7 +11,7 @@ struct Params {
     b: u32,
     t: u32,
     c: u32,
-    _pad: u32,
+    has_wpe: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -21,8 +22,9 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
-// encoder_forward: out (B,T,C) = wte[tokens[b,t]] + wpe[t]. Grid: B*T*C invocations.
-// 1: out (read_write), 2: tokens (B,T) u32, 3: wte (V,C), 4: wpe (>=T,C)
+// encoder_forward: out (B,T,C) = wte[tokens[b,t]] + wpe[t], or wte[tokens[b,t]] when has_wpe is 0.
+// Grid: B*T*C invocations.
+// 1: out (read_write), 2: tokens (B,T) u32, 3: wte (V,C), 4: wpe (>=T,C) (a dummy without wpe)
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read> wte: array<f32>;
@@ -37,7 +39,11 @@ fn encoder_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     }
     let bt = idx / p.c;
     let i = idx % p.c;
-    out[idx] = wte[tokens[bt] * p.c + i] + wpe[(bt % p.t) * p.c + i];
+    if (p.has_wpe != 0u) {
+        out[idx] = wte[tokens[bt] * p.c + i] + wpe[(bt % p.t) * p.c + i];
+    } else {
+        out[idx] = wte[tokens[bt] * p.c + i];
+    }
 }
 
 // encoder_backward_wte: dwte (V,C) += the rows of dout whose token is each v. Grid: B*T*C invocations;

@@ -247,10 +247,32 @@ const GEMM: [(usize, usize, usize); 10] = [
     // Long enough that inner tile loops, if the loop limiter counted them, would cut the sum short.
     (300, 2048, 72),
 ];
-/// (B, T, C, NH) for attention: head sizes 4, 6, 17, 25, 128 (none a power of two but the first and
-/// last); the last has rows long enough that a row-per-invocation kernel would loop T·hs > 65,535 times.
-const ATTENTION: [(usize, usize, usize, usize); 5] =
-    [(1, 1, 4, 1), (2, 7, 24, 4), (1, 37, 68, 4), (3, 65, 200, 8), (1, 300, 256, 2)];
+/// (B, T, C, NH, NKV) for attention: multi-head (NKV = NH) with head sizes 4, 6, 17, 25, 128 (none a
+/// power of two but the first and last; the last has rows long enough that a row-per-invocation kernel
+/// would loop T·hs > 65,535 times), then grouped-query (NKV < NH) with head sizes 4, 6, 32, 128.
+const ATTENTION: [(usize, usize, usize, usize, usize); 9] = [
+    (1, 1, 4, 1, 1),
+    (2, 7, 24, 4, 4),
+    (1, 37, 68, 4, 4),
+    (3, 65, 200, 8, 8),
+    (1, 300, 256, 2, 2),
+    (2, 7, 24, 6, 2),
+    (1, 37, 24, 4, 1),
+    (2, 65, 128, 4, 2),
+    (1, 129, 512, 4, 2),
+];
+/// (N, width, heads, hd, table rows) for RoPE: head sizes 4, 6, 32, 128; rows wider than heads·hd (the
+/// copied tail) except the first; the third is a packed qkv row of 4 q and 2 k heads rotated, 2 v
+/// heads copied; the last has more than 65,535 workgroups. Positions are random below the table rows.
+const ROPE: [(usize, usize, usize, usize, usize); 5] = [
+    (1, 4, 1, 4, 1),
+    (7, 23, 3, 6, 5),
+    (37, 256, 6, 32, 50),
+    (129, 259, 2, 128, 300),
+    (65_537, 68, 4, 16, 64),
+];
+/// (N, I) for SwiGLU; the last has N·I above 65,535 workgroups of 64.
+const SWIGLU: [(usize, usize); 5] = [(1, 3), (7, 24), (37, 68), (129, 200), (65_537, 64)];
 /// (B, T, C, V) for the embedding; the last has more than 65,535 workgroups.
 const ENCODER: [(usize, usize, usize, usize); 5] =
     [(1, 1, 4, 3), (2, 7, 24, 65), (3, 37, 68, 997), (1, 129, 200, 65), (64, 257, 256, 65)];
@@ -268,29 +290,34 @@ pub fn cases() -> Vec<Case> {
         }));
     }
     for (b, t, c, v) in ENCODER {
-        let shape = format!("B={b} T={t} C={c} V={v}");
-        all.push(case("encoder_forward", shape.clone(), move |s| {
-            let out = s.normal(b * t * c, 1.0, 0.0)?;
-            let tokens = s.ids(b * t, v as u32)?;
-            let wte = s.normal(v * c, 1.0, 0.0)?;
-            let wpe = s.normal((t + 3) * c, 1.0, 0.0)?;
-            Ok(Built {
-                ops: vec![Op::EncoderForward { out, tokens, wte, wpe: Some(wpe), b, t, c }],
-                checked: vec![("out", out)],
-            })
-        }));
-        all.push(case("encoder_backward", shape, move |s| {
-            let dwte = s.normal(v * c, 1.0, 0.0)?;
-            let dwpe = s.normal((t + 3) * c, 1.0, 0.0)?;
-            let dout = s.normal(b * t * c, 1.0, 0.0)?;
-            let ids: Vec<u32> = (0..b * t).map(|_| s.rng().below(v as u64) as u32).collect();
-            let order = s.ids_with(crate::backend::encoder_order(&ids))?;
-            let tokens = s.ids_with(ids)?;
-            Ok(Built {
-                ops: vec![Op::EncoderBackward { dwte, dwpe: Some(dwpe), dout, tokens, order, b, t, c }],
-                checked: vec![("dwte", dwte), ("dwpe", dwpe)],
-            })
-        }));
+        // With a position embedding at every shape; without one (RoPE models) at all but the largest.
+        for with_wpe in [true, false].into_iter().filter(|w| *w || b * t * c < 1_000_000) {
+            let shape = format!("B={b} T={t} C={c} V={v}{}", if with_wpe { "" } else { " no wpe" });
+            all.push(case("encoder_forward", shape.clone(), move |s| {
+                let out = s.normal(b * t * c, 1.0, 0.0)?;
+                let tokens = s.ids(b * t, v as u32)?;
+                let wte = s.normal(v * c, 1.0, 0.0)?;
+                let wpe = if with_wpe { Some(s.normal((t + 3) * c, 1.0, 0.0)?) } else { None };
+                Ok(Built {
+                    ops: vec![Op::EncoderForward { out, tokens, wte, wpe, b, t, c }],
+                    checked: vec![("out", out)],
+                })
+            }));
+            all.push(case("encoder_backward", shape, move |s| {
+                let dwte = s.normal(v * c, 1.0, 0.0)?;
+                let dwpe = if with_wpe { Some(s.normal((t + 3) * c, 1.0, 0.0)?) } else { None };
+                let dout = s.normal(b * t * c, 1.0, 0.0)?;
+                let ids: Vec<u32> = (0..b * t).map(|_| s.rng().below(v as u64) as u32).collect();
+                let order = s.ids_with(crate::backend::encoder_order(&ids))?;
+                let tokens = s.ids_with(ids)?;
+                let mut checked = vec![("dwte", dwte)];
+                checked.extend(dwpe.map(|d| ("dwpe", d)));
+                Ok(Built {
+                    ops: vec![Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c }],
+                    checked,
+                })
+            }));
+        }
     }
     for (n, c) in ROWS {
         let shape = format!("N={n} C={c}");
@@ -335,6 +362,88 @@ pub fn cases() -> Vec<Case> {
                     c,
                 }],
                 checked: vec![("dinp", dinp), ("dweight", dweight), ("dbias", dbias)],
+            })
+        }));
+    }
+    for (row, (n, c)) in ROWS.into_iter().enumerate() {
+        let eps = [1e-5f32, 1e-6][row % 2];
+        let shape = format!("N={n} C={c} eps={eps}");
+        all.push(case("rmsnorm_forward", shape.clone(), move |s| {
+            let out = s.normal(n * c, 1.0, 0.0)?;
+            let rstd = s.normal(n, 1.0, 0.0)?;
+            let inp = s.normal(n * c, 2.0, 0.5)?;
+            let weight = s.normal(c, 0.1, 1.0)?;
+            Ok(Built {
+                ops: vec![Op::RmsnormForward { out, rstd, inp, weight, n, c, eps }],
+                checked: vec![("out", out), ("rstd", rstd)],
+            })
+        }));
+        all.push(case("rmsnorm_backward", shape, move |s| {
+            let dinp = s.normal(n * c, 1.0, 0.0)?;
+            let dweight = s.normal(c, 1.0, 0.0)?;
+            let dout = s.normal(n * c, 1.0, 0.0)?;
+            let x: Vec<f32> = (0..n * c).map(|_| (s.rng().normal() * 2.0 + 0.5) as f32).collect();
+            // The saved rstd must be the input's, as the forward pass leaves it.
+            let (mut y, mut rstd) = (vec![0f32; n * c], vec![0f32; n]);
+            cpu::rmsnorm_forward(&mut y, &mut rstd, &x, &vec![1f32; c], n, c, eps as f64);
+            let inp = s.with(x)?;
+            let weight = s.normal(c, 0.1, 1.0)?;
+            let rstd = s.with(rstd)?;
+            Ok(Built {
+                ops: vec![Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c }],
+                checked: vec![("dinp", dinp), ("dweight", dweight)],
+            })
+        }));
+    }
+    for (n, width, heads, hd, rows) in ROPE {
+        let shape = format!("N={n} width={width} heads={heads} hd={hd} positions<{rows}");
+        let table = crate::backend::rope_table(10_000.0, hd, rows);
+        let table2 = table.clone();
+        all.push(case("rope_forward", shape.clone(), move |s| {
+            let out = s.normal(n * width, 1.0, 0.0)?;
+            let inp = s.normal(n * width, 1.0, 0.0)?;
+            let positions = s.ids(n, rows as u32)?;
+            let table = s.with(table.clone())?;
+            Ok(Built {
+                ops: vec![Op::RopeForward { out, inp, positions, table, n, width, heads, hd }],
+                checked: vec![("out", out)],
+            })
+        }));
+        all.push(case("rope_backward", shape, move |s| {
+            let dinp = s.normal(n * width, 1.0, 0.0)?;
+            let dout = s.normal(n * width, 1.0, 0.0)?;
+            let positions = s.ids(n, rows as u32)?;
+            let table = s.with(table2.clone())?;
+            Ok(Built {
+                ops: vec![Op::RopeBackward { dinp, dout, positions, table, n, width, heads, hd }],
+                checked: vec![("dinp", dinp)],
+            })
+        }));
+    }
+    for (n, i) in SWIGLU {
+        let shape = format!("N={n} I={i}");
+        // Gates up to about ±30 and a few far out, where a naive sigmoid's exp overflows.
+        let gates = move |s: &mut Setup| -> Result<View> {
+            let data = (0..n * 2 * i)
+                .map(|k| {
+                    let x = s.rng().normal() * 8.0;
+                    (if k % 97 == 5 { x * 40.0 } else { x }) as f32
+                })
+                .collect();
+            s.with(data)
+        };
+        all.push(case("swiglu_forward", shape.clone(), move |s| {
+            let out = s.normal(n * i, 1.0, 0.0)?;
+            let inp = gates(s)?;
+            Ok(Built { ops: vec![Op::SwigluForward { out, inp, n, i }], checked: vec![("out", out)] })
+        }));
+        all.push(case("swiglu_backward", shape, move |s| {
+            let dinp = s.normal(n * 2 * i, 1.0, 0.0)?;
+            let inp = gates(s)?;
+            let dout = s.normal(n * i, 1.0, 0.0)?;
+            Ok(Built {
+                ops: vec![Op::SwigluBackward { dinp, inp, dout, n, i }],
+                checked: vec![("dinp", dinp)],
             })
         }));
     }
@@ -419,11 +528,13 @@ pub fn cases() -> Vec<Case> {
             }));
         }
     }
-    for (i, (b, t, c, nh)) in ATTENTION.into_iter().enumerate() {
+    for (i, (b, t, c, nh, nkv)) in ATTENTION.into_iter().enumerate() {
+        let w = crate::backend::qkv_width(c, nh, nkv);
         // Every shape without dropout, and all but the first with it.
         for drop in [None, Some(0.25f32)].into_iter().filter(|d| i > 0 || d.is_none()) {
             let shape = format!(
-                "B={b} T={t} C={c} NH={nh} hs={}{}",
+                "B={b} T={t} C={c} NH={nh}{} hs={}{}",
+                if nkv == nh { String::new() } else { format!(" NKV={nkv}") },
                 c / nh,
                 drop.map_or(String::new(), |p| format!(" dropout={p}"))
             );
@@ -432,7 +543,7 @@ pub fn cases() -> Vec<Case> {
             all.push(case("attention_forward", shape.clone(), move |s| {
                 let out = s.normal(b * t * c, 1.0, 0.0)?;
                 let att = s.normal(att_len, 1.0, 0.0)?;
-                let qkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
+                let qkv = s.normal(b * t * w, 1.0, 0.0)?;
                 let mut checked = vec![("out", out), ("att", att)];
                 let dropout = match drop {
                     Some(p) => {
@@ -443,20 +554,20 @@ pub fn cases() -> Vec<Case> {
                     None => None,
                 };
                 Ok(Built {
-                    ops: vec![Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv: nh, dropout }],
+                    ops: vec![Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout }],
                     checked,
                 })
             }));
             all.push(case("attention_backward", shape, move |s| {
-                let dqkv = s.normal(b * t * 3 * c, 1.0, 0.0)?;
+                let dqkv = s.normal(b * t * w, 1.0, 0.0)?;
                 let datt = s.normal(att_len, 1.0, 0.0)?;
                 let dout = s.normal(b * t * c, 1.0, 0.0)?;
-                let q: Vec<f32> = (0..b * t * 3 * c).map(|_| s.rng().normal() as f32).collect();
+                let q: Vec<f32> = (0..b * t * w).map(|_| s.rng().normal() as f32).collect();
                 // att (and the dropped probabilities) must be what the forward pass leaves for these q, k.
                 let (mut att, mut probs) = (vec![0f32; att_len], vec![0f32; att_len]);
                 let mask = drop.map(|p| cpu::Mask { seed: seed_data, p, stream });
                 let fwd = mask.map(|m| (probs.as_mut_slice(), m));
-                cpu::attention_forward(&mut vec![0f32; b * t * c], &mut att, &q, b, t, c, nh, fwd);
+                cpu::attention_forward(&mut vec![0f32; b * t * c], &mut att, &q, b, t, c, nh, nkv, fwd);
                 let qkv = s.with(q)?;
                 let att = s.with(att)?;
                 let dropout = match drop {
@@ -479,7 +590,7 @@ pub fn cases() -> Vec<Case> {
                         t,
                         c,
                         nh,
-                        nkv: nh,
+                        nkv,
                         dropout,
                     }],
                     checked: vec![("dqkv", dqkv)],

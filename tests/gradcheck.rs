@@ -53,16 +53,19 @@ fn encoder_backward_matches_finite_differences() {
     let mut wpe = randn(&mut rng, (t + 1) * c, 1.0);
     let w = randn(&mut rng, b * t * c, 1.0);
     let (mut dwte, mut dwpe) = (vec![0.0; v * c], vec![0.0; (t + 1) * c]);
-    cpu::encoder_backward(&mut dwte, &mut dwpe, &w, &tokens, b, t, c);
-    let forward = |wte: &[f64], wpe: &[f64]| {
+    cpu::encoder_backward(&mut dwte, Some(&mut dwpe), &w, &tokens, b, t, c);
+    let forward = |wte: &[f64], wpe: Option<&[f64]>| {
         let mut out = vec![0.0; b * t * c];
         cpu::encoder_forward(&mut out, &tokens, wte, wpe, b, t, c);
         dot(&out, &w)
     };
     let wpe0 = wpe.clone();
-    assert_grad("dwte", &mut wte.clone(), &dwte, &mut |x| forward(x, &wpe0));
-    assert_grad("dwpe", &mut wpe, &dwpe, &mut |x| forward(&wte, x));
-    wte.clear();
+    assert_grad("dwte", &mut wte.clone(), &dwte, &mut |x| forward(x, Some(&wpe0)));
+    assert_grad("dwpe", &mut wpe, &dwpe, &mut |x| forward(&wte, Some(x)));
+    // Without a position embedding (RoPE models) only wte has a gradient.
+    let mut dwte = vec![0.0; v * c];
+    cpu::encoder_backward(&mut dwte, None, &w, &tokens, b, t, c);
+    assert_grad("dwte (no wpe)", &mut wte, &dwte, &mut |x| forward(x, None));
 }
 
 #[test]
@@ -85,6 +88,60 @@ fn layernorm_backward_matches_finite_differences() {
     assert_grad("dinp", &mut x, &dx, &mut |v| forward(v, &w0, &b0).0);
     assert_grad("dweight", &mut weight, &dw, &mut |v| forward(&x0, v, &b0).0);
     assert_grad("dbias", &mut bias, &db, &mut |v| forward(&x0, &w0, v).0);
+}
+
+#[test]
+fn rmsnorm_backward_matches_finite_differences() {
+    let (n, c, eps) = (3, 7, 1e-5);
+    let mut rng = Rng::new(9);
+    let mut x = randn(&mut rng, n * c, 2.0);
+    let mut weight: Vec<f64> = randn(&mut rng, c, 0.3).iter().map(|g| 1.0 + g).collect();
+    let w = randn(&mut rng, n * c, 1.0);
+    let forward = |x: &[f64], weight: &[f64]| {
+        let (mut out, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
+        cpu::rmsnorm_forward(&mut out, &mut rstd, x, weight, n, c, eps);
+        (dot(&out, &w), rstd)
+    };
+    let (_, rstd) = forward(&x, &weight);
+    let (mut dx, mut dw) = (vec![0.0; n * c], vec![0.0; c]);
+    cpu::rmsnorm_backward(&mut dx, &mut dw, &w, &x, &weight, &rstd, n, c);
+    let (x0, w0) = (x.clone(), weight.clone());
+    assert_grad("dinp", &mut x, &dx, &mut |v| forward(v, &w0).0);
+    assert_grad("dweight", &mut weight, &dw, &mut |v| forward(&x0, v).0);
+}
+
+#[test]
+fn rope_backward_matches_finite_differences() {
+    // Two rotated heads of size 6 and a copied tail of 5, positions out of order and repeated.
+    let (n, width, heads, hd) = (4, 17, 2, 6);
+    let positions: Vec<u32> = vec![3, 0, 7, 3];
+    let table: Vec<f64> = wgslm::backend::rope_table(10_000.0, hd, 8).iter().map(|&v| v as f64).collect();
+    let mut rng = Rng::new(10);
+    let mut x = randn(&mut rng, n * width, 1.0);
+    let w = randn(&mut rng, n * width, 1.0);
+    let mut dx = vec![0.0; n * width];
+    cpu::rope_backward(&mut dx, &w, &positions, &table, n, width, heads, hd);
+    assert_grad("dinp", &mut x, &dx, &mut |v| {
+        let mut out = vec![0.0; n * width];
+        cpu::rope_forward(&mut out, v, &positions, &table, n, width, heads, hd);
+        dot(&out, &w)
+    });
+}
+
+#[test]
+fn swiglu_backward_matches_finite_differences() {
+    let (n, i) = (3, 5);
+    let mut rng = Rng::new(11);
+    // Gates from about -9 to 9: both branches of the sigmoid, and its flat tails.
+    let mut x = randn(&mut rng, n * 2 * i, 3.0);
+    let w = randn(&mut rng, n * i, 1.0);
+    let mut dx = vec![0.0; n * 2 * i];
+    cpu::swiglu_backward(&mut dx, &x, &w, n, i);
+    assert_grad("dinp", &mut x, &dx, &mut |v| {
+        let mut out = vec![0.0; n * i];
+        cpu::swiglu_forward(&mut out, v, n, i);
+        dot(&out, &w)
+    });
 }
 
 #[test]
@@ -112,11 +169,18 @@ fn matmul_backward_matches_finite_differences() {
 
 #[test]
 fn attention_backward_matches_finite_differences() {
-    // head size 3: not a power of two; with and without dropout on the probabilities.
-    let (b, t, c, nh) = (2, 4, 6, 2);
+    // head size 3: not a power of two; with and without dropout on the probabilities; multi-head,
+    // then grouped-query with two and with one kv head (each shared by several query heads).
+    for (b, t, c, nh, nkv) in [(2, 4, 6, 2, 2), (2, 4, 12, 4, 2), (1, 5, 9, 3, 1)] {
+        attention_case(b, t, c, nh, nkv);
+    }
+}
+
+fn attention_case(b: usize, t: usize, c: usize, nh: usize, nkv: usize) {
+    let width = wgslm::backend::qkv_width(c, nh, nkv);
     for mask in [None, Some(cpu::Mask { seed: 99, p: 0.3, stream: 5 })] {
         let mut rng = Rng::new(4);
-        let mut qkv = randn(&mut rng, b * t * 3 * c, 1.0);
+        let mut qkv = randn(&mut rng, b * t * width, 1.0);
         let w = randn(&mut rng, b * t * c, 1.0);
         let forward = |qkv: &[f64]| {
             let (mut out, mut att, mut probs) =
@@ -129,6 +193,7 @@ fn attention_backward_matches_finite_differences() {
                 t,
                 c,
                 nh,
+                nkv,
                 mask.map(|m| (probs.as_mut_slice(), m)),
             );
             (dot(&out, &w), att, probs)
@@ -145,10 +210,11 @@ fn attention_backward_matches_finite_differences() {
             t,
             c,
             nh,
+            nkv,
             mask.map(|m| (probs.as_slice(), m)),
         );
-        let what = if mask.is_some() { "dqkv (dropout)" } else { "dqkv" };
-        assert_grad(what, &mut qkv, &dqkv, &mut |v| forward(v).0);
+        let what = format!("dqkv NH={nh} NKV={nkv}{}", if mask.is_some() { " (dropout)" } else { "" });
+        assert_grad(&what, &mut qkv, &dqkv, &mut |v| forward(v).0);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Causal multi-head self-attention, with explicit scores and softmax.
+//! Causal self-attention (multi-head, or grouped-query when `nkv < nh`), with explicit scores and
+//! softmax.
 
 use super::{add, dropout_factor, Real};
 
@@ -10,8 +11,19 @@ pub struct Mask {
     pub stream: u32,
 }
 
-/// qkv (B,T,3C) → out (B,T,C); att (B,NH,T,T) gets the softmax probabilities (0 above the diagonal).
-/// With `dropout`, its tensor (B,NH,T,T) gets the dropped probabilities, which weight the values.
+/// Where part (0 q, 1 k, 2 v) of head h (a query head for q, a kv head for k and v) starts within a
+/// qkv row of `(nh + 2·nkv)·hs` elements: the NH q heads, then the NKV k heads, then the NKV v heads.
+fn part_offset(part: usize, h: usize, c: usize, nkv: usize, hs: usize) -> usize {
+    match part {
+        0 => h * hs,
+        1 => c + h * hs,
+        _ => c + nkv * hs + h * hs,
+    }
+}
+
+/// qkv (B,T,W) with W = (NH + 2·NKV)·hs → out (B,T,C); query head h reads kv head h / (NH/NKV).
+/// att (B,NH,T,T) gets the softmax probabilities (0 above the diagonal). With `dropout`, its tensor
+/// (B,NH,T,T) gets the dropped probabilities, which weight the values.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward<F: Real>(
     out: &mut [F],
@@ -21,19 +33,22 @@ pub fn attention_forward<F: Real>(
     t: usize,
     c: usize,
     nh: usize,
+    nkv: usize,
     mut dropout: Option<(&mut [F], Mask)>,
 ) {
     let hs = c / nh;
+    let (w, group) = ((nh + 2 * nkv) * hs, nh / nkv);
     let scale = 1.0 / (hs as f64).sqrt();
     let at = |bb: usize, tt: usize, part: usize, h: usize, i: usize| {
-        qkv[(bb * t + tt) * 3 * c + part * c + h * hs + i].get()
+        qkv[(bb * t + tt) * w + part_offset(part, h, c, nkv, hs) + i].get()
     };
     let mut row = vec![0.0f64; t];
     for bb in 0..b {
         for h in 0..nh {
+            let kvh = h / group;
             for t1 in 0..t {
                 for (t2, r) in row.iter_mut().enumerate().take(t1 + 1) {
-                    *r = (0..hs).map(|i| at(bb, t1, 0, h, i) * at(bb, t2, 1, h, i)).sum::<f64>() * scale;
+                    *r = (0..hs).map(|i| at(bb, t1, 0, h, i) * at(bb, t2, 1, kvh, i)).sum::<f64>() * scale;
                 }
                 let max = row[..=t1].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = row[..=t1].iter().map(|s| (s - max).exp()).sum();
@@ -48,7 +63,7 @@ pub fn attention_forward<F: Real>(
                     row[t2] = p;
                 }
                 for i in 0..hs {
-                    let s: f64 = (0..=t1).map(|t2| row[t2] * at(bb, t2, 2, h, i)).sum();
+                    let s: f64 = (0..=t1).map(|t2| row[t2] * at(bb, t2, 2, kvh, i)).sum();
                     out[(bb * t + t1) * c + h * hs + i] = F::of(s);
                 }
             }
@@ -56,8 +71,9 @@ pub fn attention_forward<F: Real>(
     }
 }
 
-/// Accumulates dqkv (B,T,3C) from dout (B,T,C) through the saved att (B,NH,T,T). `datt` (B,NH,T,T) is
+/// Accumulates dqkv (B,T,W) from dout (B,T,C) through the saved att (B,NH,T,T). `datt` (B,NH,T,T) is
 /// scratch: it receives the gradient of the pre-softmax scores (scaled), zero above the diagonal.
+/// A kv head's gradient receives its query heads' contributions in increasing head order.
 /// `dropout` must be the forward pass's: its tensor holds the dropped probabilities.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<F: Real>(
@@ -70,21 +86,25 @@ pub fn attention_backward<F: Real>(
     t: usize,
     c: usize,
     nh: usize,
+    nkv: usize,
     dropout: Option<(&[F], Mask)>,
 ) {
     let hs = c / nh;
+    let (w, group) = ((nh + 2 * nkv) * hs, nh / nkv);
     let scale = 1.0 / (hs as f64).sqrt();
-    let idx =
-        |bb: usize, tt: usize, part: usize, h: usize, i: usize| (bb * t + tt) * 3 * c + part * c + h * hs + i;
+    let idx = |bb: usize, tt: usize, part: usize, h: usize, i: usize| {
+        (bb * t + tt) * w + part_offset(part, h, c, nkv, hs) + i
+    };
     let mut dp = vec![0.0f64; t];
     for bb in 0..b {
         for h in 0..nh {
+            let kvh = h / group;
             for t1 in 0..t {
                 let arow = (((bb * nh) + h) * t + t1) * t;
                 let dout_at = |i: usize| dout[(bb * t + t1) * c + h * hs + i].get();
                 // d(weights) = dout · v; through the dropout mask; then back through the softmax.
                 for (t2, d) in dp.iter_mut().enumerate().take(t1 + 1) {
-                    *d = (0..hs).map(|i| dout_at(i) * qkv[idx(bb, t2, 2, h, i)].get()).sum();
+                    *d = (0..hs).map(|i| dout_at(i) * qkv[idx(bb, t2, 2, kvh, i)].get()).sum();
                     if let Some((_, m)) = dropout {
                         *d *= dropout_factor(m.seed, m.stream, arow + t2, m.p);
                     }
@@ -99,9 +119,9 @@ pub fn attention_backward<F: Real>(
                     // The values were weighted by the dropped probabilities.
                     let p = dropout.map_or(att[arow + t2], |(probs, _)| probs[arow + t2]).get();
                     for i in 0..hs {
-                        add(&mut dqkv[idx(bb, t1, 0, h, i)], pre * qkv[idx(bb, t2, 1, h, i)].get());
-                        add(&mut dqkv[idx(bb, t2, 1, h, i)], pre * qkv[idx(bb, t1, 0, h, i)].get());
-                        add(&mut dqkv[idx(bb, t2, 2, h, i)], p * dout_at(i));
+                        add(&mut dqkv[idx(bb, t1, 0, h, i)], pre * qkv[idx(bb, t2, 1, kvh, i)].get());
+                        add(&mut dqkv[idx(bb, t2, 1, kvh, i)], pre * qkv[idx(bb, t1, 0, h, i)].get());
+                        add(&mut dqkv[idx(bb, t2, 2, kvh, i)], p * dout_at(i));
                     }
                 }
             }

@@ -84,24 +84,21 @@ impl CpuBackend {
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::Zero { out } => self.with_outputs(&[out], |o| zero(o[0])),
-            Op::RmsnormForward { .. }
-            | Op::RmsnormBackward { .. }
-            | Op::RopeForward { .. }
-            | Op::RopeBackward { .. }
-            | Op::SwigluForward { .. }
-            | Op::SwigluBackward { .. } => unimplemented!("{}: not implemented yet", op.name()),
             Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => {
                 let tok = self.u32s(tokens).to_vec();
-                let i = self.inputs(&[wte, wpe.expect("encoder without wpe: not implemented yet")]);
-                self.with_outputs(&[out], |o| encoder_forward(o[0], &tok, &i[0], &i[1], b, t, c))
+                let wte = self.f32s(wte).to_vec();
+                let wpe = wpe.map(|w| self.f32s(w).to_vec());
+                self.with_outputs(&[out], |o| encoder_forward(o[0], &tok, &wte, wpe.as_deref(), b, t, c))
             }
             Op::EncoderBackward { dwte, dwpe, dout, tokens, b, t, c, .. } => {
                 let tok = self.u32s(tokens).to_vec();
                 let i = self.inputs(&[dout]);
-                let dwpe = dwpe.expect("encoder without wpe: not implemented yet");
-                self.with_outputs(&[dwte, dwpe], |o| {
-                    let [dwte, dwpe] = o else { unreachable!() };
-                    encoder_backward(dwte, dwpe, &i[0], &tok, b, t, c)
+                let mut outs = vec![dwte];
+                outs.extend(dwpe);
+                self.with_outputs(&outs, |o| {
+                    let (first, rest) = o.split_at_mut(1);
+                    let dwpe = rest.first_mut().map(|d| &mut **d);
+                    encoder_backward(first[0], dwpe, &i[0], &tok, b, t, c)
                 })
             }
             Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => {
@@ -117,6 +114,38 @@ impl CpuBackend {
                     let [dinp, dweight, dbias] = o else { unreachable!() };
                     layernorm_backward(dinp, dweight, dbias, &i[0], &i[1], &i[2], &i[3], &i[4], n, c)
                 })
+            }
+            Op::RmsnormForward { out, rstd, inp, weight, n, c, eps } => {
+                let i = self.inputs(&[inp, weight]);
+                self.with_outputs(&[out, rstd], |o| {
+                    let [out, rstd] = o else { unreachable!() };
+                    rmsnorm_forward(out, rstd, &i[0], &i[1], n, c, eps as f64)
+                })
+            }
+            Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c } => {
+                let i = self.inputs(&[dout, inp, weight, rstd]);
+                self.with_outputs(&[dinp, dweight], |o| {
+                    let [dinp, dweight] = o else { unreachable!() };
+                    rmsnorm_backward(dinp, dweight, &i[0], &i[1], &i[2], &i[3], n, c)
+                })
+            }
+            Op::RopeForward { out, inp, positions, table, n, width, heads, hd } => {
+                let pos = self.u32s(positions).to_vec();
+                let i = self.inputs(&[inp, table]);
+                self.with_outputs(&[out], |o| rope_forward(o[0], &i[0], &pos, &i[1], n, width, heads, hd))
+            }
+            Op::RopeBackward { dinp, dout, positions, table, n, width, heads, hd } => {
+                let pos = self.u32s(positions).to_vec();
+                let i = self.inputs(&[dout, table]);
+                self.with_outputs(&[dinp], |o| rope_backward(o[0], &i[0], &pos, &i[1], n, width, heads, hd))
+            }
+            Op::SwigluForward { out, inp, n, i: width } => {
+                let i = self.inputs(&[inp]);
+                self.with_outputs(&[out], |o| swiglu_forward(o[0], &i[0], n, width))
+            }
+            Op::SwigluBackward { dinp, inp, dout, n, i: width } => {
+                let i = self.inputs(&[inp, dout]);
+                self.with_outputs(&[dinp], |o| swiglu_backward(o[0], &i[0], &i[1], n, width))
             }
             Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: true } => {
                 let (a, b) = (self.u32s(a).to_vec(), self.u32s(b).to_vec());
@@ -147,7 +176,6 @@ impl CpuBackend {
                 })
             }
             Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout } => {
-                assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
                 let i = self.inputs(&[qkv]);
                 let mask = dropout.map(|d| self.mask(&d));
                 let mut outs = vec![out, att];
@@ -156,17 +184,16 @@ impl CpuBackend {
                     let (first, rest) = o.split_at_mut(2);
                     let [out, att] = first else { unreachable!() };
                     let probs = rest.first_mut().map(|p| (&mut **p, mask.unwrap()));
-                    attention_forward(out, att, &i[0], b, t, c, nh, probs)
+                    attention_forward(out, att, &i[0], b, t, c, nh, nkv, probs)
                 })
             }
             Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, nkv, dropout } => {
-                assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
                 let i = self.inputs(&[dout, qkv, att]);
                 let probs = dropout.map(|d| (self.f32s(d.probs).to_vec(), self.mask(&d)));
                 self.with_outputs(&[dqkv, datt], |o| {
                     let [dqkv, datt] = o else { unreachable!() };
                     let probs = probs.as_ref().map(|(p, m)| (p.as_slice(), *m));
-                    attention_backward(dqkv, datt, &i[0], &i[1], &i[2], b, t, c, nh, probs)
+                    attention_backward(dqkv, datt, &i[0], &i[1], &i[2], b, t, c, nh, nkv, probs)
                 })
             }
             Op::DropoutForward { out, inp, seed, n, p, stream } => {

@@ -1,4 +1,4 @@
-//! Elementwise kernels: zero, GELU (tanh approximation), residual add.
+//! Elementwise kernels: zero, GELU (tanh approximation), residual add, SwiGLU.
 
 use super::{add, Real};
 
@@ -41,5 +41,38 @@ pub fn residual_backward<F: Real>(dinp1: &mut [F], dinp2: &mut [F], dout: &[F], 
     for i in 0..n {
         add(&mut dinp1[i], dout[i].get());
         add(&mut dinp2[i], dout[i].get());
+    }
+}
+
+/// The logistic sigmoid, in a form whose exp never overflows: exp of a non-positive number only.
+fn sigmoid(g: f64) -> f64 {
+    if g >= 0.0 {
+        1.0 / (1.0 + (-g).exp())
+    } else {
+        let e = g.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// out (N,I) = silu(g) · u, where row r of inp (N,2I) is [g (I) | u (I)] and silu(g) = g·sigmoid(g).
+pub fn swiglu_forward<F: Real>(out: &mut [F], inp: &[F], n: usize, i: usize) {
+    for row in 0..n {
+        for j in 0..i {
+            let (g, u) = (inp[row * 2 * i + j].get(), inp[row * 2 * i + i + j].get());
+            out[row * i + j] = F::of(g * sigmoid(g) * u);
+        }
+    }
+}
+
+/// dinp (N,2I) += [dout · u · silu'(g) | dout · silu(g)], with silu'(g) = s·(1 + g·(1 - s)), s = sigmoid(g).
+pub fn swiglu_backward<F: Real>(dinp: &mut [F], inp: &[F], dout: &[F], n: usize, i: usize) {
+    for row in 0..n {
+        for j in 0..i {
+            let (gi, ui) = (row * 2 * i + j, row * 2 * i + i + j);
+            let (g, u, d) = (inp[gi].get(), inp[ui].get(), dout[row * i + j].get());
+            let s = sigmoid(g);
+            add(&mut dinp[gi], d * u * s * (1.0 + g * (1.0 - s)));
+            add(&mut dinp[ui], d * g * s);
+        }
     }
 }

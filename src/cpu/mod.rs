@@ -14,16 +14,22 @@ mod encoder;
 mod layernorm;
 mod matmul;
 mod optim;
+mod rmsnorm;
+mod rope;
 
 pub use attention::{attention_backward, attention_forward, Mask};
 pub use backend::CpuBackend;
 pub use crossentropy::{crossentropy_backward, crossentropy_forward};
 pub use dropout::{dropout_backward, dropout_factor, dropout_forward, hash as dropout_hash};
-pub use elementwise::{gelu_backward, gelu_forward, residual_backward, residual_forward, zero};
+pub use elementwise::{
+    gelu_backward, gelu_forward, residual_backward, residual_forward, swiglu_backward, swiglu_forward, zero,
+};
 pub use encoder::{encoder_backward, encoder_forward};
 pub use layernorm::{layernorm_backward, layernorm_forward, LAYERNORM_EPS};
 pub use matmul::{matmul, matmul_backward, matmul_f16, matmul_forward, pack_f16, unpack_f16};
 pub use optim::{adamw_update, global_norm, reduce_sum};
+pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+pub use rope::{rope_backward, rope_forward};
 
 /// A float the twins compute with: f32 for the backend, f64 for gradient checks.
 pub trait Real: Copy + Default + PartialEq + PartialOrd + std::fmt::Debug + Send + Sync + 'static {

@@ -21,6 +21,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul_vec4.wgsl", include_str!("../../shaders/matmul_vec4.wgsl")),
     ("adamw.wgsl", include_str!("../../shaders/adamw.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
+    ("rmsnorm.wgsl", include_str!("../../shaders/rmsnorm.wgsl")),
+    ("rope.wgsl", include_str!("../../shaders/rope.wgsl")),
 ];
 
 /// Files compiled without wgpu's runtime bounds checks. Each index they compute is clamped into range
@@ -58,11 +60,12 @@ pub fn validate_wgsl(path: &str, source: &str) -> crate::Result<naga::Module> {
 /// The file each entry point lives in.
 pub fn shader_file(entry: &str) -> &'static str {
     match entry {
-        "zero" | "gelu_forward" | "gelu_backward" | "residual_forward" | "residual_backward" => {
-            "elementwise.wgsl"
-        }
+        "zero" | "gelu_forward" | "gelu_backward" | "residual_forward" | "residual_backward"
+        | "swiglu_forward" | "swiglu_backward" => "elementwise.wgsl",
         "encoder_forward" | "encoder_backward_wte" | "encoder_backward_wpe" => "encoder.wgsl",
         "layernorm_forward" | "layernorm_backward" | "layernorm_backward_params_partial" => "layernorm.wgsl",
+        "rmsnorm_forward" | "rmsnorm_backward" | "rmsnorm_backward_weight_partial" => "rmsnorm.wgsl",
+        "rope_forward" | "rope_backward" => "rope.wgsl",
         "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
         "matmul_vec4_rows" | "matmul_vec4_dot" => "matmul_vec4.wgsl",
         "matmul_rows" => "matmul_rows.wgsl",
@@ -93,7 +96,8 @@ pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
 /// is split: matmul sums K in chunks of this size, one dispatch each.
 pub const MATMUL_K_CHUNK: usize = 16_384;
 
-/// Rows per block in the first stage of a column sum (bias and LayerNorm parameter gradients).
+/// Rows per block in the first stage of a column sum (bias, LayerNorm and RMSNorm parameter gradients);
+/// must equal the 256 of the `*_partial` kernels.
 pub const ROW_BLOCK: usize = 256;
 
 /// Partial sums per chunk in the first stage of `global_norm`; must equal PARTIALS in reduce.wgsl.
@@ -377,6 +381,7 @@ fn row_blocks(rows: usize) -> usize {
 pub fn scratch_len(op: &Op, max_binding: usize) -> usize {
     match *op {
         Op::LayernormBackward { n, c, .. } => 2 * row_blocks(n) * c,
+        Op::RmsnormBackward { n, c, .. } => row_blocks(n) * c,
         Op::MatmulBackward { dbias: Some(_), m, n, .. } => row_blocks(m) * n,
         Op::GlobalNorm { n, .. } => NORM_PARTIALS * n.div_ceil(max_binding).max(1),
         _ => 0,
@@ -404,21 +409,22 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             .collect(),
         Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => vec![call(
             "encoder_forward",
-            vec![out, tokens, wte, wpe.expect("encoder without wpe: not implemented yet")],
-            vec![u(b), u(t), u(c), 0],
+            // Without wpe the kernel reads only wte (has_wpe = 0); the dummy fills the binding.
+            vec![out, tokens, wte, wpe.unwrap_or(dummy)],
+            vec![u(b), u(t), u(c), u32::from(wpe.is_some())],
             per_item(b * t * c),
         )],
         Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c } => {
-            let dwpe = dwpe.expect("encoder without wpe: not implemented yet");
-            vec![
-                call(
-                    "encoder_backward_wte",
-                    vec![dwte, dout, tokens, order],
-                    vec![u(b), u(t), u(c), 0],
-                    per_item(b * t * c),
-                ),
-                call("encoder_backward_wpe", vec![dwpe, dout], vec![u(b), u(t), u(c), 0], per_item(t * c)),
-            ]
+            let mut v = vec![call(
+                "encoder_backward_wte",
+                vec![dwte, dout, tokens, order],
+                vec![u(b), u(t), u(c), 0],
+                per_item(b * t * c),
+            )];
+            v.extend(dwpe.map(|dwpe| {
+                call("encoder_backward_wpe", vec![dwpe, dout], vec![u(b), u(t), u(c), 0], per_item(t * c))
+            }));
+            v
         }
         Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => vec![call(
             "layernorm_forward",
@@ -444,6 +450,40 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 colsum_final(dweight, scratch, blocks, c, 0),
                 colsum_final(dbias, scratch, blocks, c, blocks * c),
             ]
+        }
+        Op::RmsnormForward { out, rstd, inp, weight, n, c, eps } => {
+            vec![call("rmsnorm_forward", vec![out, rstd, inp, weight], vec![u(n), u(c), f(eps)], fold(n))]
+        }
+        Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c } => {
+            let blocks = row_blocks(n);
+            vec![
+                call("rmsnorm_backward", vec![dinp, rstd, inp, weight, dout], vec![u(n), u(c), 0], fold(n)),
+                call(
+                    "rmsnorm_backward_weight_partial",
+                    vec![scratch, rstd, inp, dout],
+                    vec![u(n), u(c), 0],
+                    [u(c.div_ceil(64)), u(blocks), 1],
+                ),
+                colsum_final(dweight, scratch, blocks, c, 0),
+            ]
+        }
+        Op::RopeForward { out, inp, positions, table, n, width, heads, hd } => vec![call(
+            "rope_forward",
+            vec![out, inp, positions, table],
+            vec![u(n), u(width), u(heads), u(hd)],
+            per_item(n * width),
+        )],
+        Op::RopeBackward { dinp, dout, positions, table, n, width, heads, hd } => vec![call(
+            "rope_backward",
+            vec![dinp, dout, positions, table],
+            vec![u(n), u(width), u(heads), u(hd)],
+            per_item(n * width),
+        )],
+        Op::SwigluForward { out, inp, n, i } => {
+            vec![call("swiglu_forward", vec![out, inp], vec![u(n * i), u(i)], per_item(n * i))]
+        }
+        Op::SwigluBackward { dinp, inp, dout, n, i } => {
+            vec![call("swiglu_backward", vec![dinp, inp, dout], vec![u(n * i), u(i)], per_item(n * i))]
         }
         Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: false } => {
             gemm(env, out, a, b, None, dummy, (m, k, n), trans_a, trans_b, accumulate)
@@ -497,8 +537,7 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             v
         }
         Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout } => {
-            assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
-            let p = vec![u(b), u(t), u(c), u(nh)];
+            let p = vec![u(b), u(t), u(c), u(nh), u(nkv), 0, 0, 0];
             let mut v = vec![
                 call("attention_scores", vec![att, qkv], p.clone(), per_item(b * nh * t * t)),
                 call("attention_softmax", vec![att], p.clone(), per_item(b * nh * t)),
@@ -514,8 +553,7 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             v
         }
         Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, nkv, dropout } => {
-            assert_eq!(nkv, nh, "grouped-query attention: not implemented yet");
-            let p = vec![u(b), u(t), u(c), u(nh)];
+            let p = vec![u(b), u(t), u(c), u(nh), u(nkv), 0, 0, 0];
             let mut v = vec![call(
                 "attention_backward_probs",
                 vec![datt, qkv, dout],
@@ -532,7 +570,13 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             v.extend([
                 call("attention_backward_softmax", vec![datt, att], p.clone(), per_item(b * nh * t)),
                 call("attention_backward_q", vec![dqkv, qkv, datt], p.clone(), per_item(b * t * c)),
-                call("attention_backward_kv", vec![dqkv, qkv, datt, weights, dout], p, per_item(b * t * c)),
+                // One invocation per element of the k (or v) part: B·T·NKV·hs.
+                call(
+                    "attention_backward_kv",
+                    vec![dqkv, qkv, datt, weights, dout],
+                    p,
+                    per_item(b * t * nkv * (c / nh)),
+                ),
             ]);
             v
         }
@@ -588,12 +632,6 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             v.push(call("global_norm_final", vec![out, partials], vec![u(partials.len), 0], [1, 1, 1]));
             v
         }
-        Op::RmsnormForward { .. }
-        | Op::RmsnormBackward { .. }
-        | Op::RopeForward { .. }
-        | Op::RopeBackward { .. }
-        | Op::SwigluForward { .. }
-        | Op::SwigluBackward { .. } => unimplemented!("{}: not implemented yet", op.name()),
         Op::AdamwUpdate { params, grads, m, v, hyper, norm, n, weight_decay } => chunks(n, env.max_binding)
             .map(|(at, len)| {
                 let piece = |x: View| x.slice(at, len);
