@@ -236,6 +236,40 @@ pub enum Op {
         nkv: usize,
         dropout: Option<AttnDropout>,
     },
+    /// Fused ("flash") causal attention: the same function as [`Op::AttentionForward`] (same qkv
+    /// layout, heads, kv heads, scale and dropout masks), computed tile by tile with an online softmax
+    /// so that nothing of size T² is stored. Saves `lse` (B,NH,T): the log-sum-exp of each row of
+    /// scaled scores, which the backward pass recomputes the probabilities from. With `dropout`, the
+    /// mask of probability (b, h, t1, t2) is that of element `((b·NH + h)·T + t1)·T + t2` of the
+    /// stream (as `AttentionForward` applies it to its (B,NH,T,T) tensor); `dropout.probs` is unused.
+    FlashAttentionForward {
+        out: View,
+        lse: View,
+        qkv: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        nkv: usize,
+        dropout: Option<AttnDropout>,
+    },
+    /// Accumulates dqkv (B,T,W) from dout (B,T,C), recomputing the probabilities from qkv and `lse`;
+    /// `out` is the forward output and `dsum` (B,NH,T) scratch for `D = rowsum(dout ∘ out)`. Sums in a
+    /// fixed order (no atomics); a kv head's gradient sums over its query heads in increasing order.
+    FlashAttentionBackward {
+        dqkv: View,
+        dsum: View,
+        dout: View,
+        qkv: View,
+        out: View,
+        lse: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        nkv: usize,
+        dropout: Option<AttnDropout>,
+    },
     /// `out = inp · mask / (1 - p)`, n elements; element i is kept when
     /// `hash(i + hash(seed ^ hash(stream))) >= p·2³²` (see shaders/dropout.wgsl). `seed` is 1 u32.
     DropoutForward { out: View, inp: View, seed: View, n: usize, p: f32, stream: u32 },
@@ -407,6 +441,8 @@ impl Op {
             Op::Matmul { half: true, .. } => "matmul_f16",
             Op::MatmulForward { .. } => "matmul_forward",
             Op::MatmulBackward { .. } => "matmul_backward",
+            Op::FlashAttentionForward { .. } => "flash_attention_forward",
+            Op::FlashAttentionBackward { .. } => "flash_attention_backward",
             Op::AttentionForward { .. } => "attention_forward",
             Op::AttentionBackward { .. } => "attention_backward",
             Op::DropoutForward { .. } => "dropout_forward",
@@ -474,6 +510,17 @@ impl Op {
                 v.extend(dropout.iter().flat_map(|d| [(d.probs, b * nh * t * t), (d.seed, 1)]));
                 v
             }
+            Op::FlashAttentionForward { qkv, b, t, c, nh, nkv, dropout, .. } => {
+                let mut v = vec![(qkv, b * t * qkv_width(c, nh, nkv))];
+                v.extend(dropout.map(|d| (d.seed, 1)));
+                v
+            }
+            Op::FlashAttentionBackward { dout, qkv, out, lse, b, t, c, nh, nkv, dropout, .. } => {
+                let w = qkv_width(c, nh, nkv);
+                let mut v = vec![(dout, b * t * c), (qkv, b * t * w), (out, b * t * c), (lse, b * nh * t)];
+                v.extend(dropout.map(|d| (d.seed, 1)));
+                v
+            }
             Op::DropoutForward { inp, seed, n, .. } => vec![(inp, n), (seed, 1)],
             Op::DropoutBackward { dout, seed, n, .. } => vec![(dout, n), (seed, 1)],
             Op::GeluForward { inp, n, .. } => vec![(inp, n)],
@@ -529,6 +576,12 @@ impl Op {
                 v.extend(dropout.map(|d| (d.probs, b * nh * t * t)));
                 v
             }
+            Op::FlashAttentionForward { out, lse, b, t, c, nh, .. } => {
+                vec![(out, b * t * c), (lse, b * nh * t)]
+            }
+            Op::FlashAttentionBackward { dqkv, dsum, b, t, c, nh, nkv, .. } => {
+                vec![(dqkv, b * t * qkv_width(c, nh, nkv)), (dsum, b * nh * t)]
+            }
             Op::DropoutForward { out, n, .. } => vec![(out, n)],
             Op::DropoutBackward { dinp, n, .. } => vec![(dinp, n)],
             Op::AttentionBackward { dqkv, datt, b, t, c, nh, nkv, .. } => {
@@ -566,7 +619,10 @@ impl Op {
             {
                 return Err(format!("{name}: wte/wpe must be (V,{c}) and (>= {t},{c})"));
             }
-            Op::AttentionForward { c, nh, nkv, .. } | Op::AttentionBackward { c, nh, nkv, .. }
+            Op::AttentionForward { c, nh, nkv, .. }
+            | Op::AttentionBackward { c, nh, nkv, .. }
+            | Op::FlashAttentionForward { c, nh, nkv, .. }
+            | Op::FlashAttentionBackward { c, nh, nkv, .. }
                 if nh == 0 || c % nh != 0 || nkv == 0 || nh % nkv != 0 =>
             {
                 return Err(format!(

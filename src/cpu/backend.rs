@@ -84,6 +84,9 @@ impl CpuBackend {
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::Zero { out } => self.with_outputs(&[out], |o| zero(o[0])),
+            Op::FlashAttentionForward { .. } | Op::FlashAttentionBackward { .. } => {
+                unimplemented!("{}: not implemented yet", op.name())
+            }
             Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => {
                 let tok = self.u32s(tokens).to_vec();
                 let wte = self.f32s(wte).to_vec();

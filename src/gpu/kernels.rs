@@ -404,6 +404,9 @@ fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize
 pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
     let (dummy, scratch) = (env.dummy, env.scratch);
     match *op {
+        Op::FlashAttentionForward { .. } | Op::FlashAttentionBackward { .. } => {
+            unimplemented!("{}: not implemented yet", op.name())
+        }
         Op::Zero { out } => chunks(out.len, env.max_binding)
             .map(|(at, len)| call("zero", vec![out.slice(at, len)], vec![u(len)], per_item(len)))
             .collect(),
