@@ -693,6 +693,10 @@ pub trait Backend {
     fn pin_kernel_choices(&mut self, _choices: &std::collections::BTreeMap<String, String>) -> Result<()> {
         Ok(())
     }
+    /// The most elements one storage binding may hold (unbounded on the CPU).
+    fn max_binding(&self) -> usize {
+        usize::MAX
+    }
     /// Buffers alive on the device and their bytes (GPU backends), for memory reports.
     fn live_buffers(&self) -> Option<(usize, u64)> {
         None

@@ -252,7 +252,8 @@ fn llama_config_json_fields_are_read_or_refused() {
         edit(&mut json);
         hf::parse_config(Path::new("config.json"), json.to_string().as_bytes())
     };
-    let refused: [(&str, &dyn Fn(&mut serde_json::Value)); 6] = [
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let refused: [(&str, Edit); 6] = [
         ("rope_parameters.rope_type", &|j| j["rope_parameters"]["rope_type"] = "linear".into()),
         ("rope_scaling.rope_type", &|j| {
             j["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 2.0})

@@ -29,11 +29,14 @@ fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Model, Loader)> {
     let model_cfg = cfg.model(data.tok.vocab_size());
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
     let backend = crate::open_backend_with(device, &cfg.matmul)?;
-    let mut model = Model::new(
+    let attention = crate::model::Attention::parse(&cfg.attention)
+        .ok_or_else(|| crate::Error::Invalid(format!("attention = {:?}", cfg.attention)))?;
+    let mut model = Model::with_attention(
         backend,
         model_cfg,
         shape,
         Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout },
+        attention,
     )?;
     model.set_params(&init_params(&model_cfg, cfg.seed))?;
     let loader = Loader::new(data.train, shape.b, shape.t, cfg.seed, &data.source)?;

@@ -501,6 +501,10 @@ impl Backend for GpuBackend {
         Some(self.ctx.live_buffers())
     }
 
+    fn max_binding(&self) -> usize {
+        self.max_binding
+    }
+
     fn kernel_choices(&self) -> std::collections::BTreeMap<String, String> {
         self.choices.iter().map(|(s, v)| (tune::shape_key(*s), v.to_string())).collect()
     }

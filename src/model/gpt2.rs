@@ -3,7 +3,7 @@
 //! (`model::runtime`) adds the output head (tied to `wte`), the loss and the optimizer.
 
 use super::layout::{Init, ParamDef};
-use super::runtime::{BatchShape, DropoutSeed, Io, Network, Weights};
+use super::runtime::{Attention, BatchShape, DropoutSeed, Io, Network, Weights};
 use super::ModelConfig;
 use crate::backend::{AttnDropout, Backend, DType, Op, View, WeightLayout};
 use crate::Result;
@@ -90,7 +90,7 @@ struct LayerActs {
     ln1_rstd: View,
     qkv: View,
     atty: View,
-    /// (B,NH,T,T)
+    /// What attention saves: (B,NH,T,T) probabilities or (B,NH,T) log-sum-exp (`Attention`).
     att: View,
     attproj: View,
     res2: View,
@@ -122,13 +122,14 @@ struct Acts {
 fn alloc_acts(
     be: &mut dyn Backend,
     cfg: &ModelConfig,
+    attention: Attention,
     s: BatchShape,
     grads: bool,
     scalar: View,
     label: &str,
 ) -> Result<Acts> {
     let (n, c) = (s.tokens(), cfg.n_embd);
-    let att_len = s.b * cfg.n_head * s.t * s.t;
+    let att_len = attention.saved_len(s, cfg.n_head);
     let what = if grads { "gradient of " } else { label };
     // Gradients need no statistics (`stat` tensors).
     let mut alloc = |len: usize, name: &str, stat: bool| -> Result<View> {
@@ -184,7 +185,7 @@ fn alloc_acts(
             ln1_rstd: alloc(n, &p("ln_1 rstd"), true)?,
             qkv: alloc(n * 3 * c, &p("qkv"), false)?,
             atty: alloc(n * c, &p("attention"), false)?,
-            att: alloc(att_len, &p("attention probabilities"), false)?,
+            att: alloc(att_len, &p("attention probabilities or log-sum-exp"), false)?,
             attproj: alloc(n * c, &p("attention projection"), false)?,
             res2: alloc(n * c, &p("residual 2"), false)?,
             ln2: alloc(n * c, &p("ln_2"), false)?,
@@ -226,11 +227,14 @@ impl Dropout {
     fn new(
         be: &mut dyn Backend,
         cfg: &ModelConfig,
+        attention: Attention,
         s: BatchShape,
         d: DropoutSeed,
         scalar: View,
     ) -> Result<Self> {
         let (nc, att) = (s.tokens() * cfg.n_embd, s.b * cfg.n_head * s.t * s.t);
+        // Flash attention regenerates its mask and keeps no dropped probabilities.
+        let keeps_probs = attention == Attention::Naive;
         let mut t = |len: usize, name: String| -> Result<View> {
             Ok(View::new(be.alloc(DType::F32, len, &name)?, 0, len))
         };
@@ -241,7 +245,7 @@ impl Dropout {
                 layers: (0..cfg.n_layer)
                     .map(|l| {
                         Ok([
-                            if grad {
+                            if grad || !keeps_probs {
                                 scalar
                             } else {
                                 t(att, format!("h.{l} dropped attention probabilities"))?
@@ -267,6 +271,7 @@ impl Dropout {
 /// GPT-2 as a [`Network`].
 pub struct Gpt2Net {
     config: ModelConfig,
+    attention: Attention,
     index: Index,
     frames: Vec<Acts>,
     grads: Option<Acts>,
@@ -274,8 +279,15 @@ pub struct Gpt2Net {
 }
 
 impl Gpt2Net {
-    pub fn new(config: &ModelConfig) -> Self {
-        Gpt2Net { config: *config, index: params(config).1, frames: Vec::new(), grads: None, dropout: None }
+    pub fn new(config: &ModelConfig, attention: Attention) -> Self {
+        Gpt2Net {
+            config: *config,
+            attention,
+            index: params(config).1,
+            frames: Vec::new(),
+            grads: None,
+            dropout: None,
+        }
     }
 
     fn grads(&self) -> &Acts {
@@ -291,7 +303,7 @@ impl Network for Gpt2Net {
         scalar: View,
         label: &str,
     ) -> Result<usize> {
-        self.frames.push(alloc_acts(be, &self.config, shape, false, scalar, label)?);
+        self.frames.push(alloc_acts(be, &self.config, self.attention, shape, false, scalar, label)?);
         Ok(self.frames.len() - 1)
     }
 
@@ -303,9 +315,9 @@ impl Network for Gpt2Net {
     ) -> Result<()> {
         let shape = self.frames[0].shape;
         if let Some(d) = dropout {
-            self.dropout = Some(Dropout::new(be, &self.config, shape, d, scalar)?);
+            self.dropout = Some(Dropout::new(be, &self.config, self.attention, shape, d, scalar)?);
         }
-        self.grads = Some(alloc_acts(be, &self.config, shape, true, scalar, "")?);
+        self.grads = Some(alloc_acts(be, &self.config, self.attention, shape, true, scalar, "")?);
         Ok(())
     }
 
@@ -392,22 +404,21 @@ impl Network for Gpt2Net {
                     c,
                 },
                 linear(la.qkv, la.ln1, li.c_attn_w, li.c_attn_b, c, 3 * c),
-                Op::AttentionForward {
-                    out: la.atty,
-                    att: la.att,
-                    qkv: la.qkv,
-                    b: s.b,
-                    t: s.t,
+                self.attention.forward(
+                    la.atty,
+                    la.att,
+                    la.qkv,
+                    s,
                     c,
-                    nh: cfg.n_head,
-                    nkv: cfg.n_head,
-                    dropout: drop.map(|d| AttnDropout {
+                    cfg.n_head,
+                    cfg.n_head,
+                    drop.map(|d| AttnDropout {
                         probs: d.acts.layers[i][0],
                         seed: d.seed,
                         p: d.p,
                         stream: d.stream(micro, 1 + 3 * i),
                     }),
-                },
+                ),
                 linear(la.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c),
             ]);
             let attproj = dropped(ops, la.attproj, 2 + 3 * i, site(1));
@@ -543,24 +554,24 @@ impl Network for Gpt2Net {
             zero(ops, &[da.atty]);
             ops.push(linear(da.atty, da.attproj, la.atty, li.attn_proj_w, li.attn_proj_b, c, c));
             zero(ops, &[da.qkv]);
-            ops.extend([Op::AttentionBackward {
-                dqkv: da.qkv,
-                datt: da.att,
-                dout: da.atty,
-                qkv: la.qkv,
-                att: la.att,
-                b: s.b,
-                t: s.t,
+            ops.push(self.attention.backward(
+                da.qkv,
+                da.att,
+                da.atty,
+                la.qkv,
+                la.atty,
+                la.att,
+                s,
                 c,
-                nh: cfg.n_head,
-                nkv: cfg.n_head,
-                dropout: drop.map(|dr| AttnDropout {
+                cfg.n_head,
+                cfg.n_head,
+                drop.map(|dr| AttnDropout {
                     probs: dr.acts.layers[i][0],
                     seed: dr.seed,
                     p: dr.p,
                     stream: dr.stream(micro, 1 + 3 * i),
                 }),
-            }]);
+            ));
             zero(ops, &[da.ln1]);
             ops.extend([
                 linear(da.ln1, da.qkv, la.ln1, li.c_attn_w, li.c_attn_b, c, 3 * c),

@@ -9,7 +9,7 @@
 //! gate and up projections likewise form one `[2·I, C]` matrix.
 
 use super::layout::{Init, ParamDef};
-use super::runtime::{BatchShape, DropoutSeed, Io, Network, Weights};
+use super::runtime::{Attention, BatchShape, DropoutSeed, Io, Network, Weights};
 use super::{Arch, LlamaConfig, ModelConfig};
 use crate::backend::{qkv_width, rope_table, Backend, DType, Op, View, WeightLayout};
 use crate::{Error, Result};
@@ -104,7 +104,7 @@ struct LayerActs {
     /// (N,W): after RoPE (v copied)
     qkv_rot: View,
     atty: View,
-    /// (B,NH,T,T)
+    /// What attention saves: (B,NH,T,T) probabilities or (B,NH,T) log-sum-exp (`Attention`).
     att: View,
     attproj: View,
     res2: View,
@@ -132,6 +132,7 @@ struct Acts {
 fn alloc_acts(
     be: &mut dyn Backend,
     cfg: &ModelConfig,
+    attention: Attention,
     s: BatchShape,
     grads: bool,
     scalar: View,
@@ -140,7 +141,7 @@ fn alloc_acts(
     let l = llama(cfg);
     let (n, c, i) = (s.tokens(), cfg.n_embd, l.intermediate_size);
     let w = qkv_width(c, cfg.n_head, l.n_kv_head);
-    let att_len = s.b * cfg.n_head * s.t * s.t;
+    let att_len = attention.saved_len(s, cfg.n_head);
     let what = if grads { "gradient of " } else { label };
     let mut alloc = |len: usize, name: &str, stat: bool| -> Result<View> {
         if grads && stat {
@@ -191,7 +192,7 @@ fn alloc_acts(
             qkv: alloc(n * w, &p("qkv"), false)?,
             qkv_rot: alloc(n * w, &p("qkv after rope"), false)?,
             atty: alloc(n * c, &p("attention"), false)?,
-            att: alloc(att_len, &p("attention probabilities"), false)?,
+            att: alloc(att_len, &p("attention probabilities or log-sum-exp"), false)?,
             attproj: alloc(n * c, &p("attention projection"), false)?,
             res2: alloc(n * c, &p("residual 2"), false)?,
             norm2: alloc(n * c, &p("post-attention norm"), false)?,
@@ -215,6 +216,7 @@ fn alloc_acts(
 pub struct LlamaNet {
     config: ModelConfig,
     llama: LlamaConfig,
+    attention: Attention,
     index: Index,
     frames: Vec<Acts>,
     grads: Option<Acts>,
@@ -223,10 +225,11 @@ pub struct LlamaNet {
 }
 
 impl LlamaNet {
-    pub fn new(config: &ModelConfig) -> Self {
+    pub fn new(config: &ModelConfig, attention: Attention) -> Self {
         LlamaNet {
             config: *config,
             llama: llama(config),
+            attention,
             index: params(config).1,
             frames: Vec::new(),
             grads: None,
@@ -257,7 +260,7 @@ impl Network for LlamaNet {
             be.write_f32(view, &table)?;
             self.rope = Some(view);
         }
-        self.frames.push(alloc_acts(be, &self.config, shape, false, scalar, label)?);
+        self.frames.push(alloc_acts(be, &self.config, self.attention, shape, false, scalar, label)?);
         Ok(self.frames.len() - 1)
     }
 
@@ -273,7 +276,7 @@ impl Network for LlamaNet {
             ));
         }
         let shape = self.frames[0].shape;
-        self.grads = Some(alloc_acts(be, &self.config, shape, true, scalar, "")?);
+        self.grads = Some(alloc_acts(be, &self.config, self.attention, shape, true, scalar, "")?);
         Ok(())
     }
 
@@ -349,17 +352,7 @@ impl Network for LlamaNet {
                     heads: nh + nkv,
                     hd,
                 },
-                Op::AttentionForward {
-                    out: la.atty,
-                    att: la.att,
-                    qkv: la.qkv_rot,
-                    b: s.b,
-                    t: s.t,
-                    c,
-                    nh,
-                    nkv,
-                    dropout: None,
-                },
+                self.attention.forward(la.atty, la.att, la.qkv_rot, s, c, nh, nkv, None),
                 linear(la.attproj, la.atty, p(li.o), c, c),
                 Op::ResidualForward { out: la.res2, inp1: x, inp2: la.attproj, n: n * c },
                 Op::RmsnormForward {
@@ -461,19 +454,10 @@ impl Network for LlamaNet {
             zero(ops, &[da.atty]);
             ops.push(linear(da.atty, da.attproj, la.atty, p(li.o), g(li.o), c, c));
             zero(ops, &[da.qkv_rot]);
-            ops.push(Op::AttentionBackward {
-                dqkv: da.qkv_rot,
-                datt: da.att,
-                dout: da.atty,
-                qkv: la.qkv_rot,
-                att: la.att,
-                b: s.b,
-                t: s.t,
-                c,
-                nh,
-                nkv,
-                dropout: None,
-            });
+            ops.push(
+                self.attention
+                    .backward(da.qkv_rot, da.att, da.atty, la.qkv_rot, la.atty, la.att, s, c, nh, nkv, None),
+            );
             zero(ops, &[da.qkv]);
             ops.push(Op::RopeBackward {
                 dinp: da.qkv,

@@ -12,4 +12,4 @@ pub mod runtime;
 
 pub use config::{Arch, LlamaConfig, ModelConfig};
 pub use layout::{init_params, ParamLayout};
-pub use runtime::{BatchShape, Mode, Model, StepStats};
+pub use runtime::{Attention, BatchShape, Mode, Model, StepStats};

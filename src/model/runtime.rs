@@ -9,7 +9,9 @@
 
 use super::layout::{ParamLayout, ALIGN};
 use super::{gpt2, llama, Arch, ModelConfig};
-use crate::backend::{encoder_order, AdamwHyper, Backend, BufId, DType, Op, PlanId, View, WeightLayout};
+use crate::backend::{
+    encoder_order, AdamwHyper, AttnDropout, Backend, BufId, DType, Op, PlanId, View, WeightLayout,
+};
 use crate::{Error, Result};
 
 /// The fixed shape of a batch: `accum` micro-batches of (b, t) tokens per optimizer step.
@@ -35,6 +37,120 @@ pub enum Mode {
     /// with probability `dropout` (0 = none) where the architecture applies it, during training steps
     /// only.
     Train { weight_decay: f32, dropout: f32 },
+}
+
+/// How attention is computed: the two variants compute the same function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attention {
+    /// Explicit scores: the (B,NH,T,T) probabilities of every layer are kept for the backward pass
+    /// (`attention_forward`/`attention_backward`); the reference variant.
+    Naive,
+    /// Fused, flash-style: only one log-sum-exp per row (B,NH,T) is kept, and the backward pass
+    /// recomputes the probabilities tile by tile (`flash_attention_forward`/`_backward`).
+    Flash,
+}
+
+impl Attention {
+    /// The config value that names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Attention::Naive => "naive",
+            Attention::Flash => "flash",
+        }
+    }
+
+    /// `"naive"` or `"flash"`; `"auto"` is [`Attention::auto`].
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "naive" => Some(Attention::Naive),
+            "flash" => Some(Attention::Flash),
+            "auto" => Some(Attention::auto()),
+            _ => None,
+        }
+    }
+
+    /// The variant `"auto"` picks.
+    pub fn auto() -> Self {
+        Attention::Naive
+    }
+
+    /// Elements an attention op saves per layer for the backward pass (the probabilities or the
+    /// log-sum-exp), which is also the scratch its backward pass needs.
+    pub fn saved_len(&self, s: BatchShape, nh: usize) -> usize {
+        match self {
+            Attention::Naive => s.b * nh * s.t * s.t,
+            Attention::Flash => s.b * nh * s.t,
+        }
+    }
+
+    /// The forward op: `out` (B,T,C) from `qkv`, saving `saved` ([`Attention::saved_len`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        out: View,
+        saved: View,
+        qkv: View,
+        s: BatchShape,
+        c: usize,
+        nh: usize,
+        nkv: usize,
+        dropout: Option<AttnDropout>,
+    ) -> Op {
+        let (b, t) = (s.b, s.t);
+        match self {
+            Attention::Naive => Op::AttentionForward { out, att: saved, qkv, b, t, c, nh, nkv, dropout },
+            Attention::Flash => Op::FlashAttentionForward { out, lse: saved, qkv, b, t, c, nh, nkv, dropout },
+        }
+    }
+
+    /// The backward op, accumulating into `dqkv`; `scratch` has [`Attention::saved_len`] elements and
+    /// `out` is the forward output.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        dqkv: View,
+        scratch: View,
+        dout: View,
+        qkv: View,
+        out: View,
+        saved: View,
+        s: BatchShape,
+        c: usize,
+        nh: usize,
+        nkv: usize,
+        dropout: Option<AttnDropout>,
+    ) -> Op {
+        let (b, t) = (s.b, s.t);
+        match self {
+            Attention::Naive => Op::AttentionBackward {
+                dqkv,
+                datt: scratch,
+                dout,
+                qkv,
+                att: saved,
+                b,
+                t,
+                c,
+                nh,
+                nkv,
+                dropout,
+            },
+            Attention::Flash => Op::FlashAttentionBackward {
+                dqkv,
+                dsum: scratch,
+                dout,
+                qkv,
+                out,
+                lse: saved,
+                b,
+                t,
+                c,
+                nh,
+                nkv,
+                dropout,
+            },
+        }
+    }
 }
 
 /// What one step measured.
@@ -130,16 +246,33 @@ pub trait Network {
 }
 
 /// The network of `cfg`'s architecture.
-fn network(cfg: &ModelConfig) -> Box<dyn Network> {
+fn network(cfg: &ModelConfig, attention: Attention) -> Box<dyn Network> {
     match cfg.arch {
-        Arch::Gpt2 => Box::new(gpt2::Gpt2Net::new(cfg)),
-        Arch::Llama(_) => Box::new(llama::LlamaNet::new(cfg)),
+        Arch::Gpt2 => Box::new(gpt2::Gpt2Net::new(cfg, attention)),
+        Arch::Llama(_) => Box::new(llama::LlamaNet::new(cfg, attention)),
     }
 }
 
 /// Where the loss and the gradient norm live in the stats buffer (each on its own aligned slot).
 const LOSS_AT: usize = 0;
 const NORM_AT: usize = ALIGN;
+
+/// The most logits one classifier chunk holds (64 MiB of f32), below the adapter's binding limit too:
+/// the output head, the loss and its gradient run over chunks of rows, so the largest trainable B·T
+/// does not depend on the vocabulary.
+pub const LOGITS_CHUNK: usize = 1 << 24;
+
+/// Rows of one classifier chunk: as many as [`LOGITS_CHUNK`] and the binding limit allow, in whole
+/// multiples of 64 so that every chunk's slice of the hidden state, the losses and the targets starts
+/// on a 256-byte boundary (any tensor view must), and all `n` rows when they fit.
+fn chunk_rows(n: usize, v: usize, max_binding: usize) -> usize {
+    let fits = LOGITS_CHUNK.min(max_binding) / v;
+    if fits >= n {
+        n
+    } else {
+        (fits / ALIGN * ALIGN).max(ALIGN)
+    }
+}
 
 /// A batch shape's worth of inputs, the network's activations, and the classifier's outputs: the
 /// training frame, or a one-sequence frame for sampling that shares the parameters.
@@ -151,10 +284,15 @@ struct Frame {
     targets: Vec<View>,
     orders: Vec<View>,
     positions: View,
-    /// (B,T,V); after a training step's backward pass, their gradient.
+    /// `[first row, rows)` of each classifier chunk.
+    chunks: Vec<(usize, usize)>,
+    /// (rows of the largest chunk, V): the logits of one chunk; in a training step, their gradient.
     logits: View,
     losses: View,
     lse: View,
+    /// The network's forward pass of micro-batch 0 (no head), and the head of each chunk after it.
+    net_plan: PlanId,
+    head_plans: Vec<PlanId>,
 }
 
 impl Frame {
@@ -166,12 +304,14 @@ impl Frame {
         scalar: View,
         label: &str,
     ) -> Result<Self> {
-        let n = shape.tokens();
+        let (n, v) = (shape.tokens(), cfg.vocab_size);
+        let rows = chunk_rows(n, v, be.max_binding());
+        let chunks = (0..n).step_by(rows).map(|at| (at, rows.min(n - at))).collect();
         let net_frame = net.add_frame(be, shape, scalar, label)?;
         let mut alloc = |dtype: DType, len: usize, what: &str| -> Result<View> {
             Ok(View::new(be.alloc(dtype, len, &format!("{label}{what}"))?, 0, len))
         };
-        let logits = alloc(DType::F32, n * cfg.vocab_size, "logits")?;
+        let logits = alloc(DType::F32, rows * v, "logits (one chunk of rows)")?;
         let losses = alloc(DType::F32, n, "losses")?;
         let lse = alloc(DType::F32, n, "logsumexp")?;
         let positions = alloc(DType::U32, n, "positions")?;
@@ -181,7 +321,41 @@ impl Frame {
         let (tokens, targets, orders) = (ids("tokens")?, ids("targets")?, ids("token order")?);
         let pos: Vec<u32> = (0..n).map(|i| (i % shape.t) as u32).collect();
         be.write_u32(positions, &pos)?;
-        Ok(Frame { shape, net: net_frame, tokens, targets, orders, positions, logits, losses, lse })
+        Ok(Frame {
+            shape,
+            net: net_frame,
+            tokens,
+            targets,
+            orders,
+            positions,
+            chunks,
+            logits,
+            losses,
+            lse,
+            net_plan: PlanId(0),
+            head_plans: Vec::new(),
+        })
+    }
+}
+
+impl Frame {
+    /// An empty frame that holds a place while the real one is borrowed elsewhere.
+    fn placeholder() -> Self {
+        let none = View::new(BufId(usize::MAX), 0, 0);
+        Frame {
+            shape: BatchShape { b: 0, t: 0, accum: 0 },
+            net: 0,
+            tokens: Vec::new(),
+            targets: Vec::new(),
+            orders: Vec::new(),
+            positions: none,
+            chunks: Vec::new(),
+            logits: none,
+            losses: none,
+            lse: none,
+            net_plan: PlanId(0),
+            head_plans: Vec::new(),
+        }
     }
 }
 
@@ -198,12 +372,14 @@ pub struct Model {
     pub config: ModelConfig,
     pub layout: ParamLayout,
     pub shape: BatchShape,
+    /// How attention is computed.
+    pub attention: Attention,
     backend: Box<dyn Backend>,
     net: Box<dyn Network>,
     params: BufId,
     main: Frame,
-    /// A (1, T) frame and its logits program, when sampling is enabled on a training model.
-    sampler: Option<(Frame, PlanId)>,
+    /// A (1, T) frame, when sampling is enabled on a model built for batches.
+    sampler: Option<Frame>,
     dropout: Option<DropoutSeed>,
     /// The loss-gradient multiplier (1 f32; see `Op::CrossentropyBackward`).
     grad_scale: View,
@@ -211,20 +387,30 @@ pub struct Model {
     stats: View,
     hyper: View,
     loss_plan: PlanId,
-    logits_plan: PlanId,
     train: Option<Train>,
     /// Seconds the last `step` spent recording and submitting its program (host time, no waiting).
     last_submit: f64,
 }
 
 impl Model {
+    /// [`Model::with_attention`] with the attention variant `"auto"` picks.
+    pub fn new(
+        backend: Box<dyn Backend>,
+        config: ModelConfig,
+        shape: BatchShape,
+        mode: Mode,
+    ) -> Result<Self> {
+        Self::with_attention(backend, config, shape, mode, Attention::auto())
+    }
+
     /// Allocates every buffer and prepares every program for `shape`. Parameters start at zero; load
     /// them with [`Model::set_params`].
-    pub fn new(
+    pub fn with_attention(
         mut backend: Box<dyn Backend>,
         config: ModelConfig,
         shape: BatchShape,
         mode: Mode,
+        attention: Attention,
     ) -> Result<Self> {
         config.validate()?;
         if shape.b == 0 || shape.t == 0 || shape.accum == 0 {
@@ -237,7 +423,7 @@ impl Model {
             )));
         }
         let layout = ParamLayout::new(&config);
-        let mut net = network(&config);
+        let mut net = network(&config, attention);
         let be = backend.as_mut();
         let params = be.alloc(DType::F32, layout.total, "parameters")?;
         let stats = View::new(be.alloc(DType::F32, NORM_AT + 1, "loss and gradient norm")?, 0, NORM_AT + 1);
@@ -251,6 +437,7 @@ impl Model {
             config,
             layout,
             shape,
+            attention,
             backend,
             net,
             params,
@@ -262,17 +449,19 @@ impl Model {
             stats,
             hyper,
             loss_plan: PlanId(0),
-            logits_plan: PlanId(0),
             train: None,
             last_submit: 0.0,
         };
         let stats = model.stats;
         let mut loss_ops = vec![Op::Zero { out: stats }];
         for micro in 0..shape.accum {
-            loss_ops.extend(model.forward_ops(&model.main, micro, true, false));
+            loss_ops.extend(model.forward_ops(&model.main, micro, true, None));
         }
         model.loss_plan = model.backend.prepare(&loss_ops)?;
-        model.logits_plan = model.backend.prepare(&model.forward_ops(&model.main, 0, false, false))?;
+        // The main frame is taken out while its plans are built from it.
+        let mut main = std::mem::replace(&mut model.main, Frame::placeholder());
+        model.logits_plans(&mut main)?;
+        model.main = main;
 
         if let Mode::Train { weight_decay, dropout } = mode {
             if !(0.0..1.0).contains(&dropout) {
@@ -291,8 +480,8 @@ impl Model {
             let mut train = Train { grads, m, v, grad_plan: PlanId(0), step_plan: PlanId(0) };
             let mut ops = vec![Op::Zero { out: View::new(grads, 0, total) }, Op::Zero { out: stats }];
             for micro in 0..shape.accum {
-                ops.extend(model.forward_ops(&model.main, micro, true, true));
-                ops.extend(model.backward_ops(&train, micro));
+                ops.extend(model.forward_ops(&model.main, micro, true, Some(&train)));
+                model.net.backward(&model.io(&model.main, micro, true), model.weights(grads), &mut ops);
             }
             ops.push(Op::GlobalNorm {
                 out: stats.slice(NORM_AT, 1),
@@ -339,85 +528,104 @@ impl Model {
         }
     }
 
-    /// The forward pass of micro-batch `micro`: the network, the output head and (with `loss`) the
-    /// cross-entropy added into the stats buffer's loss slot as a mean over the whole step. `train`
-    /// applies dropout.
-    fn forward_ops(&self, frame: &Frame, micro: usize, loss: bool, train: bool) -> Vec<Op> {
-        let (s, c, v) = (frame.shape, self.config.n_embd, self.config.vocab_size);
-        let n = s.tokens();
-        let mut ops = Vec::new();
-        self.net.forward(frame.net, &self.io(frame, micro, train), &mut ops);
-        ops.push(Op::MatmulForward {
-            out: frame.logits,
-            inp: self.net.hidden(frame.net),
+    /// The output head on chunk `(at, rows)` of a frame: its logits, in the frame's chunk buffer.
+    fn head_op(&self, frame: &Frame, (at, rows): (usize, usize)) -> Op {
+        let (c, v) = (self.config.n_embd, self.config.vocab_size);
+        Op::MatmulForward {
+            out: frame.logits.slice(0, rows * v),
+            inp: self.net.hidden(frame.net).slice(at * c, rows * c),
             weight: self.weights(self.params).at(self.net.head()),
             bias: None,
-            m: n,
+            m: rows,
             k: c,
             n: v,
             layout: WeightLayout::OutIn,
-        });
+        }
+    }
+
+    /// The forward pass of micro-batch `micro`: the network, then the output head chunk by chunk with
+    /// (`loss`) the cross-entropy, added into the stats buffer's loss slot as a mean over the whole
+    /// step. With `train`, a training step's: dropout applies, and each chunk's logits are turned
+    /// into their gradient at once and carried back through the head into the network's
+    /// `hidden_grad` and the head's gradient (llm.c's fused classifier), so no chunk is kept.
+    fn forward_ops(&self, frame: &Frame, micro: usize, loss: bool, train: Option<&Train>) -> Vec<Op> {
+        let (s, c, v) = (frame.shape, self.config.n_embd, self.config.vocab_size);
+        let mut ops = Vec::new();
+        self.net.forward(frame.net, &self.io(frame, micro, train.is_some()), &mut ops);
+        if train.is_some() {
+            ops.push(Op::Zero { out: self.net.hidden_grad() });
+        }
+        let head = self.net.head();
+        for &(at, rows) in &frame.chunks {
+            ops.push(self.head_op(frame, (at, rows)));
+            if !loss {
+                continue;
+            }
+            let logits = frame.logits.slice(0, rows * v);
+            let (lse, targets) = (frame.lse.slice(at, rows), frame.targets[micro].slice(at, rows));
+            ops.push(Op::CrossentropyForward {
+                losses: frame.losses.slice(at, rows),
+                lse,
+                logits,
+                targets,
+                n: rows,
+                v,
+            });
+            if let Some(train) = train {
+                ops.extend([
+                    // The logits are dead once the loss is formed: their gradient overwrites them.
+                    Op::CrossentropyBackward {
+                        dlogits: logits,
+                        logits,
+                        lse,
+                        targets,
+                        grad_scale: self.grad_scale,
+                        n: rows,
+                        v,
+                        scale: self.loss_scale(s),
+                    },
+                    Op::MatmulBackward {
+                        dinp: self.net.hidden_grad().slice(at * c, rows * c),
+                        dweight: self.weights(train.grads).at(head),
+                        dbias: None,
+                        dout: logits,
+                        inp: self.net.hidden(frame.net).slice(at * c, rows * c),
+                        weight: self.weights(self.params).at(head),
+                        m: rows,
+                        k: c,
+                        n: v,
+                        layout: WeightLayout::OutIn,
+                    },
+                ]);
+            }
+        }
         if loss {
-            ops.extend([
-                Op::CrossentropyForward {
-                    losses: frame.losses,
-                    lse: frame.lse,
-                    logits: frame.logits,
-                    targets: frame.targets[micro],
-                    n,
-                    v,
-                },
-                Op::ReduceSum {
-                    out: self.stats.slice(LOSS_AT, 1),
-                    inp: frame.losses,
-                    n,
-                    scale: self.loss_scale(s),
-                },
-            ]);
+            ops.push(Op::ReduceSum {
+                out: self.stats.slice(LOSS_AT, 1),
+                inp: frame.losses,
+                n: s.tokens(),
+                scale: self.loss_scale(s),
+            });
         }
         ops
+    }
+
+    /// The programs that produce a frame's logits: the network's forward pass of micro-batch 0, and
+    /// the head on each chunk (run one by one, each read back before the next overwrites it).
+    fn logits_plans(&mut self, frame: &mut Frame) -> Result<()> {
+        let mut ops = Vec::new();
+        self.net.forward(frame.net, &self.io(frame, 0, false), &mut ops);
+        let heads: Vec<Op> = frame.chunks.iter().map(|&chunk| self.head_op(frame, chunk)).collect();
+        frame.net_plan = self.backend.prepare(&ops)?;
+        frame.head_plans =
+            heads.iter().map(|op| self.backend.prepare(std::slice::from_ref(op))).collect::<Result<_>>()?;
+        Ok(())
     }
 
     /// d(step loss)/d(loss at one position): the loss is the mean over every position of every
     /// micro-batch.
     fn loss_scale(&self, shape: BatchShape) -> f32 {
         (1.0 / (shape.tokens() * shape.accum) as f64) as f32
-    }
-
-    /// The backward pass of micro-batch `micro`: the loss and the output head, then the network's.
-    fn backward_ops(&self, train: &Train, micro: usize) -> Vec<Op> {
-        let (f, c, v) = (&self.main, self.config.n_embd, self.config.vocab_size);
-        let n = f.shape.tokens();
-        let (p, g) = (self.weights(self.params), self.weights(train.grads));
-        let head = self.net.head();
-        let mut ops = vec![
-            Op::Zero { out: self.net.hidden_grad() },
-            // The logits are dead once the loss is formed: their gradient overwrites them.
-            Op::CrossentropyBackward {
-                dlogits: f.logits,
-                logits: f.logits,
-                lse: f.lse,
-                targets: f.targets[micro],
-                grad_scale: self.grad_scale,
-                n,
-                v,
-                scale: self.loss_scale(f.shape),
-            },
-        ];
-        ops.push(Op::MatmulBackward {
-            dinp: self.net.hidden_grad(),
-            dweight: g.at(head),
-            dbias: None,
-            dout: f.logits,
-            inp: self.net.hidden(f.net),
-            weight: p.at(head),
-            m: n,
-            k: c,
-            n: v,
-            layout: WeightLayout::OutIn,
-        });
-        self.net.backward(&self.io(f, micro, true), g, &mut ops);
-        ops
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -567,26 +775,24 @@ impl Model {
 
     /// Runs the forward pass of micro-batch 0 and returns its logits, (B,T,V) flat.
     pub fn logits(&mut self) -> Result<Vec<f32>> {
-        self.backend.run(self.logits_plan)?;
-        self.backend.read_f32(self.main.logits)
-    }
-
-    /// The logits the last forward pass left (of the last micro-batch it ran), (B,T,V) flat. After a
-    /// training step's backward pass the buffer holds the logits' gradient instead; use [`Model::logits`].
-    pub fn last_logits(&mut self) -> Result<Vec<f32>> {
-        self.backend.read_f32(self.main.logits)
-    }
-
-    /// The logits left by the last forward pass at one position of micro-batch 0: (V).
-    pub fn logits_at(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
+        let f = &self.main;
+        let (net_plan, heads, chunks, buf) = (f.net_plan, f.head_plans.clone(), f.chunks.clone(), f.logits);
+        self.backend.run(net_plan)?;
         let v = self.config.vocab_size;
-        let row = b * self.shape.t + t;
-        self.backend.read_f32(self.main.logits.slice(row * v, v))
+        let mut logits = Vec::with_capacity(self.shape.tokens() * v);
+        for (plan, (_, rows)) in heads.into_iter().zip(chunks) {
+            self.backend.run(plan)?;
+            logits.extend(self.backend.read_f32(buf.slice(0, rows * v))?);
+        }
+        Ok(logits)
     }
 
-    /// Runs the forward pass of micro-batch 0 without reading anything back.
-    pub fn forward(&mut self) -> Result<()> {
-        self.backend.run(self.logits_plan)
+    /// What the last program left in the logits buffer: the logits of the last chunk of rows of the
+    /// last forward pass (all of them when one chunk holds B·T rows), or after a training step's
+    /// backward pass their gradient.
+    pub fn last_logits(&mut self) -> Result<Vec<f32>> {
+        let (_, rows) = *self.main.chunks.last().expect("a frame has a chunk");
+        self.backend.read_f32(self.main.logits.slice(0, rows * self.config.vocab_size))
     }
 
     /// The per-position losses of the last forward pass with a loss (micro-batch `accum - 1`), (B,T).
@@ -601,7 +807,7 @@ impl Model {
             return Ok(());
         }
         let shape = BatchShape { b: 1, t: self.shape.t, accum: 1 };
-        let frame = Frame::new(
+        let mut frame = Frame::new(
             self.backend.as_mut(),
             self.net.as_mut(),
             &self.config,
@@ -609,8 +815,8 @@ impl Model {
             self.scalar,
             "sampling ",
         )?;
-        let plan = self.backend.prepare(&self.forward_ops(&frame, 0, false, false))?;
-        self.sampler = Some((frame, plan));
+        self.logits_plans(&mut frame)?;
+        self.sampler = Some(frame);
         Ok(())
     }
 
@@ -629,15 +835,20 @@ impl Model {
         // Causal attention: the positions after the context do not change its logits.
         let mut padded = context.to_vec();
         padded.resize(t, 0);
-        let (frame, plan) = match &self.sampler {
-            Some((frame, plan)) => (frame, *plan),
-            None if self.shape.b == 1 => (&self.main, self.logits_plan),
+        let frame = match &self.sampler {
+            Some(frame) => frame,
+            None if self.shape.b == 1 => &self.main,
             None => return Err(Error::Invalid("sampling is not enabled on this model".into())),
         };
+        // Only the chunk that holds the last position's row goes through the head.
+        let row = context.len() - 1;
+        let k = frame.chunks.iter().position(|&(at, rows)| row < at + rows).expect("the chunks cover T rows");
         let (tokens, order, logits) = (frame.tokens[0], frame.orders[0], frame.logits);
+        let (net_plan, head_plan, at) = (frame.net_plan, frame.head_plans[k], frame.chunks[k].0);
         self.backend.write_u32(tokens, &padded)?;
         self.backend.write_u32(order, &encoder_order(&padded))?;
-        self.backend.run(plan)?;
-        self.backend.read_f32(logits.slice((context.len() - 1) * v, v))
+        self.backend.run(net_plan)?;
+        self.backend.run(head_plan)?;
+        self.backend.read_f32(logits.slice((row - at) * v, v))
     }
 }

@@ -37,6 +37,10 @@ pub struct TrainerState {
     /// and stays bit-identical.
     #[serde(default)]
     pub kernels: std::collections::BTreeMap<String, String>,
+    /// The attention variant the run used ("naive" or "flash"; absent in older checkpoints, which
+    /// used "naive"), so a resumed run keeps it.
+    #[serde(default)]
+    pub attention: Option<String>,
     /// The wgslm version that wrote the checkpoint.
     pub version: String,
 }

@@ -94,6 +94,8 @@ pub struct TrainConfig {
     /// Matmul kernels on a GPU: "auto" (time the variants per shape, cached on disk), "default" (the
     /// adapter's default), or a variant name to pin (see docs/KERNELS.md).
     pub matmul: String,
+    /// Attention kernels: "auto", "flash" (fused; memory linear in T) or "naive" (explicit T² scores).
+    pub attention: String,
     /// Consecutive steps with a non-finite loss or gradient tolerated (skipped) before stopping.
     pub max_bad_steps: usize,
 }
@@ -137,6 +139,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             seed: 1337,
             matmul: "auto".into(),
+            attention: "auto".into(),
             max_bad_steps: 10,
         }
     }
@@ -259,6 +262,9 @@ impl TrainConfig {
                 self.matmul,
                 variants.join(", ")
             ));
+        }
+        if crate::model::Attention::parse(&self.attention).is_none() {
+            return Err(format!("attention = {:?} must be \"auto\", \"flash\" or \"naive\"", self.attention));
         }
         if self.data == "builtin" && self.builtin_stories < 10 {
             return Err("builtin_stories must be at least 10".into());

@@ -16,7 +16,7 @@ use crate::data::prepare::{self, TokenizerSpec};
 use crate::data::{tokenfile, Loader, Tok};
 use crate::gpu::DeviceChoice;
 use crate::model::init_params;
-use crate::model::{BatchShape, Mode, Model};
+use crate::model::{Attention, BatchShape, Mode, Model};
 use crate::sample::{self, SampleOptions};
 use crate::{fsutil, Error, Result};
 
@@ -221,11 +221,21 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         backend.pin_kernel_choices(&r.state.kernels)?;
     }
     let device = backend.describe();
-    let mut model = Model::new(
+    // A resumed run keeps the attention variant it started with (checkpoints before the choice
+    // existed used the naive one).
+    let attention = match &resumed {
+        Some(r) => r.state.attention.as_deref().unwrap_or("naive"),
+        None => cfg.attention.as_str(),
+    };
+    let attention = Attention::parse(attention).ok_or_else(|| {
+        Error::Invalid(format!("unknown attention variant {attention:?} in the checkpoint"))
+    })?;
+    let mut model = Model::with_attention(
         backend,
         model_cfg,
         shape,
         Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout },
+        attention,
     )?;
     model.enable_sampling()?;
     let mut loader =
@@ -356,6 +366,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 bad_steps,
                 config: cfg.clone(),
                 kernels: model.backend().kernel_choices(),
+                attention: Some(model.attention.name().to_string()),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             let params = model.params()?;

@@ -1,0 +1,96 @@
+//! The architecture-free runtime: the classifier over chunks of rows and the attention variants, on
+//! both architectures, against the CPU backend computing the same model in one chunk.
+
+mod common;
+
+use wgslm::backend::{AdamwHyper, Backend};
+use wgslm::cpu::CpuBackend;
+use wgslm::model::layout::Init;
+use wgslm::model::{Arch, Attention, BatchShape, LlamaConfig, Mode, Model, ModelConfig, ParamLayout};
+use wgslm::rng::Rng;
+use wgslm::verify::rel_l2;
+
+const GPT2: ModelConfig = ModelConfig::gpt2(2, 3, 48, 997, 40);
+
+fn llama() -> ModelConfig {
+    let l = LlamaConfig {
+        n_kv_head: 2,
+        intermediate_size: 37,
+        rope_theta: 500.0,
+        norm_eps: 1e-5,
+        tie_embeddings: false,
+    };
+    ModelConfig { arch: Arch::Llama(l), n_layer: 2, n_head: 6, n_embd: 36, vocab_size: 997, n_positions: 40 }
+}
+
+fn build(
+    backend: Box<dyn Backend>,
+    cfg: ModelConfig,
+    shape: BatchShape,
+    attention: Attention,
+    dropout: f32,
+) -> Model {
+    let mode = Mode::Train { weight_decay: 0.1, dropout };
+    let mut model = Model::with_attention(backend, cfg, shape, mode, attention).unwrap();
+    model.set_dropout_seed(5).unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let mut rng = Rng::new(3);
+    let mut flat = vec![0f32; layout.total];
+    for s in &layout.specs {
+        for x in &mut flat[s.offset..s.offset + s.len()] {
+            *x = if s.init == Init::Ones {
+                1.0 + 0.1 * rng.normal() as f32
+            } else {
+                0.08 * rng.normal() as f32
+            };
+        }
+    }
+    model.set_params(&flat).unwrap();
+    for micro in 0..shape.accum {
+        let ids: Vec<u32> =
+            (0..2 * shape.tokens()).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        model.set_batch(micro, &ids[..shape.tokens()], &ids[shape.tokens()..]).unwrap();
+    }
+    model
+}
+
+/// Loss, gradient norm, every gradient, the logits and three steps agree.
+fn assert_same_model(g: &mut Model, c: &mut Model, what: &str) {
+    let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
+    assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "{what}: loss {} vs {}", sg.loss, sc.loss);
+    assert!(
+        (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
+        "{what}: norm {} vs {}",
+        sg.grad_norm,
+        sc.grad_norm
+    );
+    let layout = g.layout.clone();
+    let (gg, gc) = (g.grads().unwrap(), c.grads().unwrap());
+    for (i, s) in layout.specs.iter().enumerate() {
+        let err = rel_l2(layout.slice(&gg, i), layout.slice(&gc, i));
+        assert!(err <= 1e-5, "{what}: grad {} relative L2 {err:.2e}", s.name);
+    }
+    let err = rel_l2(&g.logits().unwrap(), &c.logits().unwrap());
+    assert!(err <= 1e-5, "{what}: logits relative L2 {err:.2e}");
+    for t in 1..=3 {
+        let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 0.5, t);
+        let (lg, lc) = (g.step(&hyper).unwrap(), c.step(&hyper).unwrap());
+        assert!((lg.loss - lc.loss).abs() <= 1e-4, "{what}: step {t} loss {} vs {}", lg.loss, lc.loss);
+    }
+}
+
+/// With the bindings limited to 64 rows of a 997-token vocabulary, the head, the loss and its
+/// gradient run over 3 chunks of the 148 rows (the last one short); the CPU runs them in one.
+#[test]
+fn a_chunked_classifier_matches_one_chunk() {
+    let Some(ctx) = common::gpu() else { return };
+    let shape = BatchShape { b: 4, t: 37, accum: 2 };
+    for cfg in [GPT2, llama()] {
+        let mut gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
+        gpu.limit_bindings(64 * 997 + 63);
+        assert_eq!(gpu.max_binding() / 997, 64);
+        let mut g = build(Box::new(gpu), cfg, shape, Attention::Naive, 0.0);
+        let mut c = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Naive, 0.0);
+        assert_same_model(&mut g, &mut c, &format!("{} in chunks", cfg.arch.name()));
+    }
+}
