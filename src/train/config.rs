@@ -96,6 +96,9 @@ pub struct TrainConfig {
     pub matmul: String,
     /// Attention kernels: "auto", "flash" (fused; memory linear in T) or "naive" (explicit T² scores).
     pub attention: String,
+    /// Record the initial model, every training batch and the evaluation windows in the run
+    /// directory, for a reproduction by another trainer (scripts/pytorch_parity.py).
+    pub save_batches: bool,
     /// Consecutive steps with a non-finite loss or gradient tolerated (skipped) before stopping.
     pub max_bad_steps: usize,
 }
@@ -140,6 +143,7 @@ impl Default for TrainConfig {
             seed: 1337,
             matmul: "auto".into(),
             attention: "auto".into(),
+            save_batches: false,
             max_bad_steps: 10,
         }
     }

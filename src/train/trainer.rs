@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::checkpoint::{self, TrainerState};
 use super::metrics::Metrics;
+use super::record::BatchRecord;
 use super::schedule::lr_at;
 use super::TrainConfig;
 use crate::backend::AdamwHyper;
@@ -261,6 +262,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             None => model.set_params(&init_params(&model_cfg, cfg.seed))?,
         },
     }
+    let mut record = match (cfg.save_batches, &resumed) {
+        (false, _) => None,
+        (true, Some(r)) => Some(BatchRecord::resume(out, shape, r.state.step)?),
+        (true, None) => {
+            let eval = val.as_deref().unwrap_or_default();
+            Some(BatchRecord::create(out, shape, &model_cfg, &data.tok, &model.params()?, eval)?)
+        }
+    };
     let mut metrics = Metrics::open(out, resumed.as_ref().map(|r| r.state.step))?;
     let quiet = opts.quiet;
     let total = cfg.max_steps as u64;
@@ -288,6 +297,9 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         for micro in 0..shape.accum {
             let (x, y) = loader.next_batch();
             model.set_batch(micro, &x, &y)?;
+            if let Some(r) = record.as_mut() {
+                r.push(&x, &y)?;
+            }
         }
         // Each step draws fresh dropout masks, from the seed and the step alone (so a resumed run
         // draws the same ones).
