@@ -229,12 +229,24 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    quiet_device_select_layer();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Mesa's implicit Vulkan layer VK_LAYER_MESA_device_select reorders the adapters for the display
+/// server's GPU, and on a machine without a desktop session it prints "error: XDG_RUNTIME_DIR is
+/// invalid or not set in the environment." twice while it looks for one. wgslm ranks the adapters
+/// itself (`--device`), so the layer is switched off by the variable it honours, unless the user set
+/// it. Done first thing in `main`, while the process has one thread, as setting variables needs.
+fn quiet_device_select_layer() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
     }
 }
 

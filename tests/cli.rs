@@ -40,8 +40,29 @@ fn verify_checks_a_kernel() {
     if common::gpu().is_none() {
         return;
     }
-    let out = ok(&["verify", "--kernel", "residual_forward"]);
+    let device = std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into());
+    let out = ok(&["verify", "--kernel", "residual_forward", "--device", &device]);
     assert!(out.contains("residual_forward") && out.contains("PASS") && !out.contains("FAIL"), "{out}");
+}
+
+/// Issue 16, item 8: on a machine without a desktop session, Mesa's device-select layer printed
+/// "error: XDG_RUNTIME_DIR is invalid or not set" twice at every start; a newcomer read it as wgslm
+/// failing. No command's output mentions it now.
+#[test]
+fn no_display_server_noise_at_start() {
+    if common::gpu().is_none() {
+        return;
+    }
+    for args in [&["devices"][..], &["verify", "--kernel", "zero"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wgslm"))
+            .args(args)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("NODEVICE_SELECT")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("XDG_RUNTIME_DIR"), "wgslm {args:?}: {stderr}");
+    }
 }
 
 /// prepare → train → sample → eval, on the CPU backend (fast for a tiny model).
