@@ -8,7 +8,7 @@
 // of a feeds 4*C4 multiply-adds. R and C4 are the tile knobs: the host derives the variants
 // (rows16x32, rows32x64, ...) from this source by setting the two `const` lines below.
 //
-// The same source serves the f16-storage kernel (matmul_f16, wgslm's Op::MatmulF16): the host puts
+// The same source serves the f16-storage kernel (matmul_f16: Op::Matmul with `half`): the host puts
 // `enable f16;` in front and sets `Elem` to f16, so a and b are read as halves and every product and
 // sum stays f32. Each array<f16> packs two halves per 32-bit word, the even element in the low half.
 //

@@ -16,7 +16,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 const RWG: u32 = 256u;
-// Must equal backend::GLOBAL_NORM_PARTIALS.
+// Must equal gpu::kernels::NORM_PARTIALS.
 const PARTIALS: u32 = 256u;
 
 var<workgroup> red: array<f32, 256>;

@@ -39,7 +39,7 @@ pub fn open_backend_with(choice: &gpu::DeviceChoice, matmul: &str) -> Result<Box
             match matmul {
                 "auto" => backend.autotune(TUNING_BUDGET),
                 "default" => {}
-                variant => backend.set_matmul_variant(variant)?,
+                variant => backend.pin_matmul_variant(variant)?,
             }
             Box::new(backend)
         }

@@ -587,6 +587,12 @@ fn devices() -> anyhow::Result<()> {
         );
         let features = a.feature_names();
         println!("    features:  {}", if features.is_empty() { "none".into() } else { features.join(", ") });
+        if a.features.contains(wgpu::Features::SUBGROUP) {
+            println!(
+                "    subgroups: {} to {} invocations",
+                a.info.subgroup_min_size, a.info.subgroup_max_size
+            );
+        }
     }
     Ok(())
 }

@@ -275,13 +275,19 @@ fn absent_backends_and_oversized_models_are_refused() {
     if common::gpu().is_none() {
         return;
     }
-    // 12 · 8192² parameters in one block: more than any adapter's largest buffer.
+    // A model whose MLP weight (n_embd × 4·n_embd) is just over the adapter's largest storage
+    // binding: the smallest such width, from the adapter's own limits, so that the case is refused on
+    // any adapter, large or small, before a step runs.
+    let limit = common::gpu().unwrap().adapter.limits.max_storage_buffer_binding_size as f64;
+    let n_embd = (((limit / 16.0).sqrt() as usize) / 8 + 1) * 8;
+    assert!(16.0 * (n_embd * n_embd) as f64 > limit);
     let out = temp("huge");
+    let n_embd = format!("n_embd={n_embd}");
     fails(
         &[
             "train",
             "--set",
-            "n_embd=8192",
+            &n_embd,
             "--set",
             "n_head=8",
             "--set",
@@ -292,6 +298,8 @@ fn absent_backends_and_oversized_models_are_refused() {
             "batch_size=1",
             "--set",
             "builtin_stories=10",
+            "--set",
+            "matmul=default",
             "--out",
             s(&out),
         ],

@@ -327,7 +327,11 @@ fn a_lost_device_is_an_error() {
     if common::gpu().is_none() {
         return;
     }
-    let ctx = std::sync::Arc::new(wgslm::gpu::GpuContext::new(&wgslm::gpu::DeviceChoice::Auto).unwrap());
+    // A context of its own (destroying the shared one would end every other GPU test), on the adapter
+    // the GPU tests run on.
+    let device: wgslm::gpu::DeviceChoice =
+        std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()).parse().unwrap();
+    let ctx = std::sync::Arc::new(wgslm::gpu::GpuContext::new(&device).unwrap());
     let gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
     let cfg = ModelConfig::gpt2(1, 2, 16, 20, 8);
     let mut model = build(Box::new(gpu), cfg, BatchShape { b: 2, t: 8, accum: 1 }, 3);

@@ -252,8 +252,22 @@ impl GpuContext {
     /// Why matmul `variant` cannot run on this device (a feature it needs is missing), if it cannot.
     pub fn variant_unavailable(&self, variant: &str) -> Option<String> {
         let (feature, name) = kernels::variant_feature(variant)?;
-        (!self.features.contains(feature))
-            .then(|| format!("matmul variant {variant:?} needs {name}, which {} lacks", self.adapter.title()))
+        if !self.features.contains(feature) {
+            return Some(format!(
+                "matmul variant {variant:?} needs {name}, which {} lacks",
+                self.adapter.title()
+            ));
+        }
+        // The subgroup kernel numbers its lanes as if every subgroup held exactly `subgroup_lanes`
+        // invocations. An adapter whose subgroup size varies (Intel 8/16/32, AMD 32/64) may run it with
+        // another size, so it is not offered there.
+        let (min, max) = (self.adapter.info.subgroup_min_size, self.adapter.info.subgroup_max_size);
+        (feature == wgpu::Features::SUBGROUP && min != max).then(|| {
+            format!(
+                "matmul variant {variant:?} needs one subgroup size, and {} varies between {min} and {max}",
+                self.adapter.title()
+            )
+        })
     }
 
     /// Why kernel `kernel` (an op name, as `wgslm verify` lists them) run with matmul `variant` ("" for

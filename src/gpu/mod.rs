@@ -86,8 +86,6 @@ impl GpuBackend {
         &self.ctx
     }
 
-    /// Splits whole-buffer ops into chunks of at most `elements` (rounded down to a multiple of 64),
-    /// as a small adapter would. Tests use it to exercise the chunked paths.
     /// Times the matmul variants for each new shape of the programs prepared from now on (at most
     /// `budget` per program), using and filling the on-disk cache; see `tune`.
     pub fn autotune(&mut self, budget: std::time::Duration) {
@@ -124,6 +122,17 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// Uses matmul variant `name`, as [`GpuBackend::set_matmul_variant`] does, after checking it
+    /// against the CPU twin on this adapter ([`tune::check_variant`]): the path of a variant the user
+    /// pins.
+    pub fn pin_matmul_variant(&mut self, name: &str) -> Result<()> {
+        self.set_matmul_variant(name)?;
+        tune::check_variant(&self.ctx, name)
+    }
+
+    /// Caps the elements one storage binding may hold at `elements` (rounded down to a multiple of
+    /// 64), as a smaller adapter would: whole-buffer ops and the classifier then run in more pieces.
+    /// Tests use it to exercise the chunked paths.
     pub fn limit_bindings(&mut self, elements: usize) {
         self.max_binding = (elements / 64 * 64).clamp(64, self.max_binding);
     }

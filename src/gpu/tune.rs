@@ -101,6 +101,32 @@ fn time_variant(
     Ok((gpu.time(plan, 2)?.0, product))
 }
 
+/// Checks that `variant` computes the product the CPU twin computes, on random data at an awkward
+/// shape in all four transpose layouts: what a variant pinned by the user must pass before it runs
+/// (the autotuner applies the same kind of check to every candidate).
+pub fn check_variant(ctx: &std::sync::Arc<GpuContext>, variant: &str) -> Result<()> {
+    let (m, k, n) = (67, 129, 71);
+    let mut rng = crate::rng::Rng::new(0x7069_6e73);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (_, product) = time_variant(ctx, variant, (m, k, n, ta, tb), (&a, &b))?;
+        let mut want = vec![0f32; m * n];
+        crate::cpu::matmul(&mut want, &a, &b, m, k, n, ta, tb, false);
+        let err = crate::verify::rel_l2(&product, &want);
+        if !(err <= crate::verify::matmul_tolerance(k)) {
+            return Err(crate::Error::Invalid(format!(
+                "matmul variant {variant:?} disagrees with the CPU twin on {}: relative L2 {err:.2e} at \
+                 {m}x{k}x{n}{}{}; pin another variant or use matmul = \"auto\"",
+                ctx.adapter.title(),
+                if ta { " Aᵀ" } else { "" },
+                if tb { " Bᵀ" } else { "" }
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Chooses a variant for every shape: from the cache where it has one, else by timing the variants,
 /// as long as `budget` lasts (shapes left when it runs out keep `fallback` and are not cached).
 pub fn choose(
