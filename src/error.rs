@@ -26,6 +26,12 @@ pub enum Error {
     #[error("{what}: {bytes} bytes, but {adapter} allows at most {limit} bytes per {kind}; use a smaller model or batch")]
     TooLarge { what: String, bytes: u64, limit: u64, kind: &'static str, adapter: String },
 
+    /// A kernel needs more of a per-pipeline resource than the adapter has (GL and GLES adapters allow
+    /// as few as 4 storage buffers per stage; WebGPU guarantees 256 invocations and 16 KiB of
+    /// workgroup memory per workgroup).
+    #[error("kernel {kernel} ({file}) needs {need} {what}, but {adapter} allows {have}; choose another adapter with --device (`wgslm devices` lists their limits)")]
+    Unsupported { kernel: String, file: String, what: &'static str, need: u64, have: u64, adapter: String },
+
     /// The GPU ran out of memory.
     #[error("out of GPU memory while {0}; use a smaller model or batch")]
     OutOfMemory(String),

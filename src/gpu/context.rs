@@ -143,6 +143,42 @@ fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
     pollster::block_on(instance.enumerate_adapters(backends))
 }
 
+/// The first per-pipeline limit `call`'s entry point (in `source`) exceeds, as (what, needed, allowed):
+/// storage buffers per stage (one per bound view), invocations per workgroup, or workgroup memory (the
+/// workgroup variables its function names directly).
+pub fn exceeded_limit(
+    call: &Call,
+    file: &str,
+    source: &str,
+    limits: &wgpu::Limits,
+) -> Result<Option<(&'static str, u64, u64)>> {
+    let buffers = call.views.len() as u64;
+    if buffers > limits.max_storage_buffers_per_shader_stage as u64 {
+        return Ok(Some(("storage buffers per shader stage", buffers, limits.max_storage_buffers_per_shader_stage as u64)));
+    }
+    let module = kernels::validate_wgsl(file, source)?;
+    let Some(entry) = module.entry_points.iter().find(|e| e.name == call.entry) else {
+        return Ok(None);
+    };
+    let invocations: u64 = entry.workgroup_size.iter().map(|&d| d as u64).product();
+    if invocations > limits.max_compute_invocations_per_workgroup as u64 {
+        let have = limits.max_compute_invocations_per_workgroup as u64;
+        return Ok(Some(("invocations per workgroup", invocations, have)));
+    }
+    let mut shared = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    for (_, expr) in entry.function.expressions.iter() {
+        if let naga::Expression::GlobalVariable(g) = expr {
+            let var = &module.global_variables[*g];
+            if var.space == naga::AddressSpace::WorkGroup && seen.insert(*g) {
+                shared += module.types[var.ty].inner.size(module.to_ctx()) as u64;
+            }
+        }
+    }
+    let have = limits.max_compute_workgroup_storage_size as u64;
+    Ok((shared > have).then_some(("bytes of workgroup memory", shared, have)))
+}
+
 /// Every adapter this machine offers, in the order `--device <index>` uses.
 pub fn list_adapters() -> Vec<AdapterSummary> {
     adapters(wgpu::Backends::all()).iter().enumerate().map(|(i, a)| AdapterSummary::of(i, a)).collect()
@@ -358,6 +394,10 @@ impl GpuContext {
         }
         let custom = self.custom.lock().unwrap().clone().filter(|_| call.source == "custom");
         let file = if custom.is_some() { "custom" } else { kernels::shader_file(call.entry) };
+        match &custom {
+            Some(c) => self.check_limits(call, &c.name, &c.source)?,
+            None => self.check_limits(call, file, &kernels::variant_source(file, call.source))?,
+        }
         let module = match cache.modules.entry((file, call.source)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(match &custom {
@@ -384,6 +424,23 @@ impl GpuContext {
         Ok(pipeline)
     }
 
+    /// Checks that `call`'s entry point fits this adapter's per-pipeline limits before its pipeline is
+    /// built (see [`exceeded_limit`]); wgpu would refuse such a pipeline with a validation error that
+    /// names neither the kernel nor the limit.
+    fn check_limits(&self, call: &Call, file: &str, source: &str) -> Result<()> {
+        match exceeded_limit(call, file, source, &self.adapter.limits)? {
+            None => Ok(()),
+            Some((what, need, have)) => Err(Error::Unsupported {
+                kernel: call.entry.to_string(),
+                file: file.to_string(),
+                what,
+                need,
+                have,
+                adapter: self.adapter.title(),
+            }),
+        }
+    }
+
     /// Compiles one WGSL source; a compile error names the file, line and column.
     pub fn compile(&self, file: &str, source: &str) -> Result<wgpu::ShaderModule> {
         kernels::validate_wgsl(file, source)?;
@@ -402,5 +459,46 @@ impl GpuContext {
                 self.device.create_shader_module(desc)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::View;
+
+    fn call(entry: &'static str, views: usize) -> Call {
+        let v = View::new(crate::backend::BufId(0), 0, 1);
+        Call { entry, source: "", constants: Vec::new(), views: vec![v; views], params: Vec::new(), groups: [1; 3] }
+    }
+
+    /// GLES 3.1's minimum limits: 4 storage buffers per stage, 128 invocations, 16 KiB.
+    fn gles() -> wgpu::Limits {
+        wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 4,
+            max_compute_invocations_per_workgroup: 128,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    fn check(entry: &'static str, views: usize, limits: &wgpu::Limits) -> Option<(&'static str, u64, u64)> {
+        let file = kernels::shader_file(entry);
+        exceeded_limit(&call(entry, views), file, kernels::shader_source(file), limits).unwrap()
+    }
+
+    #[test]
+    fn kernels_over_an_adapters_limits_are_named_before_the_pipeline() {
+        // layernorm_backward binds six buffers; GLES allows four.
+        assert_eq!(check("layernorm_backward", 6, &gles()), Some(("storage buffers per shader stage", 6, 4)));
+        // reduce_sum runs 256 invocations per workgroup.
+        assert_eq!(check("reduce_sum", 2, &gles()), Some(("invocations per workgroup", 256, 128)));
+        // tiled64 stages two 64x16 tiles of f32 in workgroup memory: 8 KiB.
+        let tiny = wgpu::Limits { max_compute_workgroup_storage_size: 4096, ..wgpu::Limits::default() };
+        let (what, need, have) = check("matmul_tiled", 4, &tiny).expect("over the limit");
+        assert_eq!((what, have), ("bytes of workgroup memory", 4096));
+        assert!(need > 4096, "{need}");
+        // Everything fits WebGPU's defaults.
+        assert_eq!(check("layernorm_backward", 6, &wgpu::Limits::default()), None);
+        assert_eq!(check("matmul_tiled", 4, &wgpu::Limits::default()), None);
     }
 }
