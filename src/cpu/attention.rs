@@ -164,7 +164,8 @@ pub fn flash_attention_forward<F: Real>(
                 let mrow = (((bb * nh) + h) * t + t1) * t;
                 lse[(bb * nh + h) * t + t1] = F::of(max + sum.ln());
                 for (t2, r) in row.iter_mut().enumerate().take(t1 + 1) {
-                    *r = (*r - max).exp() / sum * dropout.map_or(1.0, |m| dropout_factor(m.seed, m.stream, mrow + t2, m.p));
+                    *r = (*r - max).exp() / sum
+                        * dropout.map_or(1.0, |m| dropout_factor(m.seed, m.stream, mrow + t2, m.p));
                 }
                 for i in 0..hs {
                     let s: f64 = (0..=t1).map(|t2| row[t2] * at(bb, t2, 2, kvh, i)).sum();
@@ -216,7 +217,8 @@ pub fn flash_attention_backward<F: Real>(
                         * scale;
                     let p = (s - l).exp();
                     let f = dropout.map_or(1.0, |m| dropout_factor(m.seed, m.stream, row * t + t2, m.p));
-                    let dp: f64 = (0..hs).map(|i| dout[o + i].get() * qkv[idx(bb, t2, 2, kvh, i)].get()).sum();
+                    let dp: f64 =
+                        (0..hs).map(|i| dout[o + i].get() * qkv[idx(bb, t2, 2, kvh, i)].get()).sum();
                     let ds = p * (dp * f - d) * scale;
                     for i in 0..hs {
                         grad[idx(bb, t1, 0, h, i)] += ds * qkv[idx(bb, t2, 1, kvh, i)].get();

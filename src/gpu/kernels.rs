@@ -763,3 +763,31 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flash_tiles_fit_16_kib_and_the_loop_budget() {
+        for hd in 1..=256 {
+            let (c4, bc, nch) = flash_tile(hd);
+            assert!((1..=32).contains(&c4) && (4..=32).contains(&bc) && bc % 4 == 0, "hd {hd}");
+            assert!(bc * c4 <= FLASH_TILE_VEC4 && c4 * nch * 4 >= hd, "hd {hd}");
+            // Two staged tiles of BC x C4 vec4s.
+            assert!(2 * bc * c4 * 16 <= 16 * 1024, "hd {hd}");
+            // Every invocation stays below lavapipe's 65,535 loop iterations at T = 2048 for heads
+            // up to 128.
+            if hd <= 128 {
+                assert!(
+                    flash_loop_iterations(2048, hd) <= 65_535,
+                    "hd {hd}: {}",
+                    flash_loop_iterations(2048, hd)
+                );
+            }
+        }
+        assert_eq!(flash_tile(64), (16, 32, 1));
+        assert_eq!(flash_tile(128), (32, 16, 1));
+        assert_eq!(flash_tile(132), (32, 16, 2));
+    }
+}
