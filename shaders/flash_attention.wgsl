@@ -23,8 +23,8 @@
 // in all, the WebGPU minimum, for any head size.
 //
 // Loop bounds (lavapipe silently ends an invocation's loops after 65,535 iterations in all): the
-// forward and dQ kernels run about 300 iterations per tile of BC keys, so up to T = 2048 with
-// hs = 128 (about 40,000) and beyond 4096 for hs <= 64; the dK/dV kernel walks (query head, query
+// forward and dQ kernels run about 320 iterations per tile of BC keys, so up to T = 2048 with
+// hs = 128 (about 41,000) and beyond 4096 for hs <= 64; the dK/dV kernel walks (query head, query
 // tile) pairs of its group in the range [u_begin, u_end) that the host sizes to stay within budget,
 // splitting the group's sum into several dispatches that accumulate in order.
 // kernels::flash_loop_iterations mirrors these counts.
