@@ -164,7 +164,8 @@ enum Command {
 enum BenchCommand {
     /// Every variant of a kernel at each shape: checked against the CPU twin, then timed.
     Kernels {
-        /// matmul (with its variants), or any kernel `wgslm verify` lists (at its test shapes).
+        /// matmul (with its variants), attention (naive vs flash, forward and backward), or any kernel
+        /// `wgslm verify` lists (at its test shapes).
         #[arg(long, default_value = "matmul")]
         kernel: String,
         /// A matmul variant (blocked4x4, vec4, tiled64, rows16x32, subgroup, f16), or `all` (repeatable).

@@ -261,6 +261,24 @@ const ATTENTION: [(usize, usize, usize, usize, usize); 9] = [
     (2, 65, 128, 4, 2),
     (1, 129, 512, 4, 2),
 ];
+/// (B, T, C, NH, NKV, with dropout) for fused attention: T = 1, 7, 37, 129, 259 and 1024 (the key and
+/// query tiles' edges, and a sequence long enough for the loop budget to matter); head sizes 4, 6, 17,
+/// 32, 64, 128 and 132 (above 128: two chunks per head row); multi-head and grouped-query (6/2, 4/1,
+/// 2/1). Dropout where the flag says, which is everywhere but the first and the largest multi-head case.
+/// The last case has more (query head, query tile) pairs than one dK/dV dispatch walks, so its sum is
+/// split across dispatches.
+const FLASH_ATTENTION: [(usize, usize, usize, usize, usize, bool); 10] = [
+    (1, 1, 4, 1, 1, false),
+    (2, 7, 24, 4, 4, true),
+    (1, 37, 68, 4, 4, true),
+    (2, 37, 24, 6, 2, true),
+    (1, 129, 128, 4, 1, true),
+    (1, 259, 36, 6, 2, true),
+    (1, 259, 256, 2, 2, true),
+    (1, 37, 264, 2, 1, true),
+    (2, 1024, 256, 4, 4, false),
+    (1, 1024, 512, 4, 1, true),
+];
 /// (N, width, heads, hd, table rows) for RoPE: head sizes 4, 6, 32, 128; rows wider than heads·hd (the
 /// copied tail) except the first; the third is a packed qkv row of 4 q and 2 k heads rotated, 2 v
 /// heads copied; the last has more than 65,535 workgroups. Positions are random below the table rows.
@@ -594,6 +612,69 @@ pub fn cases() -> Vec<Case> {
                         dropout,
                     }],
                     checked: vec![("dqkv", dqkv)],
+                })
+            }));
+        }
+    }
+    for (i, (b, t, c, nh, nkv, with_dropout)) in FLASH_ATTENTION.into_iter().enumerate() {
+        let w = crate::backend::qkv_width(c, nh, nkv);
+        let drops: &[Option<f32>] = if with_dropout { &[None, Some(0.25)] } else { &[None] };
+        for &drop in drops {
+            let shape = format!(
+                "B={b} T={t} C={c} NH={nh}{} hs={}{}",
+                if nkv == nh { String::new() } else { format!(" NKV={nkv}") },
+                c / nh,
+                drop.map_or(String::new(), |p| format!(" dropout={p}"))
+            );
+            let (stream, seed_data) = (11 + i as u32, 0xf1a5_0000 + i as u32);
+            // `probs` is unused by the fused kernels; a one-element view stands in for it.
+            let dropout = move |s: &mut Setup| -> Result<Option<AttnDropout>> {
+                Ok(match drop {
+                    Some(p) => {
+                        let probs = s.normal(1, 1.0, 0.0)?;
+                        Some(AttnDropout { probs, seed: s.ids_with(vec![seed_data])?, p, stream })
+                    }
+                    None => None,
+                })
+            };
+            all.push(case("flash_attention_forward", shape.clone(), move |s| {
+                let out = s.normal(b * t * c, 1.0, 0.0)?;
+                let lse = s.normal(b * nh * t, 1.0, 0.0)?;
+                let qkv = s.normal(b * t * w, 1.0, 0.0)?;
+                let dropout = dropout(s)?;
+                Ok(Built {
+                    ops: vec![Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout }],
+                    checked: vec![("out", out), ("lse", lse)],
+                })
+            }));
+            all.push(case("flash_attention_backward", shape, move |s| {
+                // Small, so that the check measures the gradient rather than what it is added to.
+                let dqkv = s.normal(b * t * w, 0.01, 0.0)?;
+                let dsum = s.normal(b * nh * t, 1.0, 0.0)?;
+                let dout = s.normal(b * t * c, 1.0, 0.0)?;
+                let q: Vec<f32> = (0..b * t * w).map(|_| s.rng().normal() as f32).collect();
+                // out and lse must be what the forward pass leaves for these q, k, v.
+                let (mut o, mut l) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
+                let mask = drop.map(|p| cpu::Mask { seed: seed_data, p, stream });
+                cpu::flash_attention_forward(&mut o, &mut l, &q, b, t, c, nh, nkv, mask);
+                let (qkv, out, lse) = (s.with(q)?, s.with(o)?, s.with(l)?);
+                let dropout = dropout(s)?;
+                Ok(Built {
+                    ops: vec![Op::FlashAttentionBackward {
+                        dqkv,
+                        dsum,
+                        dout,
+                        qkv,
+                        out,
+                        lse,
+                        b,
+                        t,
+                        c,
+                        nh,
+                        nkv,
+                        dropout,
+                    }],
+                    checked: vec![("dqkv", dqkv), ("dsum", dsum)],
                 })
             }));
         }

@@ -219,6 +219,76 @@ fn attention_case(b: usize, t: usize, c: usize, nh: usize, nkv: usize) {
 }
 
 #[test]
+fn flash_attention_backward_matches_finite_differences() {
+    // Multi-head, then grouped-query with two and one kv heads; head sizes 3 and 2.
+    for (b, t, c, nh, nkv) in [(2, 4, 6, 2, 2), (2, 4, 12, 4, 2), (1, 5, 9, 3, 1)] {
+        let width = wgslm::backend::qkv_width(c, nh, nkv);
+        for mask in [None, Some(cpu::Mask { seed: 99, p: 0.3, stream: 5 })] {
+            let mut rng = Rng::new(12);
+            let mut qkv = randn(&mut rng, b * t * width, 1.0);
+            let w = randn(&mut rng, b * t * c, 1.0);
+            let forward = |qkv: &[f64]| {
+                let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+                cpu::flash_attention_forward(&mut out, &mut lse, qkv, b, t, c, nh, nkv, mask);
+                (dot(&out, &w), out, lse)
+            };
+            let (_, out, lse) = forward(&qkv);
+            let (mut dqkv, mut dsum) = (vec![0.0; qkv.len()], vec![0.0; b * nh * t]);
+            cpu::flash_attention_backward(&mut dqkv, &mut dsum, &w, &qkv, &out, &lse, b, t, c, nh, nkv, mask);
+            let what =
+                format!("flash dqkv NH={nh} NKV={nkv}{}", if mask.is_some() { " (dropout)" } else { "" });
+            assert_grad(&what, &mut qkv, &dqkv, &mut |v| forward(v).0);
+        }
+    }
+}
+
+/// The fused twins compute the naive twins' function: the same output (and lse = log of the softmax
+/// denominator) and the same gradient, with and without dropout, multi-head and grouped-query.
+#[test]
+fn flash_attention_twins_match_the_naive_twins() {
+    for (b, t, c, nh, nkv) in [(2, 9, 12, 2, 2), (1, 13, 24, 6, 2), (2, 7, 20, 4, 1)] {
+        let width = wgslm::backend::qkv_width(c, nh, nkv);
+        for mask in [None, Some(cpu::Mask { seed: 7, p: 0.4, stream: 2 })] {
+            let mut rng = Rng::new(13);
+            let qkv = randn(&mut rng, b * t * width, 1.5);
+            let dout = randn(&mut rng, b * t * c, 1.0);
+            let att_len = b * nh * t * t;
+            let (mut out, mut att, mut probs) =
+                (vec![0.0; b * t * c], vec![0.0; att_len], vec![0.0; att_len]);
+            let fwd = mask.map(|m| (probs.as_mut_slice(), m));
+            cpu::attention_forward(&mut out, &mut att, &qkv, b, t, c, nh, nkv, fwd);
+            let (mut dqkv, mut datt) = (vec![0.0; qkv.len()], vec![0.0; att_len]);
+            let bwd = mask.map(|m| (probs.as_slice(), m));
+            cpu::attention_backward(&mut dqkv, &mut datt, &dout, &qkv, &att, b, t, c, nh, nkv, bwd);
+
+            let (mut fout, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+            cpu::flash_attention_forward(&mut fout, &mut lse, &qkv, b, t, c, nh, nkv, mask);
+            let (mut fdqkv, mut dsum) = (vec![0.0; qkv.len()], vec![0.0; b * nh * t]);
+            cpu::flash_attention_backward(
+                &mut fdqkv, &mut dsum, &dout, &qkv, &fout, &lse, b, t, c, nh, nkv, mask,
+            );
+
+            let what = format!("NH={nh} NKV={nkv}{}", if mask.is_some() { " dropout" } else { "" });
+            let close =
+                |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * (1.0 + y.abs()));
+            assert!(close(&fout, &out), "{what}: flash out differs from naive");
+            assert!(close(&fdqkv, &dqkv), "{what}: flash dqkv differs from naive");
+            // The first probability of every row is exp(score(t1, 0) - lse): check it against att.
+            for row in 0..b * nh * t {
+                let t1 = row % t;
+                let (bb, h) = (row / (nh * t), (row / t) % nh);
+                let hs = c / nh;
+                let q = (bb * t + t1) * width + h * hs;
+                let k = bb * t * width + c + (h / (nh / nkv)) * hs;
+                let s: f64 = (0..hs).map(|i| qkv[q + i] * qkv[k + i]).sum::<f64>() / (hs as f64).sqrt();
+                let p = (s - lse[row]).exp();
+                assert!((p - att[row * t]).abs() <= 1e-12, "{what}: lse of row {row}");
+            }
+        }
+    }
+}
+
+#[test]
 fn dropout_backward_matches_finite_differences() {
     let (n, p, seed, stream) = (40, 0.4, 7, 3);
     let mut rng = Rng::new(8);

@@ -74,6 +74,8 @@ matches_cpu! {
     matmul_backward_matches_cpu => "matmul_backward",
     attention_forward_matches_cpu => "attention_forward",
     attention_backward_matches_cpu => "attention_backward",
+    flash_attention_forward_matches_cpu => "flash_attention_forward",
+    flash_attention_backward_matches_cpu => "flash_attention_backward",
     dropout_forward_matches_cpu => "dropout_forward",
     dropout_backward_matches_cpu => "dropout_backward",
     gelu_forward_matches_cpu => "gelu_forward",

@@ -136,8 +136,12 @@ fn rank(rows: &mut [Timing]) {
     }
 }
 
-/// Any other kernel, at the shapes of its `wgslm verify` cases, in GB/s of bytes read and written.
+/// Any other kernel, at the shapes of its `wgslm verify` cases, in GB/s of bytes read and written;
+/// `attention` compares the naive and the fused kernels instead (see [`attention`]).
 pub fn verified(ctx: &Arc<GpuContext>, kernel: &str, reps: usize) -> Result<Vec<Timing>> {
+    if kernel == "attention" {
+        return attention(ctx, reps);
+    }
     let cases: Vec<verify::Case> = verify::cases().into_iter().filter(|c| c.kernel == kernel).collect();
     if cases.is_empty() {
         return Err(Error::Invalid(format!(
@@ -185,4 +189,158 @@ pub fn all_matmul_variants(ctx: &GpuContext) -> Vec<String> {
         all.push(F16_VARIANT.to_string());
     }
     all
+}
+
+/// (B, T, C, NH, NKV) of the attention bench: multi-head with head size 64, and grouped-query with
+/// one kv head for four query heads, at T = 256 and 1024.
+pub const ATTENTION_SHAPES: [(usize, usize, usize, usize, usize); 4] =
+    [(2, 256, 256, 4, 4), (2, 256, 256, 4, 1), (2, 1024, 256, 4, 4), (2, 1024, 256, 4, 1)];
+
+/// The two attention implementations, forward and backward separately, at [`ATTENTION_SHAPES`]:
+/// "naive" (`AttentionForward` / `AttentionBackward`, which store the (B,NH,T,T) probabilities) and
+/// "flash" (`FlashAttentionForward` / `FlashAttentionBackward`). Each is first checked against its CPU
+/// twin and timed only when it agrees. The rate is effective GFLOP/s of the causal products a plain
+/// implementation does, the same count for both variants: 2·B·NH·T²·hs forward (q·kᵀ and p·v over
+/// the lower triangle), twice that backward (dp, dq, dk, dv); flash's recomputation is not counted.
+pub fn attention(ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<Timing>> {
+    use crate::backend::qkv_width;
+    use crate::cpu::CpuBackend;
+    let mut out = Vec::new();
+    for &(b, t, c, nh, nkv) in &ATTENTION_SHAPES {
+        let (hs, w) = (c / nh, qkv_width(c, nh, nkv));
+        let mut rng = Rng::new((b * 131 + t * 17 + nkv) as u64);
+        let qkv: Vec<f32> = (0..b * t * w).map(|_| rng.normal() as f32).collect();
+        let dout: Vec<f32> = (0..b * t * c).map(|_| rng.normal() as f32).collect();
+        // What each backward pass reads from its forward pass, from the twins.
+        let att_len = b * nh * t * t;
+        let mut att = vec![0f32; att_len];
+        crate::cpu::attention_forward(&mut vec![0f32; b * t * c], &mut att, &qkv, b, t, c, nh, nkv, None);
+        let (mut fout, mut lse) = (vec![0f32; b * t * c], vec![0f32; b * nh * t]);
+        crate::cpu::flash_attention_forward(&mut fout, &mut lse, &qkv, b, t, c, nh, nkv, None);
+        let kv = if nkv == nh { String::new() } else { format!(" NKV={nkv}") };
+        let flops = 2.0 * (b * nh * t * t * hs) as f64;
+        for (direction, work) in [("fwd", flops), ("bwd", 2.0 * flops)] {
+            let shape = format!("B={b} T={t} NH={nh}{kv} hs={hs} {direction}");
+            let first = out.len();
+            for variant in ["naive", "flash"] {
+                // Builds the op on a backend, with its inputs written, and names the checked output.
+                let build = |be: &mut dyn Backend| -> Result<(Op, View)> {
+                    let mut buf = |data: &[f32]| -> Result<View> {
+                        let v = View::new(be.alloc(DType::F32, data.len(), "bench")?, 0, data.len());
+                        be.write_f32(v, data)?;
+                        Ok(v)
+                    };
+                    let (q, zeros) = (buf(&qkv)?, |n: usize| vec![0f32; n]);
+                    Ok(match (variant, direction) {
+                        ("naive", "fwd") => {
+                            let (o, a) = (buf(&zeros(b * t * c))?, buf(&zeros(att_len))?);
+                            let op = Op::AttentionForward {
+                                out: o,
+                                att: a,
+                                qkv: q,
+                                b,
+                                t,
+                                c,
+                                nh,
+                                nkv,
+                                dropout: None,
+                            };
+                            (op, o)
+                        }
+                        ("flash", "fwd") => {
+                            let (o, l) = (buf(&zeros(b * t * c))?, buf(&zeros(b * nh * t))?);
+                            let op = Op::FlashAttentionForward {
+                                out: o,
+                                lse: l,
+                                qkv: q,
+                                b,
+                                t,
+                                c,
+                                nh,
+                                nkv,
+                                dropout: None,
+                            };
+                            (op, o)
+                        }
+                        ("naive", _) => {
+                            let (d, da) = (buf(&zeros(b * t * w))?, buf(&zeros(att_len))?);
+                            let (dout, att) = (buf(&dout)?, buf(&att)?);
+                            let op = Op::AttentionBackward {
+                                dqkv: d,
+                                datt: da,
+                                dout,
+                                qkv: q,
+                                att,
+                                b,
+                                t,
+                                c,
+                                nh,
+                                nkv,
+                                dropout: None,
+                            };
+                            (op, d)
+                        }
+                        _ => {
+                            let (d, ds) = (buf(&zeros(b * t * w))?, buf(&zeros(b * nh * t))?);
+                            let (dout, o, l) = (buf(&dout)?, buf(&fout)?, buf(&lse)?);
+                            let op = Op::FlashAttentionBackward {
+                                dqkv: d,
+                                dsum: ds,
+                                dout,
+                                qkv: q,
+                                out: o,
+                                lse: l,
+                                b,
+                                t,
+                                c,
+                                nh,
+                                nkv,
+                                dropout: None,
+                            };
+                            (op, d)
+                        }
+                    })
+                };
+                let mut row = Timing {
+                    kernel: format!("attention_{}", if direction == "fwd" { "forward" } else { "backward" }),
+                    variant: variant.into(),
+                    shape: shape.clone(),
+                    error: f64::NAN,
+                    passed: false,
+                    failure: None,
+                    ms: None,
+                    rate: None,
+                    unit: "GFLOP/s",
+                    pct_of_best: None,
+                    method: "",
+                };
+                let result = (|| -> Result<()> {
+                    let mut cpu = CpuBackend::new();
+                    let (op, view) = build(&mut cpu)?;
+                    let plan = cpu.prepare(&[op])?;
+                    cpu.run(plan)?;
+                    let want = cpu.read_f32(view)?;
+                    let mut gpu = GpuBackend::with_context(ctx.clone());
+                    let (op, view) = build(&mut gpu)?;
+                    let plan = gpu.prepare(&[op])?;
+                    gpu.run(plan)?;
+                    row.error = rel_l2(&gpu.read_f32(view)?, &want);
+                    row.passed = row.error <= verify::TOLERANCE;
+                    if row.passed {
+                        let (s, method) = gpu.time(plan, reps)?;
+                        row.ms = Some(s * 1e3);
+                        row.rate = Some(work / s / 1e9);
+                        row.method = method;
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    row.failure = Some(e.to_string());
+                }
+                out.push(row);
+            }
+            rank(&mut out[first..]);
+        }
+    }
+    Ok(out)
 }

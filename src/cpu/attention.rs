@@ -128,3 +128,108 @@ pub fn attention_backward<F: Real>(
         }
     }
 }
+
+/// The function of [`attention_forward`] (same layout, heads, scale and dropout masks), keeping only
+/// what the fused kernels keep: out (B,T,C) and lse (B,NH,T), the log-sum-exp of each row of scaled
+/// scores. With `dropout`, the values are weighted by the probabilities times the mask of element
+/// ((b·NH + h)·T + t1)·T + t2, as the naive path masks its (B,NH,T,T) tensor.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_forward<F: Real>(
+    out: &mut [F],
+    lse: &mut [F],
+    qkv: &[F],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    nkv: usize,
+    dropout: Option<Mask>,
+) {
+    let hs = c / nh;
+    let (w, group) = ((nh + 2 * nkv) * hs, nh / nkv);
+    let scale = 1.0 / (hs as f64).sqrt();
+    let at = |bb: usize, tt: usize, part: usize, h: usize, i: usize| {
+        qkv[(bb * t + tt) * w + part_offset(part, h, c, nkv, hs) + i].get()
+    };
+    let mut row = vec![0.0f64; t];
+    for bb in 0..b {
+        for h in 0..nh {
+            let kvh = h / group;
+            for t1 in 0..t {
+                for (t2, r) in row.iter_mut().enumerate().take(t1 + 1) {
+                    *r = (0..hs).map(|i| at(bb, t1, 0, h, i) * at(bb, t2, 1, kvh, i)).sum::<f64>() * scale;
+                }
+                let max = row[..=t1].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = row[..=t1].iter().map(|s| (s - max).exp()).sum();
+                let mrow = (((bb * nh) + h) * t + t1) * t;
+                lse[(bb * nh + h) * t + t1] = F::of(max + sum.ln());
+                for (t2, r) in row.iter_mut().enumerate().take(t1 + 1) {
+                    *r = (*r - max).exp() / sum
+                        * dropout.map_or(1.0, |m| dropout_factor(m.seed, m.stream, mrow + t2, m.p));
+                }
+                for i in 0..hs {
+                    let s: f64 = (0..=t1).map(|t2| row[t2] * at(bb, t2, 2, kvh, i)).sum();
+                    out[(bb * t + t1) * c + h * hs + i] = F::of(s);
+                }
+            }
+        }
+    }
+}
+
+/// Accumulates dqkv (B,T,W) from dout (B,T,C), recomputing the probabilities `P = exp(s·q·k - lse)`
+/// from qkv and the saved lse (B,NH,T). `dsum` (B,NH,T) receives `D = rowsum(dout ∘ out)` (out is the
+/// forward output), with which `dS = P ∘ (dP - D)`, `dP = (dout·v) ∘ mask`: the softmax backward
+/// without the (B,NH,T,T) tensors. Each gradient element is summed in f64 and added once.
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attention_backward<F: Real>(
+    dqkv: &mut [F],
+    dsum: &mut [F],
+    dout: &[F],
+    qkv: &[F],
+    out: &[F],
+    lse: &[F],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    nkv: usize,
+    dropout: Option<Mask>,
+) {
+    let hs = c / nh;
+    let (w, group) = ((nh + 2 * nkv) * hs, nh / nkv);
+    let scale = 1.0 / (hs as f64).sqrt();
+    let idx = |bb: usize, tt: usize, part: usize, h: usize, i: usize| {
+        (bb * t + tt) * w + part_offset(part, h, c, nkv, hs) + i
+    };
+    let mut grad = vec![0.0f64; b * t * w];
+    for bb in 0..b {
+        for h in 0..nh {
+            let kvh = h / group;
+            for t1 in 0..t {
+                let o = (bb * t + t1) * c + h * hs;
+                let row = (bb * nh + h) * t + t1;
+                dsum[row] = F::of((0..hs).map(|i| dout[o + i].get() * out[o + i].get()).sum::<f64>());
+                let (d, l) = (dsum[row].get(), lse[row].get());
+                for t2 in 0..=t1 {
+                    let s: f64 = (0..hs)
+                        .map(|i| qkv[idx(bb, t1, 0, h, i)].get() * qkv[idx(bb, t2, 1, kvh, i)].get())
+                        .sum::<f64>()
+                        * scale;
+                    let p = (s - l).exp();
+                    let f = dropout.map_or(1.0, |m| dropout_factor(m.seed, m.stream, row * t + t2, m.p));
+                    let dp: f64 =
+                        (0..hs).map(|i| dout[o + i].get() * qkv[idx(bb, t2, 2, kvh, i)].get()).sum();
+                    let ds = p * (dp * f - d) * scale;
+                    for i in 0..hs {
+                        grad[idx(bb, t1, 0, h, i)] += ds * qkv[idx(bb, t2, 1, kvh, i)].get();
+                        grad[idx(bb, t2, 1, kvh, i)] += ds * qkv[idx(bb, t1, 0, h, i)].get();
+                        grad[idx(bb, t2, 2, kvh, i)] += p * f * dout[o + i].get();
+                    }
+                }
+            }
+        }
+    }
+    for (dst, g) in dqkv.iter_mut().zip(grad) {
+        add(dst, g);
+    }
+}

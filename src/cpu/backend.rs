@@ -84,8 +84,21 @@ impl CpuBackend {
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::Zero { out } => self.with_outputs(&[out], |o| zero(o[0])),
-            Op::FlashAttentionForward { .. } | Op::FlashAttentionBackward { .. } => {
-                unimplemented!("{}: not implemented yet", op.name())
+            Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } => {
+                let i = self.inputs(&[qkv]);
+                let mask = dropout.map(|d| self.mask(&d));
+                self.with_outputs(&[out, lse], |o| {
+                    let [out, lse] = o else { unreachable!() };
+                    flash_attention_forward(out, lse, &i[0], b, t, c, nh, nkv, mask)
+                })
+            }
+            Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout } => {
+                let i = self.inputs(&[dout, qkv, out, lse]);
+                let mask = dropout.map(|d| self.mask(&d));
+                self.with_outputs(&[dqkv, dsum], |o| {
+                    let [dqkv, dsum] = o else { unreachable!() };
+                    flash_attention_backward(dqkv, dsum, &i[0], &i[1], &i[2], &i[3], b, t, c, nh, nkv, mask)
+                })
             }
             Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => {
                 let tok = self.u32s(tokens).to_vec();

@@ -17,7 +17,9 @@ mod optim;
 mod rmsnorm;
 mod rope;
 
-pub use attention::{attention_backward, attention_forward, Mask};
+pub use attention::{
+    attention_backward, attention_forward, flash_attention_backward, flash_attention_forward, Mask,
+};
 pub use backend::CpuBackend;
 pub use crossentropy::{crossentropy_backward, crossentropy_forward};
 pub use dropout::{dropout_backward, dropout_factor, dropout_forward, hash as dropout_hash};

@@ -13,6 +13,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
     ("dropout.wgsl", include_str!("../../shaders/dropout.wgsl")),
     ("encoder.wgsl", include_str!("../../shaders/encoder.wgsl")),
+    ("flash_attention.wgsl", include_str!("../../shaders/flash_attention.wgsl")),
     ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_rows.wgsl", include_str!("../../shaders/matmul_rows.wgsl")),
@@ -78,6 +79,10 @@ pub fn shader_file(entry: &str) -> &'static str {
         | "attention_backward_softmax"
         | "attention_backward_q"
         | "attention_backward_kv" => "attention.wgsl",
+        "flash_attention_forward"
+        | "flash_attention_backward_dsum"
+        | "flash_attention_backward_kv"
+        | "flash_attention_backward_q" => "flash_attention.wgsl",
         "crossentropy_forward" | "crossentropy_backward" | "crossentropy_backward_inplace" => {
             "crossentropy.wgsl"
         }
@@ -388,6 +393,74 @@ pub fn scratch_len(op: &Op, max_binding: usize) -> usize {
     }
 }
 
+/// Rows (queries, or keys in the dK/dV kernel) one workgroup of the flash-attention kernels owns: its
+/// invocations, WG in flash_attention.wgsl.
+pub const FLASH_ROWS: usize = 64;
+
+/// vec4s per staged tile in flash_attention.wgsl (each of its two tiles: 16 KiB of workgroup memory
+/// in all).
+pub const FLASH_TILE_VEC4: usize = 512;
+
+/// The flash-attention tiles for head size `hd`: (C4 vec4s per chunk of a head row, BC rows per staged
+/// tile, chunks per head row). One chunk covers heads up to 128; larger heads loop over chunks.
+pub fn flash_tile(hd: usize) -> (usize, usize, usize) {
+    let hd4 = hd.div_ceil(4).max(1);
+    let c4 = hd4.min(32);
+    let bc = (FLASH_TILE_VEC4 / c4 / 4 * 4).min(32);
+    (c4, bc, hd4.div_ceil(c4))
+}
+
+/// Loop iterations one invocation runs per tile of the flash kernels, counting every loop of
+/// flash_attention.wgsl (a loop of n iterations counts n, nested loops multiply), as lavapipe's limiter
+/// counts them: (forward or dQ per key tile, dK/dV per (query head, query tile) pair).
+fn flash_iterations_per_tile(c4: usize, bc: usize, nch: usize) -> (usize, usize) {
+    let stage = (bc * c4).div_ceil(FLASH_ROWS);
+    let blocks = bc / 4;
+    let reload = if nch > 1 { c4 } else { 0 };
+    let dots = nch * (1 + reload + stage + blocks * (1 + c4));
+    let restage = if nch > 1 { stage } else { 0 };
+    let forward = 1 + dots + 2 * blocks + c4 + stage + blocks * (1 + c4);
+    let backward = 1 + dots + blocks + restage + blocks * (1 + c4);
+    (forward.max(backward), backward)
+}
+
+/// The most loop iterations one invocation of a flash kernel may run (below lavapipe's 65,535, with
+/// room for the loops outside the tile loop).
+pub const FLASH_LOOP_BUDGET: usize = 60_000;
+
+/// (query head, query tile) pairs one dK/dV dispatch walks: as many as the loop budget allows.
+fn flash_kv_pairs_per_dispatch(c4: usize, bc: usize, nch: usize) -> usize {
+    (FLASH_LOOP_BUDGET / flash_iterations_per_tile(c4, bc, nch).1).max(1)
+}
+
+/// The most loop iterations any invocation of the flash kernels runs for sequence length `t` and head
+/// size `hd`: the forward and dQ kernels walk every key tile up to the diagonal in one dispatch (the
+/// dK/dV kernel is split to stay within [`FLASH_LOOP_BUDGET`]).
+pub fn flash_loop_iterations(t: usize, hd: usize) -> usize {
+    let (c4, bc, nch) = flash_tile(hd);
+    let (per_tile, per_pair) = flash_iterations_per_tile(c4, bc, nch);
+    let edges = 4 * c4 * nch + 4;
+    let kv = flash_kv_pairs_per_dispatch(c4, bc, nch) * per_pair;
+    (t.div_ceil(bc) * per_tile + edges).max(kv + edges)
+}
+
+/// The uniform params of the flash-attention kernels (see `Params` in flash_attention.wgsl).
+#[allow(clippy::too_many_arguments)]
+fn flash_params(
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+    nkv: usize,
+    dropout: Option<&crate::backend::AttnDropout>,
+    u_begin: usize,
+    u_end: usize,
+) -> Vec<u32> {
+    let (drop, threshold, scale, stream) =
+        dropout.map_or((0, 0, 0, 0), |d| (1, dropout_threshold(d.p), f(dropout_scale(d.p)), d.stream));
+    vec![u(b), u(t), u(c), u(nh), u(nkv), drop, threshold, scale, stream, u(u_begin), u(u_end), 0]
+}
+
 /// A dropout dispatch over the first binding's elements.
 fn dropout_call(entry: &'static str, views: Vec<View>, p: f32, stream: u32) -> Call {
     let n = views[0].len;
@@ -404,8 +477,50 @@ fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize
 pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
     let (dummy, scratch) = (env.dummy, env.scratch);
     match *op {
-        Op::FlashAttentionForward { .. } | Op::FlashAttentionBackward { .. } => {
-            unimplemented!("{}: not implemented yet", op.name())
+        Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } => {
+            let (c4, bc, nch) = flash_tile(c / nh);
+            let params = flash_params(b, t, c, nh, nkv, dropout.as_ref(), 0, 0);
+            vec![Call {
+                entry: "flash_attention_forward",
+                source: "",
+                constants: vec![("C4", c4 as f64), ("BC", bc as f64)],
+                views: vec![out, lse, qkv, dropout.map_or(dummy, |d| d.seed)],
+                params,
+                groups: [u(t.div_ceil(FLASH_ROWS)), u(b * nh), u(nch)],
+            }]
+        }
+        Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout } => {
+            let (c4, bc, nch) = flash_tile(c / nh);
+            let constants = vec![("C4", c4 as f64), ("BC", bc as f64)];
+            let seed = dropout.map_or(dummy, |d| d.seed);
+            let views = vec![dqkv, dsum, qkv, dout, lse, seed];
+            let mut v = vec![call(
+                "flash_attention_backward_dsum",
+                vec![dsum, out, dout],
+                flash_params(b, t, c, nh, nkv, None, 0, 0),
+                per_item(b * nh * t),
+            )];
+            // The group's (query head, query tile) pairs, in dispatches short enough for the loop
+            // budget; each adds to dK and dV after the one before, so the order stays fixed.
+            let pairs = nh / nkv * t.div_ceil(bc);
+            let per = flash_kv_pairs_per_dispatch(c4, bc, nch);
+            v.extend((0..pairs).step_by(per).map(|begin| Call {
+                entry: "flash_attention_backward_kv",
+                source: "",
+                constants: constants.clone(),
+                views: views.clone(),
+                params: flash_params(b, t, c, nh, nkv, dropout.as_ref(), begin, (begin + per).min(pairs)),
+                groups: [u(t.div_ceil(FLASH_ROWS)), u(b * nkv), u(nch)],
+            }));
+            v.push(Call {
+                entry: "flash_attention_backward_q",
+                source: "",
+                constants,
+                views,
+                params: flash_params(b, t, c, nh, nkv, dropout.as_ref(), 0, 0),
+                groups: [u(t.div_ceil(FLASH_ROWS)), u(b * nh), u(nch)],
+            });
+            v
         }
         Op::Zero { out } => chunks(out.len, env.max_binding)
             .map(|(at, len)| call("zero", vec![out.slice(at, len)], vec![u(len)], per_item(len)))
@@ -646,5 +761,33 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 )
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flash_tiles_fit_16_kib_and_the_loop_budget() {
+        for hd in 1..=256 {
+            let (c4, bc, nch) = flash_tile(hd);
+            assert!((1..=32).contains(&c4) && (4..=32).contains(&bc) && bc % 4 == 0, "hd {hd}");
+            assert!(bc * c4 <= FLASH_TILE_VEC4 && c4 * nch * 4 >= hd, "hd {hd}");
+            // Two staged tiles of BC x C4 vec4s.
+            assert!(2 * bc * c4 * 16 <= 16 * 1024, "hd {hd}");
+            // Every invocation stays below lavapipe's 65,535 loop iterations at T = 2048 for heads
+            // up to 128.
+            if hd <= 128 {
+                assert!(
+                    flash_loop_iterations(2048, hd) <= 65_535,
+                    "hd {hd}: {}",
+                    flash_loop_iterations(2048, hd)
+                );
+            }
+        }
+        assert_eq!(flash_tile(64), (16, 32, 1));
+        assert_eq!(flash_tile(128), (32, 16, 1));
+        assert_eq!(flash_tile(132), (32, 16, 2));
     }
 }
