@@ -94,3 +94,29 @@ fn a_chunked_classifier_matches_one_chunk() {
         assert_same_model(&mut g, &mut c, &format!("{} in chunks", cfg.arch.name()));
     }
 }
+
+/// Flash attention on the GPU against naive attention on the CPU: the same model, loss and gradients
+/// (the variants compute the same function), GPT-2 with and without dropout (the masks regenerate
+/// from the same counter hash) and a grouped-query Llama.
+#[test]
+fn flash_attention_trains_the_same_model_as_naive() {
+    let Some(ctx) = common::gpu() else { return };
+    let shape = BatchShape { b: 2, t: 37, accum: 2 };
+    for (cfg, dropout) in [(GPT2, 0.0), (GPT2, 0.2), (llama(), 0.0)] {
+        let gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
+        let mut g = build(Box::new(gpu), cfg, shape, Attention::Flash, dropout);
+        let mut c = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Naive, dropout);
+        assert_same_model(&mut g, &mut c, &format!("{} flash, dropout {dropout}", cfg.arch.name()));
+    }
+}
+
+/// The CPU twins of the two variants agree on the whole model too.
+#[test]
+fn flash_and_naive_twins_agree_on_the_whole_model() {
+    let shape = BatchShape { b: 2, t: 19, accum: 1 };
+    for cfg in [GPT2, llama()] {
+        let mut f = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Flash, 0.0);
+        let mut n = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Naive, 0.0);
+        assert_same_model(&mut f, &mut n, &format!("{} flash twin", cfg.arch.name()));
+    }
+}

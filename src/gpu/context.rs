@@ -154,7 +154,11 @@ pub fn exceeded_limit(
 ) -> Result<Option<(&'static str, u64, u64)>> {
     let buffers = call.views.len() as u64;
     if buffers > limits.max_storage_buffers_per_shader_stage as u64 {
-        return Ok(Some(("storage buffers per shader stage", buffers, limits.max_storage_buffers_per_shader_stage as u64)));
+        return Ok(Some((
+            "storage buffers per shader stage",
+            buffers,
+            limits.max_storage_buffers_per_shader_stage as u64,
+        )));
     }
     let module = kernels::validate_wgsl(file, source)?;
     let Some(entry) = module.entry_points.iter().find(|e| e.name == call.entry) else {
@@ -469,7 +473,14 @@ mod tests {
 
     fn call(entry: &'static str, views: usize) -> Call {
         let v = View::new(crate::backend::BufId(0), 0, 1);
-        Call { entry, source: "", constants: Vec::new(), views: vec![v; views], params: Vec::new(), groups: [1; 3] }
+        Call {
+            entry,
+            source: "",
+            constants: Vec::new(),
+            views: vec![v; views],
+            params: Vec::new(),
+            groups: [1; 3],
+        }
     }
 
     /// GLES 3.1's minimum limits: 4 storage buffers per stage, 128 invocations, 16 KiB.

@@ -122,6 +122,32 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// lavapipe (Mesa's gallivm, on CPU-type adapters) silently ends an invocation's loops after 65,535
+    /// iterations in all, which would truncate the flash kernels' walk over the keys at long
+    /// sequences with large heads: refused here, with what to do.
+    fn check_loop_budget(&self, ops: &[Op]) -> Result<()> {
+        if self.ctx.adapter.info.device_type != wgpu::DeviceType::Cpu {
+            return Ok(());
+        }
+        for op in ops {
+            if let Op::FlashAttentionForward { t, c, nh, .. } | Op::FlashAttentionBackward { t, c, nh, .. } =
+                *op
+            {
+                let iterations = kernels::flash_loop_iterations(t, c / nh);
+                if iterations > 65_535 {
+                    return Err(Error::Invalid(format!(
+                        "{}: at T = {t} with head size {} one invocation would loop {iterations} times, and {} \
+                         stops every invocation after 65,535; use attention = \"naive\" or a shorter block_size",
+                        op.name(),
+                        c / nh,
+                        self.ctx.adapter.title()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Uses matmul variant `name`, as [`GpuBackend::set_matmul_variant`] does, after checking it
     /// against the CPU twin on this adapter ([`tune::check_variant`]): the path of a variant the user
     /// pins.
@@ -373,6 +399,7 @@ impl Backend for GpuBackend {
     }
 
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {
+        self.check_loop_budget(ops)?;
         let dummy = self.dummy()?;
         // One scratch buffer serves every op of the program: ops run one after another, and each
         // uses its scratch only within its own dispatches.
