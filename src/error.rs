@@ -32,6 +32,11 @@ pub enum Error {
     #[error("kernel {kernel} ({file}) needs {need} {what}, but {adapter} allows {have}; choose another adapter with --device (`wgslm devices` lists their limits)")]
     Unsupported { kernel: String, file: String, what: &'static str, need: u64, have: u64, adapter: String },
 
+    /// A tensor has more elements than a kernel can index with 32 bits (Metal allows bindings past
+    /// 4 GiB, where u32 indices would wrap silently).
+    #[error("{op}: view #{view} has {elements} elements, more than a kernel indexes with 32 bits (4,294,967,295); use a smaller batch, block_size or model")]
+    IndexRange { op: &'static str, view: usize, elements: u64 },
+
     /// The GPU ran out of memory.
     #[error("out of GPU memory while {0}; use a smaller model or batch")]
     OutOfMemory(String),

@@ -120,3 +120,29 @@ fn flash_and_naive_twins_agree_on_the_whole_model() {
         assert_same_model(&mut f, &mut n, &format!("{} flash twin", cfg.arch.name()));
     }
 }
+
+/// Issue 16, item 1: a tensor a u32 index cannot reach (crossentropy's n·v here, 2³³ logits) is refused
+/// with an error that names the op, before anything is dispatched; nothing wraps silently.
+#[test]
+fn a_tensor_past_u32_indexing_is_refused_before_dispatch() {
+    use wgslm::backend::{BufId, Op, View};
+    let Some(ctx) = common::gpu() else { return };
+    let mut gpu = wgslm::gpu::GpuBackend::with_context(ctx);
+    let (n, v) = (1usize << 20, 1usize << 13);
+    let view = |buf: usize, len: usize| View::new(BufId(1000 + buf), 0, len);
+    let op = Op::CrossentropyForward {
+        losses: view(0, n),
+        lse: view(1, n),
+        logits: view(2, n * v),
+        targets: view(3, n),
+        n,
+        v,
+    };
+    let err = gpu.prepare(&[op]).unwrap_err().to_string();
+    assert!(
+        err.contains("crossentropy_forward")
+            && err.contains("8589934592 elements")
+            && err.contains("32 bits"),
+        "{err}"
+    );
+}

@@ -261,8 +261,24 @@ fn per_item(items: usize) -> [u32; 3] {
     fold(items.div_ceil(64))
 }
 
+/// A shape value as the u32 a kernel's params hold. Every value passed here is at most the length of
+/// a view the op binds, and `GpuBackend::prepare` refuses any op with a view past `u32::MAX` elements
+/// ([`index_range`]) before it maps the op, so nothing is lost; saturating keeps this panic-free.
 fn u(x: usize) -> u32 {
-    u32::try_from(x).expect("a shape dimension exceeds u32")
+    u32::try_from(x).unwrap_or(u32::MAX)
+}
+
+/// The kernels index their arrays with u32: the first view of `op` too long for that, as (which view,
+/// elements). Every flat index a kernel computes (element, row·stride, grid position) is below the
+/// length of a view it binds (`Op::check` ties the lengths to the shapes), so this one check covers the
+/// products the kernels form, such as crossentropy's n·v and naive attention's b·nh·t·t.
+pub fn index_range(op: &Op) -> Option<(usize, usize)> {
+    op.inputs()
+        .into_iter()
+        .chain(op.outputs())
+        .enumerate()
+        .map(|(i, (v, want))| (i, v.len.max(want)))
+        .find(|&(_, len)| len > u32::MAX as usize)
 }
 
 fn f(x: f32) -> u32 {

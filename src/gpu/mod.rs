@@ -399,6 +399,11 @@ impl Backend for GpuBackend {
     }
 
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {
+        for op in ops {
+            if let Some((view, elements)) = kernels::index_range(op) {
+                return Err(Error::IndexRange { op: op.name(), view: view + 1, elements: elements as u64 });
+            }
+        }
         self.check_loop_budget(ops)?;
         let dummy = self.dummy()?;
         // One scratch buffer serves every op of the program: ops run one after another, and each
