@@ -114,7 +114,8 @@ pub fn check_variant(ctx: &std::sync::Arc<GpuContext>, variant: &str) -> Result<
         let mut want = vec![0f32; m * n];
         crate::cpu::matmul(&mut want, &a, &b, m, k, n, ta, tb, false);
         let err = crate::verify::rel_l2(&product, &want);
-        if !(err <= crate::verify::matmul_tolerance(k)) {
+        // A NaN error fails too.
+        if err.is_nan() || err > crate::verify::matmul_tolerance(k) {
             return Err(crate::Error::Invalid(format!(
                 "matmul variant {variant:?} disagrees with the CPU twin on {}: relative L2 {err:.2e} at \
                  {m}x{k}x{n}{}{}; pin another variant or use matmul = \"auto\"",
