@@ -94,6 +94,9 @@ pub struct Outcome {
     pub worst: f64,
     pub worst_output: &'static str,
     pub tolerance: f64,
+    /// Worst single element over the checked outputs: |got − want| relative to the largest |want| of
+    /// its output ([`max_element_error`]), which a few wrong elements among millions cannot hide in.
+    pub worst_element: f64,
     /// A second run on the same input gave the same bits.
     pub deterministic: bool,
     /// The backend failed to run the case at all.
@@ -102,7 +105,10 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn passed(&self) -> bool {
-        self.error.is_none() && self.deterministic && self.worst <= self.tolerance
+        self.error.is_none()
+            && self.deterministic
+            && self.worst <= self.tolerance
+            && self.worst_element <= ELEMENT_TOLERANCE
     }
 
     /// One line for a table or an assertion message.
@@ -111,7 +117,10 @@ impl Outcome {
         let detail = match &self.error {
             Some(e) => e.clone(),
             None if !self.deterministic => "a second run gave different bits".to_string(),
-            None => format!("rel L2 {:.2e} ({})", self.worst, self.worst_output),
+            None => format!(
+                "rel L2 {:.2e} ({}), worst element {:.2e}",
+                self.worst, self.worst_output, self.worst_element
+            ),
         };
         format!("{verdict}  {:<22} {:<34} {detail}", self.kernel, self.shape)
     }
@@ -121,6 +130,30 @@ impl Outcome {
 /// of K products carry about sqrt(K)·2⁻²⁴ relative error.
 pub fn matmul_tolerance(k: usize) -> f64 {
     TOLERANCE.max(4.0 * (k as f64).sqrt() * f32::EPSILON as f64)
+}
+
+/// The most any single element of a checked output may differ from the twin's, relative to the
+/// largest magnitude in that output. Rounding of f32 sums leaves elements within about 1e-6 of it at
+/// the test shapes; one wrong element is off by its own size.
+pub const ELEMENT_TOLERANCE: f64 = 1e-4;
+
+/// max |a − b| / max |b| in f64 (absolute when b is zero); NaN when either holds a NaN.
+pub fn max_element_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut diff, mut scale) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let d = (x as f64 - y as f64).abs();
+        if d.is_nan() {
+            return f64::NAN;
+        }
+        diff = diff.max(d);
+        scale = scale.max((y as f64).abs());
+    }
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
 }
 
 /// ‖a − b‖₂ / ‖b‖₂ in f64 (absolute when b is zero); NaN when either holds a NaN.
@@ -190,6 +223,7 @@ pub fn run_case(case: &Case, backend: &mut dyn Backend) -> Outcome {
         worst: 0.0,
         worst_output: "",
         tolerance: case.tolerance,
+        worst_element: 0.0,
         deterministic: true,
         error: None,
     };
@@ -213,6 +247,10 @@ pub fn run_case(case: &Case, backend: &mut dyn Backend) -> Outcome {
         if !outcome.worst.is_nan() && (err.is_nan() || err > outcome.worst || i == 0) {
             outcome.worst = err;
             outcome.worst_output = names[i];
+        }
+        let element = max_element_error(got, want);
+        if !outcome.worst_element.is_nan() && (element.is_nan() || element > outcome.worst_element) {
+            outcome.worst_element = element;
         }
         outcome.deterministic &= got.iter().zip(&runs[1][i]).all(|(a, b)| a.to_bits() == b.to_bits());
     }
@@ -845,9 +883,31 @@ pub fn check_kernel(kernel: &str, make: &mut dyn FnMut() -> Result<Box<dyn Backe
                 worst: f64::NAN,
                 worst_output: "",
                 tolerance: c.tolerance,
+                worst_element: f64::NAN,
                 deterministic: false,
                 error: Some(e.to_string()),
             },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod element_tests {
+    use super::*;
+
+    /// Issue 16, item 4: one element off by 1% of the tensor's scale in a 4M-element output stays
+    /// under the relative-L2 tolerance, and the element check catches it.
+    #[test]
+    fn one_wrong_element_among_millions_fails() {
+        let want: Vec<f32> = (0..4_000_000).map(|i| ((i % 1001) as f32 - 500.0) / 500.0).collect();
+        let mut got = want.clone();
+        got[1_234_567] += 0.01;
+        assert!(
+            rel_l2(&got, &want) <= TOLERANCE,
+            "the L2 check alone would catch it: {}",
+            rel_l2(&got, &want)
+        );
+        assert!(max_element_error(&got, &want) > ELEMENT_TOLERANCE);
+        assert!(max_element_error(&want, &want) == 0.0);
+    }
 }

@@ -113,8 +113,12 @@ fn prepare_writes_a_tokenizer_and_both_splits() {
             tokenfile::read(&out.join("val.bin")).unwrap(),
         );
         assert_eq!((train.len(), val.len()), (p.train_tokens, p.val_tokens));
-        assert!(
-            val.len() * 3 > train.len() / 5 && !train.is_empty(),
+        // The last 20% of the token stream is validation, cut at floor(0.8·n) as nanoGPT cuts it.
+        let total = train.len() + val.len();
+        assert!(!val.is_empty(), "an empty validation split");
+        assert_eq!(
+            train.len(),
+            (total as f64 * 0.8).floor() as usize,
             "a 20% split: {} / {}",
             train.len(),
             val.len()

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use wgslm::backend::{AdamwHyper, Backend};
+use wgslm::backend::Backend;
 use wgslm::cpu::CpuBackend;
 use wgslm::model::layout::Init;
 use wgslm::model::{hf, Arch, BatchShape, LlamaConfig, Mode, Model, ModelConfig, ParamLayout};
@@ -73,30 +73,7 @@ fn gpu_matches_cpu(cfg: ModelConfig) {
     let shape = BatchShape { b: 2, t: 37, accum: 2 };
     let mut g = build(Box::new(gpu), cfg, shape, 7);
     let mut c = build(Box::new(CpuBackend::new()), cfg, shape, 7);
-    let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
-    assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "loss {} vs {}", sg.loss, sc.loss);
-    assert!(
-        (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
-        "norm {} vs {}",
-        sg.grad_norm,
-        sc.grad_norm
-    );
-    assert_close("logits", &g.logits().unwrap(), &c.logits().unwrap(), 1e-5);
-    let layout = g.layout.clone();
-    let (gg, gc) = (g.grads().unwrap(), c.grads().unwrap());
-    for (i, s) in layout.specs.iter().enumerate() {
-        assert_close(&format!("grad {}", s.name), layout.slice(&gg, i), layout.slice(&gc, i), 1e-5);
-    }
-    let before = c.params().unwrap();
-    for t in 1..=3 {
-        let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 0.5, t);
-        let (lg, lc) = (g.step(&hyper).unwrap(), c.step(&hyper).unwrap());
-        assert!((lg.loss - lc.loss).abs() <= 1e-4, "step {t} loss {} vs {}", lg.loss, lc.loss);
-    }
-    let (pg, pc) = (g.params().unwrap(), c.params().unwrap());
-    let dg: Vec<f32> = pg.iter().zip(&before).map(|(a, b)| a - b).collect();
-    let dc: Vec<f32> = pc.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_close("3-step update", &dg, &dc, 5e-3);
+    common::assert_same_model(&mut g, &mut c, "llama");
 }
 
 #[test]

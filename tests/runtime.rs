@@ -3,12 +3,11 @@
 
 mod common;
 
-use wgslm::backend::{AdamwHyper, Backend};
+use wgslm::backend::Backend;
 use wgslm::cpu::CpuBackend;
 use wgslm::model::layout::Init;
 use wgslm::model::{Arch, Attention, BatchShape, LlamaConfig, Mode, Model, ModelConfig, ParamLayout};
 use wgslm::rng::Rng;
-use wgslm::verify::rel_l2;
 
 const GPT2: ModelConfig = ModelConfig::gpt2(2, 3, 48, 997, 40);
 
@@ -54,31 +53,6 @@ fn build(
     model
 }
 
-/// Loss, gradient norm, every gradient, the logits and three steps agree.
-fn assert_same_model(g: &mut Model, c: &mut Model, what: &str) {
-    let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
-    assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "{what}: loss {} vs {}", sg.loss, sc.loss);
-    assert!(
-        (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
-        "{what}: norm {} vs {}",
-        sg.grad_norm,
-        sc.grad_norm
-    );
-    let layout = g.layout.clone();
-    let (gg, gc) = (g.grads().unwrap(), c.grads().unwrap());
-    for (i, s) in layout.specs.iter().enumerate() {
-        let err = rel_l2(layout.slice(&gg, i), layout.slice(&gc, i));
-        assert!(err <= 1e-5, "{what}: grad {} relative L2 {err:.2e}", s.name);
-    }
-    let err = rel_l2(&g.logits().unwrap(), &c.logits().unwrap());
-    assert!(err <= 1e-5, "{what}: logits relative L2 {err:.2e}");
-    for t in 1..=3 {
-        let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 0.5, t);
-        let (lg, lc) = (g.step(&hyper).unwrap(), c.step(&hyper).unwrap());
-        assert!((lg.loss - lc.loss).abs() <= 1e-4, "{what}: step {t} loss {} vs {}", lg.loss, lc.loss);
-    }
-}
-
 /// With the bindings limited to 64 rows of a 997-token vocabulary, the head, the loss and its
 /// gradient run over 3 chunks of the 148 rows (the last one short); the CPU runs them in one.
 #[test]
@@ -91,7 +65,7 @@ fn a_chunked_classifier_matches_one_chunk() {
         assert_eq!(gpu.max_binding() / 997, 64);
         let mut g = build(Box::new(gpu), cfg, shape, Attention::Naive, 0.0);
         let mut c = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Naive, 0.0);
-        assert_same_model(&mut g, &mut c, &format!("{} in chunks", cfg.arch.name()));
+        common::assert_same_model(&mut g, &mut c, &format!("{} in chunks", cfg.arch.name()));
     }
 }
 
@@ -106,7 +80,7 @@ fn flash_attention_trains_the_same_model_as_naive() {
         let gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
         let mut g = build(Box::new(gpu), cfg, shape, Attention::Flash, dropout);
         let mut c = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Naive, dropout);
-        assert_same_model(&mut g, &mut c, &format!("{} flash, dropout {dropout}", cfg.arch.name()));
+        common::assert_same_model(&mut g, &mut c, &format!("{} flash, dropout {dropout}", cfg.arch.name()));
     }
 }
 
@@ -117,7 +91,7 @@ fn flash_and_naive_twins_agree_on_the_whole_model() {
     for cfg in [GPT2, llama()] {
         let mut f = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Flash, 0.0);
         let mut n = build(Box::new(CpuBackend::new()), cfg, shape, Attention::Naive, 0.0);
-        assert_same_model(&mut f, &mut n, &format!("{} flash twin", cfg.arch.name()));
+        common::assert_same_model(&mut f, &mut n, &format!("{} flash twin", cfg.arch.name()));
     }
 }
 

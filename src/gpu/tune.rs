@@ -128,6 +128,20 @@ pub fn check_variant(ctx: &std::sync::Arc<GpuContext>, variant: &str) -> Result<
     Ok(())
 }
 
+/// The most f32 elements the operands and product of one tuning run may hold (64 MiB).
+pub const TUNING_SCRATCH: usize = 1 << 24;
+
+/// `shape` with M cut (in whole multiples of 64, at least 64) so that a, b and the product fit
+/// [`TUNING_SCRATCH`].
+fn bounded((m, k, n, ta, tb): GemmShape) -> GemmShape {
+    let fits = |m: usize| m * k + k * n + m * n <= TUNING_SCRATCH;
+    if fits(m) {
+        return (m, k, n, ta, tb);
+    }
+    let rows = TUNING_SCRATCH.saturating_sub(k * n) / (k + n);
+    ((rows / 64 * 64).clamp(64, m), k, n, ta, tb)
+}
+
 /// Chooses a variant for every shape: from the cache where it has one, else by timing the variants,
 /// as long as `budget` lasts (shapes left when it runs out keep `fallback` and are not cached).
 pub fn choose(
@@ -148,19 +162,26 @@ pub fn choose(
             continue;
         }
         if started.elapsed() > budget {
+            // Cached too: a second fresh run then chooses the same kernels as this one, instead of
+            // timing the shapes this run had no time for.
             chosen.insert(shape, fallback);
+            cache.insert(k, fallback.to_string());
+            changed = true;
             continue;
         }
         // Every candidate must agree with the first (blocked4x4, the plainest kernel) on random data
-        // before its time counts: a variant that is wrong on this adapter is never chosen.
-        let (m, depth, n, ..) = shape;
+        // before its time counts: a variant that is wrong on this adapter is never chosen. The
+        // operands are allocated beside the model's buffers, so a shape larger than TUNING_SCRATCH
+        // is timed with fewer rows (the variants' ranking depends on the tile shapes, not on M).
+        let timed = bounded(shape);
+        let (m, depth, n, ..) = timed;
         let mut rng = crate::rng::Rng::new(0x7475_6e65);
         let a: Vec<f32> = (0..m * depth).map(|_| rng.normal() as f32).collect();
         let b: Vec<f32> = (0..depth * n).map(|_| rng.normal() as f32).collect();
         let mut reference: Option<Vec<f32>> = None;
         let mut best: Option<(&'static str, f64)> = None;
         for &variant in &variants {
-            match time_variant(ctx, variant, shape, (&a, &b)) {
+            match time_variant(ctx, variant, timed, (&a, &b)) {
                 Ok((_, product))
                     if reference.as_ref().is_some_and(|r| {
                         crate::verify::rel_l2(&product, r) > 2.0 * crate::verify::matmul_tolerance(depth)
@@ -189,4 +210,26 @@ pub fn choose(
         store(&cache);
     }
     chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16, item 7: the autotuner's operands stay within TUNING_SCRATCH whatever the model's
+    /// shapes; small shapes are timed as they are.
+    #[test]
+    fn tuning_runs_fit_the_scratch_bound() {
+        for shape in [
+            (4096, 128, 50257, false, true),
+            (50257, 4096, 128, true, false),
+            (2048, 16384, 1024, false, false),
+        ] {
+            let (m, k, n, ta, tb) = bounded(shape);
+            assert!(m * k + k * n + m * n <= TUNING_SCRATCH || m == 64, "{shape:?} -> {m}");
+            assert_eq!((k, n, ta, tb), (shape.1, shape.2, shape.3, shape.4));
+            assert!(m % 64 == 0 && m <= shape.0);
+        }
+        assert_eq!(bounded((512, 64, 48, false, true)), (512, 64, 48, false, true));
+    }
 }

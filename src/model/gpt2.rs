@@ -3,7 +3,7 @@
 //! (`model::runtime`) adds the output head (tied to `wte`), the loss and the optimizer.
 
 use super::layout::{Init, ParamDef};
-use super::runtime::{Attention, BatchShape, DropoutSeed, Io, Network, Weights};
+use super::runtime::{ActAlloc, Attention, BatchShape, DropoutSeed, Io, Network, Weights};
 use super::ModelConfig;
 use crate::backend::{AttnDropout, Backend, DType, Op, View, WeightLayout};
 use crate::Result;
@@ -130,35 +130,24 @@ fn alloc_acts(
 ) -> Result<Acts> {
     let (n, c) = (s.tokens(), cfg.n_embd);
     let att_len = attention.saved_len(s, cfg.n_head);
-    let what = if grads { "gradient of " } else { label };
-    // Gradients need no statistics (`stat` tensors).
-    let mut alloc = |len: usize, name: &str, stat: bool| -> Result<View> {
-        if grads && stat {
-            return Ok(scalar);
-        }
-        Ok(View::new(be.alloc(DType::F32, len, &format!("{what}{name}"))?, 0, len))
-    };
+    let mut a = ActAlloc::new(be, grads, scalar, label);
     let mut layers: Vec<LayerActs> = Vec::new();
     for l in 0..cfg.n_layer {
         if grads {
             // One block's gradients, shared by every block, but for the residual stream, which
             // alternates (see `Acts`). Within a block, tensors whose lives do not overlap share a
             // buffer (see `Gpt2Net::backward`): five buffers of 11·N·C elements instead of 18·N·C.
-            let res3 = match l {
-                0 => alloc(n * c, "residual stream (even blocks)", false)?,
-                1 => alloc(n * c, "residual stream (odd blocks)", false)?,
-                _ => layers[l - 2].res3,
-            };
+            let res3 = a.residual_grad(l, l.checked_sub(2).map(|k| layers[k].res3), n * c)?;
             if l > 0 {
                 layers.push(LayerActs { res3, ..layers[0] });
                 continue;
             }
-            let x1 = alloc(n * c, "mlp projection, ln_2, attention projection, ln_1 (every block)", false)?;
-            let x2 = alloc(n * c, "attention (every block)", false)?;
-            let y1 = alloc(n * 4 * c, "mlp gelu, qkv (every block)", false)?;
+            let x1 = a.tensor(n * c, "mlp projection, ln_2, attention projection, ln_1 (every block)")?;
+            let x2 = a.tensor(n * c, "attention (every block)")?;
+            let y1 = a.tensor(n * 4 * c, "mlp gelu, qkv (every block)")?;
             // The attention-score scratch of the attention backward pass lives in the buffer of the
             // mlp fc gradient, dead by then.
-            let y2 = alloc((n * 4 * c).max(att_len), "mlp fc, attention scores (every block)", false)?;
+            let y2 = a.tensor((n * 4 * c).max(att_len), "mlp fc, attention scores (every block)")?;
             layers.push(LayerActs {
                 ln1: x1,
                 ln1_mean: scalar,
@@ -167,7 +156,7 @@ fn alloc_acts(
                 atty: x2,
                 att: y2.slice(0, att_len),
                 attproj: x1,
-                res2: alloc(n * c, "residual 2 (every block)", false)?,
+                res2: a.tensor(n * c, "residual 2 (every block)")?,
                 ln2: x1,
                 ln2_mean: scalar,
                 ln2_rstd: scalar,
@@ -180,30 +169,30 @@ fn alloc_acts(
         }
         let p = |x: &str| format!("h.{l}.{x}");
         layers.push(LayerActs {
-            ln1: alloc(n * c, &p("ln_1"), false)?,
-            ln1_mean: alloc(n, &p("ln_1 mean"), true)?,
-            ln1_rstd: alloc(n, &p("ln_1 rstd"), true)?,
-            qkv: alloc(n * 3 * c, &p("qkv"), false)?,
-            atty: alloc(n * c, &p("attention"), false)?,
-            att: alloc(att_len, &p("attention probabilities or log-sum-exp"), false)?,
-            attproj: alloc(n * c, &p("attention projection"), false)?,
-            res2: alloc(n * c, &p("residual 2"), false)?,
-            ln2: alloc(n * c, &p("ln_2"), false)?,
-            ln2_mean: alloc(n, &p("ln_2 mean"), true)?,
-            ln2_rstd: alloc(n, &p("ln_2 rstd"), true)?,
-            fch: alloc(n * 4 * c, &p("mlp fc"), false)?,
-            fch_gelu: alloc(n * 4 * c, &p("mlp gelu"), false)?,
-            fcproj: alloc(n * c, &p("mlp projection"), false)?,
-            res3: alloc(n * c, &p("residual 3"), false)?,
+            ln1: a.tensor(n * c, &p("ln_1"))?,
+            ln1_mean: a.stat(n, &p("ln_1 mean"))?,
+            ln1_rstd: a.stat(n, &p("ln_1 rstd"))?,
+            qkv: a.tensor(n * 3 * c, &p("qkv"))?,
+            atty: a.tensor(n * c, &p("attention"))?,
+            att: a.tensor(att_len, &p("attention probabilities or log-sum-exp"))?,
+            attproj: a.tensor(n * c, &p("attention projection"))?,
+            res2: a.tensor(n * c, &p("residual 2"))?,
+            ln2: a.tensor(n * c, &p("ln_2"))?,
+            ln2_mean: a.stat(n, &p("ln_2 mean"))?,
+            ln2_rstd: a.stat(n, &p("ln_2 rstd"))?,
+            fch: a.tensor(n * 4 * c, &p("mlp fc"))?,
+            fch_gelu: a.tensor(n * 4 * c, &p("mlp gelu"))?,
+            fcproj: a.tensor(n * c, &p("mlp projection"))?,
+            res3: a.tensor(n * c, &p("residual 3"))?,
         });
     }
     Ok(Acts {
         shape: s,
-        encoded: alloc(n * c, "embedding", false)?,
+        encoded: a.tensor(n * c, "embedding")?,
         layers,
-        lnf: alloc(n * c, "ln_f", false)?,
-        lnf_mean: alloc(n, "ln_f mean", true)?,
-        lnf_rstd: alloc(n, "ln_f rstd", true)?,
+        lnf: a.tensor(n * c, "ln_f")?,
+        lnf_mean: a.stat(n, "ln_f mean")?,
+        lnf_rstd: a.stat(n, "ln_f rstd")?,
     })
 }
 

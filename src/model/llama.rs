@@ -9,7 +9,7 @@
 //! gate and up projections likewise form one `[2·I, C]` matrix.
 
 use super::layout::{Init, ParamDef};
-use super::runtime::{Attention, BatchShape, DropoutSeed, Io, Network, Weights};
+use super::runtime::{ActAlloc, Attention, BatchShape, DropoutSeed, Io, Network, Weights};
 use super::{Arch, LlamaConfig, ModelConfig};
 use crate::backend::{qkv_width, rope_table, Backend, DType, Op, View, WeightLayout};
 use crate::{Error, Result};
@@ -142,40 +142,30 @@ fn alloc_acts(
     let (n, c, i) = (s.tokens(), cfg.n_embd, l.intermediate_size);
     let w = qkv_width(c, cfg.n_head, l.n_kv_head);
     let att_len = attention.saved_len(s, cfg.n_head);
-    let what = if grads { "gradient of " } else { label };
-    let mut alloc = |len: usize, name: &str, stat: bool| -> Result<View> {
-        if grads && stat {
-            return Ok(scalar);
-        }
-        Ok(View::new(be.alloc(DType::F32, len, &format!("{what}{name}"))?, 0, len))
-    };
+    let mut a = ActAlloc::new(be, grads, scalar, label);
     let mut layers: Vec<LayerActs> = Vec::new();
     for layer in 0..cfg.n_layer {
         if grads {
-            let res3 = match layer {
-                0 => alloc(n * c, "residual stream (even blocks)", false)?,
-                1 => alloc(n * c, "residual stream (odd blocks)", false)?,
-                _ => layers[layer - 2].res3,
-            };
+            let res3 = a.residual_grad(layer, layer.checked_sub(2).map(|k| layers[k].res3), n * c)?;
             if layer > 0 {
                 layers.push(LayerActs { res3, ..layers[0] });
                 continue;
             }
             // In backward order: mlp, norm2, attproj and norm1 live one after another; so do gate_up
             // and qkv_rot, and swiglu, the attention-score scratch and qkv.
-            let x1 = alloc(n * c, "mlp, norm2, attention projection, norm1 (every block)", false)?;
-            let y1 = alloc((n * 2 * i).max(n * w), "gate and up, rotated qkv (every block)", false)?;
+            let x1 = a.tensor(n * c, "mlp, norm2, attention projection, norm1 (every block)")?;
+            let y1 = a.tensor((n * 2 * i).max(n * w), "gate and up, rotated qkv (every block)")?;
             let y2 =
-                alloc((n * i).max(n * w).max(att_len), "swiglu, attention scores, qkv (every block)", false)?;
+                a.tensor((n * i).max(n * w).max(att_len), "swiglu, attention scores, qkv (every block)")?;
             layers.push(LayerActs {
                 norm1: x1,
                 norm1_rstd: scalar,
                 qkv: y2.slice(0, n * w),
                 qkv_rot: y1.slice(0, n * w),
-                atty: alloc(n * c, "attention (every block)", false)?,
+                atty: a.tensor(n * c, "attention (every block)")?,
                 att: y2.slice(0, att_len),
                 attproj: x1,
-                res2: alloc(n * c, "residual 2 (every block)", false)?,
+                res2: a.tensor(n * c, "residual 2 (every block)")?,
                 norm2: x1,
                 norm2_rstd: scalar,
                 gate_up: y1.slice(0, n * 2 * i),
@@ -187,28 +177,28 @@ fn alloc_acts(
         }
         let p = |x: &str| format!("layers.{layer}.{x}");
         layers.push(LayerActs {
-            norm1: alloc(n * c, &p("input norm"), false)?,
-            norm1_rstd: alloc(n, &p("input norm rstd"), true)?,
-            qkv: alloc(n * w, &p("qkv"), false)?,
-            qkv_rot: alloc(n * w, &p("qkv after rope"), false)?,
-            atty: alloc(n * c, &p("attention"), false)?,
-            att: alloc(att_len, &p("attention probabilities or log-sum-exp"), false)?,
-            attproj: alloc(n * c, &p("attention projection"), false)?,
-            res2: alloc(n * c, &p("residual 2"), false)?,
-            norm2: alloc(n * c, &p("post-attention norm"), false)?,
-            norm2_rstd: alloc(n, &p("post-attention norm rstd"), true)?,
-            gate_up: alloc(n * 2 * i, &p("gate and up"), false)?,
-            swiglu: alloc(n * i, &p("swiglu"), false)?,
-            mlp: alloc(n * c, &p("mlp"), false)?,
-            res3: alloc(n * c, &p("residual 3"), false)?,
+            norm1: a.tensor(n * c, &p("input norm"))?,
+            norm1_rstd: a.stat(n, &p("input norm rstd"))?,
+            qkv: a.tensor(n * w, &p("qkv"))?,
+            qkv_rot: a.tensor(n * w, &p("qkv after rope"))?,
+            atty: a.tensor(n * c, &p("attention"))?,
+            att: a.tensor(att_len, &p("attention probabilities or log-sum-exp"))?,
+            attproj: a.tensor(n * c, &p("attention projection"))?,
+            res2: a.tensor(n * c, &p("residual 2"))?,
+            norm2: a.tensor(n * c, &p("post-attention norm"))?,
+            norm2_rstd: a.stat(n, &p("post-attention norm rstd"))?,
+            gate_up: a.tensor(n * 2 * i, &p("gate and up"))?,
+            swiglu: a.tensor(n * i, &p("swiglu"))?,
+            mlp: a.tensor(n * c, &p("mlp"))?,
+            res3: a.tensor(n * c, &p("residual 3"))?,
         });
     }
     Ok(Acts {
         shape: s,
-        encoded: alloc(n * c, "embedding", false)?,
+        encoded: a.tensor(n * c, "embedding")?,
         layers,
-        norm: alloc(n * c, "final norm", false)?,
-        norm_rstd: alloc(n, "final norm rstd", true)?,
+        norm: a.tensor(n * c, "final norm")?,
+        norm_rstd: a.stat(n, "final norm rstd")?,
     })
 }
 

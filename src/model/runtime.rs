@@ -246,6 +246,46 @@ pub trait Network {
     fn saved(&self, frame: usize) -> Vec<View>;
 }
 
+/// Allocates a network's activations, or with `grads` their gradients, one buffer each (so that a
+/// kernel never binds one buffer both read-only and writable). Statistics (`stat`) need no gradient:
+/// there they are the shared 1-element `scalar`.
+pub struct ActAlloc<'a> {
+    be: &'a mut dyn Backend,
+    grads: bool,
+    scalar: View,
+    prefix: &'a str,
+}
+
+impl<'a> ActAlloc<'a> {
+    pub fn new(be: &'a mut dyn Backend, grads: bool, scalar: View, label: &'a str) -> Self {
+        ActAlloc { be, grads, scalar, prefix: if grads { "gradient of " } else { label } }
+    }
+
+    /// A tensor of `len` elements.
+    pub fn tensor(&mut self, len: usize, name: &str) -> Result<View> {
+        Ok(View::new(self.be.alloc(DType::F32, len, &format!("{}{name}", self.prefix))?, 0, len))
+    }
+
+    /// A per-row statistic (a norm's mean or rstd, a log-sum-exp): no gradient.
+    pub fn stat(&mut self, len: usize, name: &str) -> Result<View> {
+        if self.grads {
+            return Ok(self.scalar);
+        }
+        self.tensor(len, name)
+    }
+
+    /// The gradient of the residual stream after block `layer`: the backward pass reads block i's
+    /// from one buffer while it accumulates block i-1's into the other, so two buffers serve every
+    /// block, taken in turn (`two_back` is block `layer - 2`'s, when there is one).
+    pub fn residual_grad(&mut self, layer: usize, two_back: Option<View>, len: usize) -> Result<View> {
+        match two_back {
+            Some(v) => Ok(v),
+            None if layer % 2 == 0 => self.tensor(len, "residual stream (even blocks)"),
+            None => self.tensor(len, "residual stream (odd blocks)"),
+        }
+    }
+}
+
 /// The network of `cfg`'s architecture.
 fn network(cfg: &ModelConfig, attention: Attention) -> Box<dyn Network> {
     match cfg.arch {

@@ -39,3 +39,30 @@ pub fn gpu() -> Option<Arc<GpuContext>> {
 pub fn gpu_backend() -> Option<GpuBackend> {
     gpu().map(GpuBackend::with_context)
 }
+
+/// Loss, gradient norm, every gradient, the logits and three steps agree.
+pub fn assert_same_model(g: &mut wgslm::model::Model, c: &mut wgslm::model::Model, what: &str) {
+    use wgslm::backend::AdamwHyper;
+    use wgslm::verify::rel_l2;
+    let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
+    assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "{what}: loss {} vs {}", sg.loss, sc.loss);
+    assert!(
+        (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
+        "{what}: norm {} vs {}",
+        sg.grad_norm,
+        sc.grad_norm
+    );
+    let layout = g.layout.clone();
+    let (gg, gc) = (g.grads().unwrap(), c.grads().unwrap());
+    for (i, s) in layout.specs.iter().enumerate() {
+        let err = rel_l2(layout.slice(&gg, i), layout.slice(&gc, i));
+        assert!(err <= 1e-5, "{what}: grad {} relative L2 {err:.2e}", s.name);
+    }
+    let err = rel_l2(&g.logits().unwrap(), &c.logits().unwrap());
+    assert!(err <= 1e-5, "{what}: logits relative L2 {err:.2e}");
+    for t in 1..=3 {
+        let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 0.5, t);
+        let (lg, lc) = (g.step(&hyper).unwrap(), c.step(&hyper).unwrap());
+        assert!((lg.loss - lc.loss).abs() <= 1e-4, "{what}: step {t} loss {} vs {}", lg.loss, lc.loss);
+    }
+}
