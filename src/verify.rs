@@ -215,6 +215,12 @@ pub fn prepare_case(case: &Case, backend: &mut dyn Backend) -> Result<(crate::ba
     Ok((plan, bytes as u64))
 }
 
+/// The ops `case` runs, built on `backend` (which allocates their tensors).
+pub fn case_ops(case: &Case, backend: &mut dyn Backend) -> Result<Vec<Op>> {
+    let mut setup = Setup { backend, rng: Rng::new(seed_of(case.kernel, &case.shape)), inits: Vec::new() };
+    Ok((case.build)(&mut setup)?.ops)
+}
+
 /// Runs `case` on the twin and on `backend`, twice on the latter.
 pub fn run_case(case: &Case, backend: &mut dyn Backend) -> Outcome {
     let mut outcome = Outcome {
@@ -287,8 +293,10 @@ const GEMM: [(usize, usize, usize); 10] = [
 ];
 /// (B, T, C, NH, NKV) for attention: multi-head (NKV = NH) with head sizes 4, 6, 17, 25, 128 (none a
 /// power of two but the first and last; the last has rows long enough that a row-per-invocation kernel
-/// would loop T·hs > 65,535 times), then grouped-query (NKV < NH) with head sizes 4, 6, 32, 128.
-const ATTENTION: [(usize, usize, usize, usize, usize); 9] = [
+/// would loop T·hs > 65,535 times), then grouped-query (NKV < NH) with head sizes 4, 6, 32, 128; last
+/// two whose grids need more than 65,535 workgroups of 64 and fold: one with B·NH·T² scores past that
+/// (the per-score kernels), one with B·T·C and B·NH·T past it (the per-element and per-row kernels).
+const ATTENTION: [(usize, usize, usize, usize, usize); 11] = [
     (1, 1, 4, 1, 1),
     (2, 7, 24, 4, 4),
     (1, 37, 68, 4, 4),
@@ -298,6 +306,8 @@ const ATTENTION: [(usize, usize, usize, usize, usize); 9] = [
     (1, 37, 24, 4, 1),
     (2, 65, 128, 4, 2),
     (1, 129, 512, 4, 2),
+    (1, 1024, 16, 4, 2),
+    (4100, 1, 1024, 1024, 1024),
 ];
 /// (B, T, C, NH, NKV, with dropout) for fused attention: T = 1, 7, 37, 129, 259 and 1024 (the key and
 /// query tiles' edges, and a sequence long enough for the loop budget to matter); head sizes 4, 6, 17,

@@ -110,3 +110,57 @@ fn chunked_whole_buffer_ops_match_cpu() {
         assert!(outcomes.iter().all(|o| o.passed()), "{kernel} in chunks:\n{}", report.join("\n"));
     }
 }
+
+/// docs/KERNELS.md: every kernel that runs on a 1-D grid folded into (x, y) past 65,535 workgroups has
+/// a case whose grid is folded, so the fold is tested for each of them (kernels on 2-D grids of tiles
+/// never fold). Needs no GPU: it maps the cases' ops to their dispatches.
+#[test]
+fn every_folded_kernel_is_tested_past_65535_workgroups() {
+    use std::collections::BTreeMap;
+    use wgslm::backend::{DType, View};
+    use wgslm::cpu::CpuBackend;
+    use wgslm::gpu::kernels::{calls, scratch_len, Env};
+    let view = |cpu: &mut CpuBackend, len| View::new(cpu.alloc(DType::F32, len, "env").unwrap(), 0, len);
+    // Per entry point: whether every dispatch of it is 1-D, and whether one is folded.
+    let mut entries: BTreeMap<&'static str, (bool, bool)> = BTreeMap::new();
+    for case in verify::cases() {
+        let mut backend = CpuBackend::new();
+        for op in verify::case_ops(&case, &mut backend).unwrap() {
+            let max_binding = usize::MAX / 2;
+            let env = Env {
+                choices: Default::default(),
+                custom: None,
+                matmul: "rows16x32",
+                subgroup_lanes: 8,
+                dummy: view(&mut backend, 1),
+                scratch: view(&mut backend, scratch_len(&op, max_binding).max(1)),
+                max_binding,
+            };
+            for call in calls(&op, &env) {
+                let e = entries.entry(call.entry).or_insert((true, false));
+                let [x, y, z] = call.groups;
+                let folded = x == 65_535 && y > 1 && z == 1;
+                e.0 &= y == 1 && z == 1 || folded;
+                e.1 |= folded;
+            }
+        }
+    }
+    // Grids that do not grow with a product of the shapes: one workgroup (reduce_sum,
+    // global_norm_final), a fixed 256 (global_norm_partial), or one invocation per channel or per row
+    // of one tensor (colsum_final: C; encoder_backward_wpe: T·C; the flash backward's D: B·NH·T), which
+    // would need a model past 4 million of those to fold.
+    let small = [
+        "reduce_sum",
+        "global_norm_final",
+        "global_norm_partial",
+        "colsum_final",
+        "encoder_backward_wpe",
+        "flash_attention_backward_dsum",
+    ];
+    let untested: Vec<&str> = entries
+        .iter()
+        .filter(|(e, &(one_d, folded))| one_d && !folded && !small.contains(e))
+        .map(|(e, _)| *e)
+        .collect();
+    assert!(untested.is_empty(), "1-D kernels never dispatched past 65,535 workgroups: {untested:?}");
+}
