@@ -377,26 +377,61 @@ impl Frame {
             head_plans: Vec::new(),
         })
     }
-}
 
-impl Frame {
-    /// An empty frame that holds a place while the real one is borrowed elsewhere.
-    fn placeholder() -> Self {
-        let none = View::new(BufId(usize::MAX), 0, 0);
-        Frame {
-            shape: BatchShape { b: 0, t: 0, accum: 0 },
-            net: 0,
-            tokens: Vec::new(),
-            targets: Vec::new(),
-            orders: Vec::new(),
-            positions: none,
-            chunks: Vec::new(),
-            logits: none,
-            losses: none,
-            lse: none,
-            net_plan: PlanId(0),
-            head_plans: Vec::new(),
+    /// What micro-batch `micro` of this frame hands the network.
+    fn io<'a>(&self, params: Weights<'a>, micro: usize, train: bool) -> Io<'a> {
+        Io {
+            shape: self.shape,
+            micro,
+            params,
+            tokens: self.tokens[micro],
+            order: self.orders[micro],
+            positions: self.positions,
+            train,
         }
+    }
+
+    /// The output head on chunk `(at, rows)`: its logits, in the frame's chunk buffer.
+    fn head_op(
+        &self,
+        net: &dyn Network,
+        params: Weights,
+        (at, rows): (usize, usize),
+        c: usize,
+        v: usize,
+    ) -> Op {
+        Op::MatmulForward {
+            out: self.logits.slice(0, rows * v),
+            inp: net.hidden(self.net).slice(at * c, rows * c),
+            weight: params.at(net.head()),
+            bias: None,
+            m: rows,
+            k: c,
+            n: v,
+            layout: WeightLayout::OutIn,
+        }
+    }
+
+    /// Prepares the programs that produce this frame's logits: the network's forward pass of
+    /// micro-batch 0, and the head on each chunk (run one by one, each read back before the next
+    /// overwrites it).
+    fn prepare_logits(
+        &mut self,
+        be: &mut dyn Backend,
+        net: &dyn Network,
+        params: Weights,
+        c: usize,
+        v: usize,
+    ) -> Result<()> {
+        let mut ops = Vec::new();
+        net.forward(self.net, &self.io(params, 0, false), &mut ops);
+        self.net_plan = be.prepare(&ops)?;
+        self.head_plans = self
+            .chunks
+            .iter()
+            .map(|&chunk| be.prepare(&[self.head_op(net, params, chunk, c, v)]))
+            .collect::<Result<_>>()?;
+        Ok(())
     }
 }
 
@@ -473,7 +508,9 @@ impl Model {
         let scalar = View::new(be.alloc(DType::F32, 1, "unused statistics")?, 0, 1);
         let grad_scale = View::new(be.alloc(DType::F32, 1, "loss-gradient multiplier")?, 0, 1);
         be.write_f32(grad_scale, &[1.0])?;
-        let main = Frame::new(be, net.as_mut(), &config, shape, scalar, "")?;
+        let mut main = Frame::new(be, net.as_mut(), &config, shape, scalar, "")?;
+        let weights = Weights { buf: params, layout: &layout };
+        main.prepare_logits(be, net.as_ref(), weights, config.n_embd, config.vocab_size)?;
         let mut model = Model {
             config,
             layout,
@@ -499,10 +536,6 @@ impl Model {
             loss_ops.extend(model.forward_ops(&model.main, micro, true, None));
         }
         model.loss_plan = model.backend.prepare(&loss_ops)?;
-        // The main frame is taken out while its plans are built from it.
-        let mut main = std::mem::replace(&mut model.main, Frame::placeholder());
-        model.logits_plans(&mut main)?;
-        model.main = main;
 
         if let Mode::Train { weight_decay, dropout } = mode {
             if !(0.0..1.0).contains(&dropout) {
@@ -558,30 +591,7 @@ impl Model {
     }
 
     fn io(&self, frame: &Frame, micro: usize, train: bool) -> Io<'_> {
-        Io {
-            shape: frame.shape,
-            micro,
-            params: self.weights(self.params),
-            tokens: frame.tokens[micro],
-            order: frame.orders[micro],
-            positions: frame.positions,
-            train,
-        }
-    }
-
-    /// The output head on chunk `(at, rows)` of a frame: its logits, in the frame's chunk buffer.
-    fn head_op(&self, frame: &Frame, (at, rows): (usize, usize)) -> Op {
-        let (c, v) = (self.config.n_embd, self.config.vocab_size);
-        Op::MatmulForward {
-            out: frame.logits.slice(0, rows * v),
-            inp: self.net.hidden(frame.net).slice(at * c, rows * c),
-            weight: self.weights(self.params).at(self.net.head()),
-            bias: None,
-            m: rows,
-            k: c,
-            n: v,
-            layout: WeightLayout::OutIn,
-        }
+        frame.io(self.weights(self.params), micro, train)
     }
 
     /// The forward pass of micro-batch `micro`: the network, then the output head chunk by chunk with
@@ -598,7 +608,7 @@ impl Model {
         }
         let head = self.net.head();
         for &(at, rows) in &frame.chunks {
-            ops.push(self.head_op(frame, (at, rows)));
+            ops.push(frame.head_op(self.net.as_ref(), self.weights(self.params), (at, rows), c, v));
             if !loss {
                 continue;
             }
@@ -649,18 +659,6 @@ impl Model {
             });
         }
         ops
-    }
-
-    /// The programs that produce a frame's logits: the network's forward pass of micro-batch 0, and
-    /// the head on each chunk (run one by one, each read back before the next overwrites it).
-    fn logits_plans(&mut self, frame: &mut Frame) -> Result<()> {
-        let mut ops = Vec::new();
-        self.net.forward(frame.net, &self.io(frame, 0, false), &mut ops);
-        let heads: Vec<Op> = frame.chunks.iter().map(|&chunk| self.head_op(frame, chunk)).collect();
-        frame.net_plan = self.backend.prepare(&ops)?;
-        frame.head_plans =
-            heads.iter().map(|op| self.backend.prepare(std::slice::from_ref(op))).collect::<Result<_>>()?;
-        Ok(())
     }
 
     /// d(step loss)/d(loss at one position): the loss is the mean over every position of every
@@ -856,7 +854,9 @@ impl Model {
             self.scalar,
             "sampling ",
         )?;
-        self.logits_plans(&mut frame)?;
+        let weights = Weights { buf: self.params, layout: &self.layout };
+        let (c, v) = (self.config.n_embd, self.config.vocab_size);
+        frame.prepare_logits(self.backend.as_mut(), self.net.as_ref(), weights, c, v)?;
         self.sampler = Some(frame);
         Ok(())
     }
