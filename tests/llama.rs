@@ -314,25 +314,9 @@ fn train(
     wgslm::train::run(cfg, &opts).unwrap()
 }
 
-fn gpu_device() -> Option<DeviceChoice> {
-    common::gpu()?;
-    Some(std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()).parse().unwrap())
-}
-
-/// (step, loss bits) of every step line in metrics.jsonl.
-fn step_losses(run: &Path) -> Vec<(u64, u32)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), (v["loss"].as_f64().unwrap() as f32).to_bits()))
-        .collect()
-}
-
 #[test]
 fn tiny_llama_trains_samples_and_fine_tunes() {
-    let Some(device) = gpu_device() else { return };
+    let Some(device) = common::gpu_device() else { return };
     let out = tempdir("train");
     let s = train(&tiny_llama(&[]), &out, &device, false, None);
     assert_eq!(s.steps, 100);
@@ -387,7 +371,7 @@ fn llama_resume_is_bit_exact(device: DeviceChoice, name: &str) {
     train(&cfg, &straight, &device, false, None);
     assert_eq!(train(&cfg, &interrupted, &device, false, Some(6)).steps, 6);
     train(&cfg, &interrupted, &device, true, None);
-    let (a, b) = (step_losses(&straight), step_losses(&interrupted));
+    let (a, b) = (common::step_losses(&straight), common::step_losses(&interrupted));
     assert_eq!(a.len(), 12);
     assert_eq!(a, b, "the resumed run's losses differ from the straight run's");
     let (_, da) = checkpoint::latest(&straight).unwrap();
@@ -398,7 +382,7 @@ fn llama_resume_is_bit_exact(device: DeviceChoice, name: &str) {
 
 #[test]
 fn llama_resume_is_bit_exact_on_the_gpu() {
-    let Some(device) = gpu_device() else { return };
+    let Some(device) = common::gpu_device() else { return };
     llama_resume_is_bit_exact(device, "resume-gpu");
 }
 

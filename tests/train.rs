@@ -32,25 +32,9 @@ fn train(
     wgslm::train::run(cfg, &opts).unwrap()
 }
 
-/// (step, loss bits) of every step line in metrics.jsonl.
-fn step_losses(run: &Path) -> Vec<(u64, u32)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| (v["step"].as_u64().unwrap(), (v["loss"].as_f64().unwrap() as f32).to_bits()))
-        .collect()
-}
-
-fn gpu_device() -> Option<DeviceChoice> {
-    common::gpu()?;
-    Some(std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()).parse().unwrap())
-}
-
 #[test]
 fn tiny_trains_and_the_loss_falls() {
-    let Some(device) = gpu_device() else { return };
+    let Some(device) = common::gpu_device() else { return };
     let out = run_dir("tiny");
     let cfg = tiny(&[]);
     let s = train(&cfg, &out, &device, false, None);
@@ -103,7 +87,7 @@ fn resume_is_bit_exact(device: DeviceChoice, name: &str) {
     assert_eq!(half.steps, 8);
     train(&cfg, &interrupted, &device, true, None);
 
-    let (a, b) = (step_losses(&straight), step_losses(&interrupted));
+    let (a, b) = (common::step_losses(&straight), common::step_losses(&interrupted));
     assert_eq!(a.len(), 16);
     assert_eq!(a, b, "the resumed run's losses differ from the straight run's");
     let (_, da) = checkpoint::latest(&straight).unwrap();
@@ -114,7 +98,7 @@ fn resume_is_bit_exact(device: DeviceChoice, name: &str) {
 
 #[test]
 fn resume_is_bit_exact_on_the_gpu() {
-    let Some(device) = gpu_device() else { return };
+    let Some(device) = common::gpu_device() else { return };
     resume_is_bit_exact(device, "gpu");
 }
 
@@ -169,7 +153,7 @@ fn bad_steps_are_skipped(device: DeviceChoice, name: &str) {
 
 #[test]
 fn bad_steps_are_skipped_on_the_gpu() {
-    let Some(device) = gpu_device() else { return };
+    let Some(device) = common::gpu_device() else { return };
     bad_steps_are_skipped(device, "gpu");
 }
 
@@ -182,7 +166,7 @@ fn bad_steps_are_skipped_on_the_cpu() {
 /// stays intact and finite.
 #[test]
 fn too_many_bad_steps_stop_the_run_with_the_checkpoint_intact() {
-    let device = gpu_device().unwrap_or(DeviceChoice::Cpu);
+    let device = common::gpu_device().unwrap_or(DeviceChoice::Cpu);
     let cfg = tiny(&["max_steps=30", "eval_every=0", "checkpoint_every=10", "max_bad_steps=3"]);
     let out = run_dir("nan-stop");
     let opts = RunOptions { nan_steps: (11..=30).collect(), ..RunOptions::new(&out, device) };

@@ -143,31 +143,27 @@ fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
     pollster::block_on(instance.enumerate_adapters(backends))
 }
 
-/// The first per-pipeline limit `call`'s entry point (in `source`) exceeds, as (what, needed, allowed):
+/// The first per-pipeline limit `call`'s entry point (in the validated `module`) exceeds, as (what, needed, allowed):
 /// storage buffers per stage (one per bound view), invocations per workgroup, or workgroup memory (the
 /// workgroup variables its function names directly).
 pub fn exceeded_limit(
     call: &Call,
-    file: &str,
-    source: &str,
+    module: &naga::Module,
     limits: &wgpu::Limits,
-) -> Result<Option<(&'static str, u64, u64)>> {
+) -> Option<(&'static str, u64, u64)> {
     let buffers = call.views.len() as u64;
     if buffers > limits.max_storage_buffers_per_shader_stage as u64 {
-        return Ok(Some((
+        return Some((
             "storage buffers per shader stage",
             buffers,
             limits.max_storage_buffers_per_shader_stage as u64,
-        )));
+        ));
     }
-    let module = kernels::validate_wgsl(file, source)?;
-    let Some(entry) = module.entry_points.iter().find(|e| e.name == call.entry) else {
-        return Ok(None);
-    };
+    let entry = module.entry_points.iter().find(|e| e.name == call.entry)?;
     let invocations: u64 = entry.workgroup_size.iter().map(|&d| d as u64).product();
     if invocations > limits.max_compute_invocations_per_workgroup as u64 {
         let have = limits.max_compute_invocations_per_workgroup as u64;
-        return Ok(Some(("invocations per workgroup", invocations, have)));
+        return Some(("invocations per workgroup", invocations, have));
     }
     let mut shared = 0u64;
     let mut seen = std::collections::HashSet::new();
@@ -180,7 +176,7 @@ pub fn exceeded_limit(
         }
     }
     let have = limits.max_compute_workgroup_storage_size as u64;
-    Ok((shared > have).then_some(("bytes of workgroup memory", shared, have)))
+    (shared > have).then_some(("bytes of workgroup memory", shared, have))
 }
 
 /// Every adapter this machine offers, in the order `--device <index>` uses.
@@ -198,7 +194,9 @@ struct Faults {
 /// Shader modules and pipelines, built once per device and shared by every backend on it.
 #[derive(Default)]
 struct PipelineCache {
-    modules: HashMap<(&'static str, &'static str), wgpu::ShaderModule>,
+    /// Each source's compiled module and its naga form (parsed and validated once; the limit check
+    /// reads the naga form).
+    modules: HashMap<(&'static str, &'static str), (wgpu::ShaderModule, naga::Module)>,
     pipelines: HashMap<String, wgpu::ComputePipeline>,
 }
 
@@ -398,11 +396,7 @@ impl GpuContext {
         }
         let custom = self.custom.lock().unwrap().clone().filter(|_| call.source == "custom");
         let file = if custom.is_some() { "custom" } else { kernels::shader_file(call.entry) };
-        match &custom {
-            Some(c) => self.check_limits(call, &c.name, &c.source)?,
-            None => self.check_limits(call, file, &kernels::variant_source(file, call.source))?,
-        }
-        let module = match cache.modules.entry((file, call.source)) {
+        let (module, parsed) = match cache.modules.entry((file, call.source)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(match &custom {
                 // Never trusted: a name can only match `kernels::TRUSTED` with this prefix removed.
@@ -410,6 +404,8 @@ impl GpuContext {
                 None => self.compile(file, &kernels::variant_source(file, call.source))?,
             }),
         };
+        let shown = custom.as_ref().map_or(file, |c| c.name.as_str());
+        self.check_limits(call, shown, parsed)?;
         let pipeline = self.scoped(&format!("building the pipeline {key}"), || {
             self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(call.entry),
@@ -431,8 +427,8 @@ impl GpuContext {
     /// Checks that `call`'s entry point fits this adapter's per-pipeline limits before its pipeline is
     /// built (see [`exceeded_limit`]); wgpu would refuse such a pipeline with a validation error that
     /// names neither the kernel nor the limit.
-    fn check_limits(&self, call: &Call, file: &str, source: &str) -> Result<()> {
-        match exceeded_limit(call, file, source, &self.adapter.limits)? {
+    fn check_limits(&self, call: &Call, file: &str, module: &naga::Module) -> Result<()> {
+        match exceeded_limit(call, module, &self.adapter.limits) {
             None => Ok(()),
             Some((what, need, have)) => Err(Error::Unsupported {
                 kernel: call.entry.to_string(),
@@ -445,10 +441,11 @@ impl GpuContext {
         }
     }
 
-    /// Compiles one WGSL source; a compile error names the file, line and column.
-    pub fn compile(&self, file: &str, source: &str) -> Result<wgpu::ShaderModule> {
-        kernels::validate_wgsl(file, source)?;
-        self.scoped(&format!("compiling shaders/{file}"), || {
+    /// Compiles one WGSL source, and returns its validated naga form with it; a compile error names
+    /// the file, line and column.
+    pub fn compile(&self, file: &str, source: &str) -> Result<(wgpu::ShaderModule, naga::Module)> {
+        let parsed = kernels::validate_wgsl(file, source)?;
+        let module = self.scoped(&format!("compiling shaders/{file}"), || {
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(file),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -462,7 +459,8 @@ impl GpuContext {
             } else {
                 self.device.create_shader_module(desc)
             }
-        })
+        })?;
+        Ok((module, parsed))
     }
 }
 
@@ -494,7 +492,8 @@ mod tests {
 
     fn check(entry: &'static str, views: usize, limits: &wgpu::Limits) -> Option<(&'static str, u64, u64)> {
         let file = kernels::shader_file(entry);
-        exceeded_limit(&call(entry, views), file, kernels::shader_source(file), limits).unwrap()
+        let module = kernels::validate_wgsl(file, kernels::shader_source(file)).unwrap();
+        exceeded_limit(&call(entry, views), &module, limits)
     }
 
     #[test]

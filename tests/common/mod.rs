@@ -66,3 +66,20 @@ pub fn assert_same_model(g: &mut wgslm::model::Model, c: &mut wgslm::model::Mode
         assert!((lg.loss - lc.loss).abs() <= 1e-4, "{what}: step {t} loss {} vs {}", lg.loss, lc.loss);
     }
 }
+
+/// (step, loss bits) of every step line of a run's metrics.jsonl.
+pub fn step_losses(run: &std::path::Path) -> Vec<(u64, u32)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), (v["loss"].as_f64().unwrap() as f32).to_bits()))
+        .collect()
+}
+
+/// The `--device` GPU tests train on (`WGSLM_TEST_DEVICE`, default auto), or None (see [`gpu`]).
+pub fn gpu_device() -> Option<wgslm::gpu::DeviceChoice> {
+    gpu()?;
+    Some(std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()).parse().unwrap())
+}
