@@ -693,6 +693,11 @@ pub trait Backend {
     fn pin_kernel_choices(&mut self, _choices: &std::collections::BTreeMap<String, String>) -> Result<()> {
         Ok(())
     }
+    /// Why the fused attention kernels cannot run here at sequence length `t` and head size
+    /// `head_size`, if they cannot (then `attention = "auto"` uses the naive kernels).
+    fn flash_unsupported(&self, _t: usize, _head_size: usize) -> Option<String> {
+        None
+    }
     /// The most elements one storage binding may hold (unbounded on the CPU).
     fn max_binding(&self) -> usize {
         usize::MAX

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod gpu;
 pub mod grad;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod sample;
 pub mod tensors;

@@ -8,14 +8,13 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use std::io::Write;
-use wgslm::backend::Backend;
-use wgslm::gpu::kernels::MATMUL_VARIANTS;
-use wgslm::gpu::{list_adapters, DeviceChoice, GpuBackend, GpuContext};
+use wgslm::gpu::{list_adapters, DeviceChoice, GpuContext};
 
 use wgslm::data::prepare::PrepareOptions;
 use wgslm::data::Tok;
 use wgslm::grad::GradOptions;
 use wgslm::model::{hf, BatchShape, Mode, Model};
+use wgslm::report;
 use wgslm::sample::SampleOptions;
 use wgslm::train::{checkpoint, RunOptions, TrainConfig};
 use wgslm::verify;
@@ -149,6 +148,23 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// One HTML page comparing machines side by side, from `bench suite` (and `bench kernels`) JSON files.
+    Report {
+        /// Files from `wgslm bench suite --json` or `wgslm bench kernels --json`, one column per adapter.
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+    },
+    /// Loss (against steps and tokens), learning rate, gradient norm and tokens/s of runs, overlaid.
+    Plot {
+        /// Run directories written by `wgslm train`.
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// An .svg or .png file.
+        #[arg(long, default_value = "metrics.svg")]
+        out: PathBuf,
+    },
     /// Check every kernel on an adapter against its CPU twin; exits non-zero on any failure.
     Verify {
         /// auto, vulkan, metal, dx12, gl, or an index from `wgslm devices`.
@@ -157,6 +173,9 @@ enum Command {
         /// Check only this kernel (e.g. layernorm_backward).
         #[arg(long)]
         kernel: Option<String>,
+        /// Only the smallest cases of each kernel (the awkward sizes 1, 7, 37, ...): seconds, not minutes.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -200,6 +219,18 @@ enum BenchCommand {
         matmul: Option<String>,
         #[arg(long)]
         json: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// The one command to run on each machine: the machine, `verify`, every kernel variant and training
+    /// speed for configs A, B and Llama, into one JSON file for `wgslm report`.
+    Suite {
+        /// Smaller: the smallest verify cases, small matmul shapes, configs A and A-Llama for 3 steps.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, default_value = "suite.json")]
+        json: PathBuf,
+        /// auto, vulkan, metal, dx12, gl, or an index from `wgslm devices`.
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -254,8 +285,15 @@ fn quiet_device_select_layer() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => devices(),
-        Command::Verify { device, kernel } => verify(&device, kernel.as_deref()),
+        Command::Verify { device, kernel, quick } => verify(&device, kernel.as_deref(), quick),
         Command::Bench { what } => bench(what),
+        Command::Report { files, out } => report(&files, &out),
+        Command::Plot { runs, out } => {
+            let runs = wgslm::report::plot::read_runs(&runs)?;
+            wgslm::report::plot::plot(&runs, &out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Prepare { input, out, tokenizer, vocab_size, val_fraction, seed, split } => {
             let opts = PrepareOptions {
                 inputs: input,
@@ -392,14 +430,6 @@ fn eval(dir: &Path, data: &Path, batch_size: usize, device: &str) -> anyhow::Res
     Ok(())
 }
 
-fn adapter_json(ctx: &GpuContext) -> serde_json::Value {
-    let a = &ctx.adapter;
-    serde_json::json!({
-        "name": a.info.name, "backend": a.info.backend.to_str(), "device_type": format!("{:?}", a.info.device_type),
-        "driver": a.driver(), "wgslm": env!("CARGO_PKG_VERSION"),
-    })
-}
-
 fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     wgslm::fsutil::write_atomic(path, text.as_bytes())?;
@@ -456,13 +486,16 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
                 let pct = t.pct_of_best.map_or("-".into(), |v| format!("{v:.0}%"));
                 println!("{:<28} {:<20} {ms:>10} {rate:>10} {pct:>7}  {check}", t.variant, t.shape);
             }
-            if let Some(m) = rows.iter().map(|t| t.method).find(|m| !m.is_empty()) {
+            if let Some(m) = rows.iter().map(|t| &t.method).find(|m| !m.is_empty()) {
                 println!("timed by {m}, {reps} runs each");
             }
             if let Some(path) = json {
                 write_json(
                     &path,
-                    &serde_json::json!({ "adapter": adapter_json(&ctx), "kernel": kernel, "results": rows }),
+                    &serde_json::json!({
+                        "schema": report::KERNELS_SCHEMA, "version": report::KERNELS_VERSION,
+                        "adapter": report::Adapter::of(&ctx), "kernel": kernel, "results": rows,
+                    }),
                 )?;
             }
             if rows.iter().any(|t| !t.passed) {
@@ -519,6 +552,7 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Suite { quick, json, device } => suite(quick, &json, &device),
         BenchCommand::Soak { config, overrides, steps, device } => {
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
             let every = (steps / 10).max(1);
@@ -598,53 +632,19 @@ fn devices() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn verify(device: &str, only: Option<&str>) -> anyhow::Result<()> {
+fn verify(device: &str, only: Option<&str>, quick: bool) -> anyhow::Result<()> {
     let choice: DeviceChoice = device.parse()?;
     if choice == DeviceChoice::Cpu {
         bail!("--device cpu would check the twins against themselves; name a GPU adapter");
     }
     let ctx = Arc::new(GpuContext::new(&choice).context("opening the adapter to verify")?);
     println!("verifying every kernel on {}", ctx.describe());
-    let names = verify::kernel_names();
-    if let Some(k) = only {
-        if !names.contains(&k) {
-            bail!("--kernel {k}: no such kernel; the kernels are {}", names.join(", "));
-        }
-    }
     println!("{:<32} {:>5}  {:>10}  result", "kernel", "cases", "worst err");
-    let mut failures = Vec::new();
-    let runs = names.into_iter().filter(|n| only.is_none_or(|k| k == *n)).flat_map(|name| {
-        // Kernels built on matmul are checked with every matmul variant.
-        let variants: &[&'static str] =
-            if verify::uses_matmul_variants(name) { MATMUL_VARIANTS } else { &[""] };
-        variants.iter().map(move |v| (name, *v))
-    });
-    let mut skipped = Vec::new();
-    for (kernel, variant) in runs {
-        let name = if variant.is_empty() { kernel.to_string() } else { format!("{kernel} [{variant}]") };
-        if let Some(why) = ctx.kernel_unavailable(kernel, variant) {
-            println!("{name:<32} {:>5}  {:>10}  SKIP ({why})", "-", "-");
-            skipped.push(name);
-            continue;
-        }
-        let outcomes = verify::check_kernel(kernel, &mut || {
-            let mut gpu = GpuBackend::with_context(ctx.clone());
-            if !variant.is_empty() {
-                gpu.set_matmul_variant(variant)?;
-            }
-            Ok(Box::new(gpu) as Box<dyn Backend>)
-        });
-        let worst =
-            outcomes.iter().map(|o| o.worst).fold(0.0f64, |a, b| if b.is_nan() || b > a { b } else { a });
-        let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed()).collect();
-        let result = if failed.is_empty() {
-            "PASS".to_string()
-        } else {
-            format!("FAIL ({} of {})", failed.len(), outcomes.len())
-        };
-        println!("{name:<32} {:>5}  {worst:>10.2e}  {result}", outcomes.len());
-        failures.extend(failed.into_iter().cloned());
-    }
+    let (rows, failures) = verify::check_adapter(&ctx, only, quick, &mut |row| {
+        let worst = if row.skipped.is_some() { "-".into() } else { format!("{:.2e}", row.worst) };
+        let cases = if row.skipped.is_some() { "-".into() } else { row.cases.to_string() };
+        println!("{:<32} {cases:>5}  {worst:>10}  {}", row.name(), row.verdict());
+    })?;
     if !failures.is_empty() {
         println!(
             "\nfailures (tolerance {:.0e} relative L2; each case also runs twice for identical bits):",
@@ -659,8 +659,66 @@ fn verify(device: &str, only: Option<&str>) -> anyhow::Result<()> {
         "all kernels agree with their CPU twins (relative L2 <= {:.0e}) and are deterministic",
         verify::TOLERANCE
     );
+    let skipped: Vec<String> = rows.iter().filter(|r| r.skipped.is_some()).map(|r| r.name()).collect();
     if !skipped.is_empty() {
-        println!("not run, for want of an optional feature: {}", skipped.join(", "));
+        println!("not run on this adapter (the reasons are above): {}", skipped.join(", "));
     }
+    Ok(())
+}
+
+fn suite(quick: bool, json: &Path, device: &str) -> anyhow::Result<()> {
+    use wgslm::bench::suite::Progress;
+    let choice: DeviceChoice = device.parse()?;
+    if choice == DeviceChoice::Cpu {
+        bail!("bench suite measures a GPU adapter; name one (auto, vulkan, metal, dx12, gl or an index)");
+    }
+    let ctx = Arc::new(GpuContext::new(&choice).context("opening the adapter for the suite")?);
+    println!("suite{} on {}", if quick { " (quick)" } else { "" }, ctx.describe());
+    let suite = wgslm::bench::suite::run(&ctx, quick, &mut |p| match p {
+        Progress::Stage(s) => println!("== {s}"),
+        Progress::Verified(r) => println!("  {:<32} {}", r.name(), r.verdict()),
+        Progress::Timed(t) => println!(
+            "  {:<24} {:<12} {:<16} {}",
+            t.kernel,
+            t.variant,
+            t.shape,
+            match (t.passed, t.rate) {
+                (false, _) => format!("FAIL {}", t.failure.clone().unwrap_or_default()),
+                (true, Some(r)) => format!("{r:.2} {}", t.unit),
+                (true, None) => "-".into(),
+            }
+        ),
+        Progress::Trained(t) => match &t.error {
+            Some(e) => println!("  {:<16} FAIL: {e}", t.config),
+            None => println!(
+                "  {:<16} {:.0} tokens/s, {:.1} ms per step, {} MiB",
+                t.config,
+                t.tokens_per_s,
+                t.ms_per_step,
+                t.allocated_bytes.map_or("-".into(), |b| format!("{:.1}", b as f64 / (1u64 << 20) as f64))
+            ),
+        },
+    })?;
+    write_json(json, &serde_json::to_value(&suite)?)?;
+    println!(
+        "done in {:.0} s; compare machines with `wgslm report {} OTHER.json --out report.html`",
+        suite.seconds,
+        json.display()
+    );
+    let failed = suite.verify.iter().filter(|r| !r.failures.is_empty()).count();
+    if failed > 0 {
+        bail!("{failed} kernel(s) FAILED verify on {} (the file records which)", ctx.describe());
+    }
+    Ok(())
+}
+
+fn report(files: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    let inputs = files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), report::load(f)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let html = report::html::render(&inputs)?;
+    wgslm::fsutil::write_atomic(out, html.as_bytes())?;
+    println!("wrote {} ({} file(s))", out.display(), inputs.len());
     Ok(())
 }

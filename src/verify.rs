@@ -887,18 +887,128 @@ pub fn check_kernel(kernel: &str, make: &mut dyn FnMut() -> Result<Box<dyn Backe
         .filter(|c| c.kernel == kernel)
         .map(|c| match make() {
             Ok(mut backend) => run_case(c, backend.as_mut()),
-            Err(e) => Outcome {
-                kernel: c.kernel,
-                shape: c.shape.clone(),
-                worst: f64::NAN,
-                worst_output: "",
-                tolerance: c.tolerance,
-                worst_element: f64::NAN,
-                deterministic: false,
-                error: Some(e.to_string()),
-            },
+            Err(e) => failed_outcome(c, e.to_string()),
         })
         .collect()
+}
+
+/// How many cases of each kernel a quick check runs: the smallest ones, which cover the awkward sizes
+/// (1, 7, 37, ...) but not the grids past one dispatch row or the long sequences.
+pub const QUICK_CASES: usize = 3;
+
+/// One kernel (with one matmul variant, where it runs on them) checked on an adapter.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Row {
+    pub kernel: String,
+    /// The matmul variant, or "" for a kernel that has none.
+    #[serde(default)]
+    pub variant: String,
+    pub cases: usize,
+    /// The worst relative L2 error over the cases (NaN, written as null, when a case could not run).
+    #[serde(default, with = "crate::report::nan_as_null")]
+    pub worst: f64,
+    /// One line per failed case ([`Outcome::line`]); empty when the kernel passed.
+    #[serde(default)]
+    pub failures: Vec<String>,
+    /// Why the kernel was not run (an optional feature the adapter lacks).
+    #[serde(default)]
+    pub skipped: Option<String>,
+}
+
+impl Row {
+    /// "kernel" or "kernel [variant]".
+    pub fn name(&self) -> String {
+        if self.variant.is_empty() {
+            self.kernel.clone()
+        } else {
+            format!("{} [{}]", self.kernel, self.variant)
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.skipped.is_none() && self.failures.is_empty()
+    }
+
+    /// PASS, FAIL (n of m) or SKIP (why).
+    pub fn verdict(&self) -> String {
+        match &self.skipped {
+            Some(why) => format!("SKIP ({why})"),
+            None if self.failures.is_empty() => "PASS".into(),
+            None => format!("FAIL ({} of {})", self.failures.len(), self.cases),
+        }
+    }
+}
+
+/// Checks every kernel (each matmul kernel once per variant) on the adapter of `ctx` against its CPU
+/// twin; `only` limits it to one kernel, `quick` to the [`QUICK_CASES`] smallest cases of each.
+/// `row_done` sees each row as it finishes (for a live table).
+pub fn check_adapter(
+    ctx: &std::sync::Arc<crate::gpu::GpuContext>,
+    only: Option<&str>,
+    quick: bool,
+    row_done: &mut dyn FnMut(&Row),
+) -> Result<(Vec<Row>, Vec<Outcome>)> {
+    let names = kernel_names();
+    if let Some(k) = only {
+        if !names.contains(&k) {
+            return Err(crate::Error::Invalid(format!(
+                "--kernel {k}: no such kernel; the kernels are {}",
+                names.join(", ")
+            )));
+        }
+    }
+    let all = cases();
+    let (mut rows, mut failures) = (Vec::new(), Vec::new());
+    for kernel in names.into_iter().filter(|n| only.is_none_or(|k| k == *n)) {
+        let variants: &[&'static str] =
+            if uses_matmul_variants(kernel) { crate::gpu::kernels::MATMUL_VARIANTS } else { &[""] };
+        let of_kernel: Vec<&Case> = all.iter().filter(|c| c.kernel == kernel).collect();
+        let chosen = &of_kernel[..if quick { of_kernel.len().min(QUICK_CASES) } else { of_kernel.len() }];
+        for variant in variants {
+            let mut row = Row {
+                kernel: kernel.to_string(),
+                variant: variant.to_string(),
+                cases: chosen.len(),
+                worst: 0.0,
+                failures: Vec::new(),
+                skipped: ctx.kernel_unavailable(kernel, variant),
+            };
+            if row.skipped.is_none() {
+                for case in chosen {
+                    let mut gpu = crate::gpu::GpuBackend::with_context(ctx.clone());
+                    let chosen = if variant.is_empty() { Ok(()) } else { gpu.set_matmul_variant(variant) };
+                    let outcome = match chosen {
+                        Ok(()) => run_case(case, &mut gpu),
+                        Err(e) => failed_outcome(case, e.to_string()),
+                    };
+                    // NaN is the worst of all and stays.
+                    if !row.worst.is_nan() && (outcome.worst.is_nan() || outcome.worst > row.worst) {
+                        row.worst = outcome.worst;
+                    }
+                    if !outcome.passed() {
+                        row.failures.push(outcome.line());
+                        failures.push(outcome);
+                    }
+                }
+            }
+            row_done(&row);
+            rows.push(row);
+        }
+    }
+    Ok((rows, failures))
+}
+
+fn failed_outcome(c: &Case, error: String) -> Outcome {
+    Outcome {
+        kernel: c.kernel,
+        shape: c.shape.clone(),
+        worst: f64::NAN,
+        worst_output: "",
+        tolerance: c.tolerance,
+        worst_element: f64::NAN,
+        deterministic: false,
+        error: Some(error),
+    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,9 @@ fn prepare_train_sample_eval() {
         "cpu",
     ]);
     assert!(out.contains("trained 6 steps") && out.contains("val loss"), "{out}");
+    // The picture of the run, rewritten at each evaluation (steps 3 and 6).
+    let svg = std::fs::read_to_string(run.join("metrics.svg")).expect("train draws metrics.svg");
+    assert!(svg.starts_with("<svg") && svg.contains("gradient norm"), "{}", &svg[..svg.len().min(300)]);
 
     let out = ok(&[
         "sample",
@@ -138,7 +141,8 @@ fn prepare_train_sample_eval() {
 #[test]
 fn help_lists_every_subcommand() {
     let out = ok(&["--help"]);
-    for cmd in ["devices", "verify", "prepare", "train", "sample", "eval", "grad"] {
+    for cmd in ["devices", "verify", "prepare", "train", "sample", "eval", "grad", "bench", "report", "plot"]
+    {
         assert!(out.contains(cmd), "--help does not mention {cmd}:\n{out}");
     }
 }

@@ -120,3 +120,27 @@ fn a_tensor_past_u32_indexing_is_refused_before_dispatch() {
         "{err}"
     );
 }
+
+/// `attention = "auto"` asks the backend: on an adapter that cannot run the fused kernels at a shape
+/// (lavapipe's loop limit at long T with large heads; llvmpipe under GL at all) it takes the naive
+/// ones instead of failing, while an explicit "flash" stays flash (and is refused with the reason).
+#[test]
+fn auto_attention_falls_back_where_flash_cannot_run() {
+    let Some(gpu) = common::gpu_backend() else { return };
+    let cpu = CpuBackend::new();
+    assert_eq!(Attention::choose("auto", &cpu, 1 << 16, 128), Some(Attention::Flash));
+    assert_eq!(Attention::choose("auto", &gpu, 64, 16), Some(Attention::Flash), "short sequences run fused");
+    assert_eq!(Attention::choose("naive", &gpu, 64, 16), Some(Attention::Naive));
+    assert_eq!(Attention::choose("bogus", &gpu, 64, 16), None);
+    let software = gpu.context().adapter.info.device_type == wgpu::DeviceType::Cpu;
+    let long = (1usize..=20).map(|p| 1 << p).find(|&t| gpu.flash_unsupported(t, 128).is_some());
+    if software {
+        let t = long.expect("a software adapter stops loops after 65,535 iterations, so some T is too long");
+        let why = gpu.flash_unsupported(t, 128).unwrap();
+        assert!(why.contains("65,535"), "{why}");
+        assert_eq!(Attention::choose("auto", &gpu, t, 128), Some(Attention::Naive));
+        assert_eq!(Attention::choose("flash", &gpu, t, 128), Some(Attention::Flash));
+    } else {
+        assert_eq!(long, None, "a hardware adapter has no loop limit");
+    }
+}

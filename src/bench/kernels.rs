@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, DType, Op, View};
 use crate::gpu::kernels::CustomMatmul;
@@ -13,12 +13,13 @@ use crate::verify::{self, rel_l2};
 use crate::{Error, Result};
 
 /// One variant at one shape.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Timing {
     pub kernel: String,
     pub variant: String,
     pub shape: String,
     /// Relative L2 error against the twin, and whether it is within tolerance.
+    #[serde(with = "crate::report::nan_as_null")]
     pub error: f64,
     pub passed: bool,
     /// Why the variant could not run, if it could not.
@@ -26,11 +27,11 @@ pub struct Timing {
     pub ms: Option<f64>,
     /// GFLOP/s for matmul, GB/s (bytes read and written) for the other kernels.
     pub rate: Option<f64>,
-    pub unit: &'static str,
+    pub unit: String,
     /// This variant's rate as a percentage of the best at this shape.
     pub pct_of_best: Option<f64>,
     /// "timestamps" or "wall clock".
-    pub method: &'static str,
+    pub method: String,
 }
 
 /// Matmul (`out = a·b`, neither transposed) with every variant in `variants` (and `custom`) at each
@@ -83,9 +84,9 @@ pub fn matmul(
                 failure: None,
                 ms: None,
                 rate: None,
-                unit: "GFLOP/s",
+                unit: "GFLOP/s".into(),
                 pct_of_best: None,
-                method: "",
+                method: String::new(),
             };
             let result = (|| -> Result<()> {
                 chosen?;
@@ -115,7 +116,7 @@ pub fn matmul(
                     let (s, method) = gpu.time(plan, reps)?;
                     t.ms = Some(s * 1e3);
                     t.rate = Some(2.0 * (m * k * n) as f64 / s / 1e9);
-                    t.method = method;
+                    t.method = method.into();
                 }
                 Ok(())
             })();
@@ -162,16 +163,16 @@ pub fn verified(ctx: &Arc<GpuContext>, kernel: &str, reps: usize) -> Result<Vec<
             failure: outcome.error.clone(),
             ms: None,
             rate: None,
-            unit: "GB/s",
+            unit: "GB/s".into(),
             pct_of_best: None,
-            method: "",
+            method: String::new(),
         };
         if t.passed {
             let (plan, bytes) = verify::prepare_case(case, &mut gpu)?;
             let (s, method) = gpu.time(plan, reps)?;
             t.ms = Some(s * 1e3);
             t.rate = Some(bytes as f64 / s / 1e9);
-            t.method = method;
+            t.method = method.into();
         }
         out.push(t);
     }
@@ -310,9 +311,9 @@ pub fn attention(ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<Timing>> {
                     failure: None,
                     ms: None,
                     rate: None,
-                    unit: "GFLOP/s",
+                    unit: "GFLOP/s".into(),
                     pct_of_best: None,
-                    method: "",
+                    method: String::new(),
                 };
                 let result = (|| -> Result<()> {
                     let mut cpu = CpuBackend::new();
@@ -330,7 +331,7 @@ pub fn attention(ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<Timing>> {
                         let (s, method) = gpu.time(plan, reps)?;
                         row.ms = Some(s * 1e3);
                         row.rate = Some(work / s / 1e9);
-                        row.method = method;
+                        row.method = method.into();
                     }
                     Ok(())
                 })();

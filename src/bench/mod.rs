@@ -3,10 +3,11 @@
 //! checked then timed (`kernels`).
 
 pub mod kernels;
+pub mod suite;
 
 use std::time::Instant;
 
-use crate::backend::AdamwHyper;
+use crate::backend::{AdamwHyper, Backend};
 use crate::data::Loader;
 use crate::gpu::DeviceChoice;
 use crate::model::init_params;
@@ -23,14 +24,35 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The tokens a benchmark trains on.
+#[derive(Clone, Copy, Debug)]
+pub enum BenchData {
+    /// The config's `data`, as `wgslm train` loads it.
+    Config,
+    /// Uniform random tokens below `vocab`: the step's speed does not depend on which tokens they
+    /// are, so a benchmark needs no prepared data directory.
+    Random { vocab: usize },
+}
+
 /// A model and a loader as `wgslm train` builds them (random initialisation, no run directory).
-fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Model, Loader)> {
-    let data = load_data(cfg)?;
-    let model_cfg = cfg.model(data.tok.vocab_size());
+fn setup(cfg: &TrainConfig, backend: Box<dyn Backend>, data: BenchData) -> Result<(Model, Loader)> {
+    let (vocab, tokens, source) = match data {
+        BenchData::Config => {
+            let d = load_data(cfg)?;
+            (d.tok.vocab_size(), d.train, d.source)
+        }
+        BenchData::Random { vocab } => {
+            let mut rng = crate::rng::Rng::new(cfg.seed);
+            let n = (cfg.block_size + 1) * cfg.batch_size * 64;
+            let tokens = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
+            (vocab, tokens, format!("random tokens below {vocab}"))
+        }
+    };
+    let model_cfg = cfg.model(vocab);
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
-    let backend = crate::open_backend_with(device, &cfg.matmul)?;
-    let attention = crate::model::Attention::parse(&cfg.attention)
-        .ok_or_else(|| crate::Error::Invalid(format!("attention = {:?}", cfg.attention)))?;
+    let attention =
+        crate::model::Attention::choose(&cfg.attention, backend.as_ref(), shape.t, model_cfg.head_size())
+            .ok_or_else(|| crate::Error::Invalid(format!("attention = {:?}", cfg.attention)))?;
     let mut model = Model::with_attention(
         backend,
         model_cfg,
@@ -39,7 +61,7 @@ fn setup(cfg: &TrainConfig, device: &DeviceChoice) -> Result<(Model, Loader)> {
         attention,
     )?;
     model.set_params(&init_params(&model_cfg, cfg.seed))?;
-    let loader = Loader::new(data.train, shape.b, shape.t, cfg.seed, &data.source)?;
+    let loader = Loader::new(tokens, shape.b, shape.t, cfg.seed, &source)?;
     Ok((model, loader))
 }
 
@@ -92,7 +114,20 @@ pub struct TrainBench {
 
 /// Times `steps` training steps after two warm-up steps (which compile pipelines and fill caches).
 pub fn train(cfg: &TrainConfig, steps: usize, device: &DeviceChoice) -> Result<TrainBench> {
-    let (mut model, mut loader) = setup(cfg, device)?;
+    let backend = crate::open_backend_with(device, &cfg.matmul)?;
+    train_on(cfg, backend, BenchData::Config, steps, true)
+}
+
+/// [`train`] on a backend already open, on `data`; `profile` adds the per-kernel breakdown (one more
+/// step, each dispatch timed alone).
+pub fn train_on(
+    cfg: &TrainConfig,
+    backend: Box<dyn Backend>,
+    data: BenchData,
+    steps: usize,
+    profile: bool,
+) -> Result<TrainBench> {
+    let (mut model, mut loader) = setup(cfg, backend, data)?;
     let mut t = 1;
     let first_loss = step(&mut model, &mut loader, cfg, t)?;
     t += 1;
@@ -107,7 +142,7 @@ pub fn train(cfg: &TrainConfig, steps: usize, device: &DeviceChoice) -> Result<T
     let seconds = started.elapsed().as_secs_f64();
     let tokens_per_step = model.shape.tokens() * model.shape.accum;
     let mut kernels: Vec<(String, usize, f64)> = Vec::new();
-    for (entry, s) in model.profile_step()? {
+    for (entry, s) in if profile { model.profile_step()? } else { Vec::new() } {
         match kernels.iter_mut().find(|k| k.0 == entry) {
             Some(k) => {
                 k.1 += 1;
@@ -126,7 +161,8 @@ pub fn train(cfg: &TrainConfig, steps: usize, device: &DeviceChoice) -> Result<T
         ms_per_step: seconds * 1e3 / steps as f64,
         submit_ms_per_step: submit * 1e3 / steps as f64,
         kernels,
-        allocated: model.backend().live_buffers().map(|(_, bytes)| bytes),
+        // wgpu's counters see no buffers on some APIs (GL): that is no figure, not zero bytes.
+        allocated: model.backend().live_buffers().filter(|&(_, bytes)| bytes > 0).map(|(_, bytes)| bytes),
         analytic: model.analytic_bytes(),
         first_loss,
         last_loss,
@@ -154,7 +190,8 @@ pub fn soak(
     device: &DeviceChoice,
     mut progress: impl FnMut(usize),
 ) -> Result<Soak> {
-    let (mut model, mut loader) = setup(cfg, device)?;
+    let backend = crate::open_backend_with(device, &cfg.matmul)?;
+    let (mut model, mut loader) = setup(cfg, backend, BenchData::Config)?;
     let first = step(&mut model, &mut loader, cfg, 1)?;
     let (rss0, buf0) = (rss_bytes(), model.backend().live_buffers());
     let started = Instant::now();

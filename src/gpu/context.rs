@@ -311,7 +311,27 @@ impl GpuContext {
     /// Why kernel `kernel` (an op name, as `wgslm verify` lists them) run with matmul `variant` ("" for
     /// none) cannot run on this device, if it cannot: `matmul_f16` needs shader-f16 whatever the variant.
     pub fn kernel_unavailable(&self, kernel: &str, variant: &str) -> Option<String> {
+        if kernel.starts_with("flash_attention") {
+            if let Some(why) = self.flash_unavailable() {
+                return Some(why);
+            }
+        }
         self.variant_unavailable(if kernel == "matmul_f16" { kernels::F16_SOURCE } else { variant })
+    }
+
+    /// Why the fused attention kernels are not used on this adapter at all, if they are not: llvmpipe
+    /// under GL compiles a compute shader with barriers into LLVM coroutines, and for these kernels
+    /// (their loops unrolled by Mesa's GLSL compiler) that takes minutes per head size (measured: more
+    /// than 100 s at head size 32 with LLVM 15, stuck in CoroSplit). Vulkan on the same CPU compiles
+    /// them in seconds.
+    pub fn flash_unavailable(&self) -> Option<String> {
+        let info = &self.adapter.info;
+        (info.backend == wgpu::Backend::Gl && info.device_type == wgpu::DeviceType::Cpu).then(|| {
+            format!(
+                "{} (a software GL driver) takes minutes to compile the fused attention kernels",
+                self.adapter.title()
+            )
+        })
     }
 
     /// The matmul variants this device can run, of [`kernels::MATMUL_VARIANTS`].

@@ -126,26 +126,37 @@ impl GpuBackend {
     /// iterations in all, which would truncate the flash kernels' walk over the keys at long
     /// sequences with large heads: refused here, with what to do.
     fn check_loop_budget(&self, ops: &[Op]) -> Result<()> {
-        if self.ctx.adapter.info.device_type != wgpu::DeviceType::Cpu {
-            return Ok(());
-        }
         for op in ops {
             if let Op::FlashAttentionForward { t, c, nh, .. } | Op::FlashAttentionBackward { t, c, nh, .. } =
                 *op
             {
-                let iterations = kernels::flash_loop_iterations(t, c / nh);
-                if iterations > 65_535 {
+                if let Some(why) = self.flash_reason(t, c / nh) {
                     return Err(Error::Invalid(format!(
-                        "{}: at T = {t} with head size {} one invocation would loop {iterations} times, and {} \
-                         stops every invocation after 65,535; use attention = \"naive\" or a shorter block_size",
-                        op.name(),
-                        c / nh,
-                        self.ctx.adapter.title()
+                        "{}: {why}; use attention = \"naive\" (or \"auto\", which picks it here)",
+                        op.name()
                     )));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Why the fused attention kernels cannot run on this adapter at (T, head size), if they cannot.
+    fn flash_reason(&self, t: usize, hs: usize) -> Option<String> {
+        if let Some(why) = self.ctx.flash_unavailable() {
+            return Some(why);
+        }
+        if self.ctx.adapter.info.device_type == wgpu::DeviceType::Cpu {
+            let iterations = kernels::flash_loop_iterations(t, hs);
+            if iterations > 65_535 {
+                return Some(format!(
+                    "at T = {t} with head size {hs} one invocation would loop {iterations} times, and {} stops \
+                     every invocation after 65,535",
+                    self.ctx.adapter.title()
+                ));
+            }
+        }
+        None
     }
 
     /// Uses matmul variant `name`, as [`GpuBackend::set_matmul_variant`] does, after checking it
@@ -544,6 +555,10 @@ impl Backend for GpuBackend {
 
     fn max_binding(&self) -> usize {
         self.max_binding
+    }
+
+    fn flash_unsupported(&self, t: usize, head_size: usize) -> Option<String> {
+        self.flash_reason(t, head_size)
     }
 
     fn kernel_choices(&self) -> std::collections::BTreeMap<String, String> {

@@ -59,7 +59,8 @@ impl Attention {
         }
     }
 
-    /// `"naive"` or `"flash"`; `"auto"` is [`Attention::auto`].
+    /// `"naive"` or `"flash"`; `"auto"` is [`Attention::auto`] (the choice where the backend can run
+    /// it; [`Attention::choose`] asks the backend).
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "naive" => Some(Attention::Naive),
@@ -69,10 +70,27 @@ impl Attention {
         }
     }
 
-    /// The variant `"auto"` picks: flash, which keeps O(T) instead of O(T²) per layer and runs
+    /// The variant `"auto"` prefers: flash, which keeps O(T) instead of O(T²) per layer and runs
     /// 1.5-5.7× faster than naive on lavapipe at T 256-1024 (docs/BENCHMARKS.md).
     pub fn auto() -> Self {
         Attention::Flash
+    }
+
+    /// The variant `name` ("auto", "flash" or "naive") means on `backend` for a model with head size
+    /// `head_size` at sequence length `t`: "auto" is flash unless the backend says it cannot run
+    /// flash there ([`Backend::flash_unsupported`]), then naive; the others are what they name (a
+    /// flash the backend cannot run is refused when the model is built, with the reason).
+    pub fn choose(name: &str, backend: &dyn Backend, t: usize, head_size: usize) -> Option<Self> {
+        if name != "auto" {
+            return Self::parse(name);
+        }
+        match backend.flash_unsupported(t, head_size) {
+            Some(why) => {
+                log::info!("attention = auto: naive, since {why}");
+                Some(Attention::Naive)
+            }
+            None => Some(Attention::auto()),
+        }
     }
 
     /// Elements an attention op saves per layer for the backward pass (the probabilities or the
@@ -476,7 +494,9 @@ impl Model {
         shape: BatchShape,
         mode: Mode,
     ) -> Result<Self> {
-        Self::with_attention(backend, config, shape, mode, Attention::auto())
+        let attention = Attention::choose("auto", backend.as_ref(), shape.t, config.head_size())
+            .expect("auto is a variant");
+        Self::with_attention(backend, config, shape, mode, attention)
     }
 
     /// Allocates every buffer and prepares every program for `shape`. Parameters start at zero; load

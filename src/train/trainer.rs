@@ -228,9 +228,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         Some(r) => r.state.attention.as_deref().unwrap_or("naive"),
         None => cfg.attention.as_str(),
     };
-    let attention = Attention::parse(attention).ok_or_else(|| {
-        Error::Invalid(format!("unknown attention variant {attention:?} in the checkpoint"))
-    })?;
+    let attention = Attention::choose(attention, backend.as_ref(), shape.t, model_cfg.head_size())
+        .ok_or_else(|| {
+            Error::Invalid(format!("unknown attention variant {attention:?} in the checkpoint"))
+        })?;
     let mut model = Model::with_attention(
         backend,
         model_cfg,
@@ -355,6 +356,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             if let Some(batches) = &val {
                 let loss = evaluate(&mut model, batches, shape.accum)?;
                 metrics.eval(step, loss)?;
+                crate::report::plot::refresh_run_plot(out);
                 progress.println(&format!("step {step}: val loss {loss:.4}"), quiet);
                 val_loss = Some(loss);
             }
