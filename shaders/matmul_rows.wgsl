@@ -73,26 +73,25 @@ fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             }
         }
     }
-    for (var i = 0u; i < R; i += 1u) {
-        let row = row0 + i;
-        if (row >= p.m) {
-            break;
-        }
-        for (var j = 0u; j < C4; j += 1u) {
-            for (var e = 0u; e < 4u; e += 1u) {
-                let col = col0 + 4u * j + e;
-                if (col < p.n) {
-                    let idx = row * p.n + col;
-                    var x = acc[i][j][e];
-                    if ((p.flags & 2u) != 0u) {
-                        x += bias[col];
-                    }
-                    if ((p.flags & 1u) != 0u) {
-                        x += out[idx];
-                    }
-                    out[idx] = x;
-                }
+    // The store walks a copy of the sums with one loop over the tile's elements: an unrolled
+    // R x C4 x 4 store with its edge and flag tests is a control-flow graph that takes LLVM (lavapipe,
+    // llvmpipe) tens of seconds to compile; the copy keeps `acc` itself in registers.
+    var sums = acc;
+    let rows = min(R, p.m - min(row0, p.m));
+    let cols = min(4u * C4, p.n - min(col0, p.n));
+    for (var q = 0u; q < rows * 4u * C4; q += 1u) {
+        let i = q / (4u * C4);
+        let cj = q % (4u * C4);
+        if (cj < cols) {
+            let idx = (row0 + i) * p.n + col0 + cj;
+            var x = sums[i][cj / 4u][cj % 4u];
+            if ((p.flags & 2u) != 0u) {
+                x += bias[col0 + cj];
             }
+            if ((p.flags & 1u) != 0u) {
+                x += out[idx];
+            }
+            out[idx] = x;
         }
     }
 }

@@ -198,3 +198,24 @@ fn bench_train_and_soak_report() {
     let out = ok(&["bench", "soak", "--config", s(&config), "--steps", "6", "--device", "cpu"]);
     assert!(out.contains("process RSS") && out.contains("live GPU buffers"), "{out}");
 }
+
+/// Issue 16, item 2: on llvmpipe under GL, whose compiler takes minutes over the fused attention
+/// kernels, verify reports them as not run, with the reason, instead of sitting in the compiler.
+#[test]
+fn verify_on_software_gl_says_what_it_cannot_run() {
+    let out = wgslm(&["verify", "--device", "gl", "--quick", "--kernel", "flash_attention_forward"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        // No GL adapter on this machine: that must be what the one-line error says.
+        assert!(stderr.contains("--device gl") && stderr.trim().lines().count() == 1, "{stderr}");
+        return;
+    }
+    let row =
+        stdout.lines().find(|l| l.starts_with("flash_attention_forward")).expect("a row for the kernel");
+    if stdout.contains("[gl, Cpu]") {
+        assert!(row.contains("SKIP (") && row.contains("compile the fused attention kernels"), "{row}");
+        assert!(stdout.contains("not run on this adapter"), "{stdout}");
+    } else {
+        assert!(row.contains("PASS"), "a hardware GL adapter runs the fused kernels: {row}");
+    }
+}
