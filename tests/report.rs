@@ -48,11 +48,10 @@ fn fails(args: &[&str]) -> String {
 
 /// Headless Chromium, or None (after a loud line) when it is not installed and not required.
 fn browser() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
     for name in ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"] {
-        if let Ok(out) = Command::new("which").arg(name).output() {
-            if out.status.success() {
-                return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-            }
+        if let Some(found) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
+            return Some(found);
         }
     }
     let require = std::env::var("WGSLM_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
