@@ -53,13 +53,10 @@ pub enum Error {
     #[error("{path}:{line}:{column}: {message}")]
     Shader { path: String, line: usize, column: usize, message: String },
 
-    /// A user-supplied file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A user-supplied file could not be read or written. The OS error is part of the message and
+    /// not also a `source` (an error chain printed with `{:#}` would repeat it).
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 
     /// A user-supplied value is invalid.
     #[error("{0}")]
@@ -68,6 +65,6 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), error: source }
     }
 }

@@ -283,3 +283,56 @@ fn bench_suite_quick_writes_a_file_the_report_reads() {
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains(&wgslm::report::html::esc(&s.adapter.name)));
 }
+
+/// Runs wgslm, failing the test if it has not finished within `secs` (a hang is a failure, not a stall).
+fn finishes_within(args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wgslm {args:?} did not finish within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A diverged run (losses near f64::MAX, non-finite ones) and a file with absurd rates still draw,
+/// promptly: such values are left off the charts instead of stretching an axis to infinity.
+#[test]
+fn extreme_values_still_draw() {
+    let dir = temp("extreme");
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"step\":1,\"loss\":1e308,\"lr\":1e-300,\"grad_norm\":-3,\"tokens_per_s\":1e30}\n\
+         {\"step\":2,\"loss\":-1e308,\"lr\":0,\"grad_norm\":\"inf\",\"tokens_per_s\":0}\n\
+         {\"step\":3,\"loss\":\"NaN\",\"lr\":0.001,\"grad_norm\":1.5,\"tokens_per_s\":900}\n\
+         {\"step\":3,\"val_loss\":2.5}\n",
+    )
+    .unwrap();
+    let svg = dir.join("p.svg");
+    let out = finishes_within(&["plot", run.to_str().unwrap(), "--out", svg.to_str().unwrap()], 60);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+
+    let mut suite: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("suite-lavapipe.json")).unwrap()).unwrap();
+    suite["kernels"][0]["rate"] = serde_json::json!(1.7e308);
+    suite["kernels"][1]["rate"] = serde_json::json!(-5.0);
+    suite["train"][0]["tokens_per_s"] = serde_json::json!(1.7e308);
+    let file = dir.join("absurd.json");
+    std::fs::write(&file, suite.to_string()).unwrap();
+    let page = dir.join("r.html");
+    let out = finishes_within(&["report", file.to_str().unwrap(), "--out", page.to_str().unwrap()], 60);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(&fmt_rate(1.7e308)), "the table still shows the figure");
+}

@@ -57,7 +57,13 @@ pub fn grouped_bars(title: &str, y_desc: &str, categories: &[String], series: &[
     ensure_font();
     let err = drawing_error(title);
     // A series with no value here (a column without this section) has no bar and no legend entry.
-    let series: Vec<&Bars> = series.iter().filter(|s| s.values.iter().any(Option::is_some)).collect();
+    // Values past 1e15 (a file can say anything) get no bar: near f64::MAX the axis overflows.
+    let drawn = |v: &Option<f64>| v.filter(|v| v.is_finite() && v.abs() <= 1e15);
+    let series: Vec<Bars> = series
+        .iter()
+        .map(|s| Bars { name: s.name.clone(), values: s.values.iter().map(drawn).collect() })
+        .filter(|s| s.values.iter().any(Option::is_some))
+        .collect();
     let per_group = series.len().max(1) + 1; // a gap after each group
     let segments = (categories.len() * per_group).max(1);
     let top = series.iter().flat_map(|s| s.values.iter().flatten()).fold(0.0f64, |a, &b| a.max(b));

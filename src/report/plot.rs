@@ -166,8 +166,14 @@ struct Line {
     marked: bool,
 }
 
+/// The largest magnitude drawn: a diverged run's 1e30 loss would flatten every other point, and near
+/// f64::MAX the axis arithmetic overflows (plotters then never finishes placing its labels).
+pub const DRAWN_MAX: f64 = 1e15;
+
+/// The points that can be drawn: finite and within [`DRAWN_MAX`].
 fn finite(points: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
-    points.filter(|(x, y)| x.is_finite() && y.is_finite()).collect()
+    let ok = |v: f64| v.is_finite() && v.abs() <= DRAWN_MAX;
+    points.filter(|&(x, y)| ok(x) && ok(y)).collect()
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, runs: &[RunMetrics]) -> Result<()>
