@@ -20,8 +20,11 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/report")
 }
 
+/// A fresh directory, unique per call (tests run in parallel threads of one process).
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wgslm-report-{}-{name}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wgslm-report-{}-{n}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -151,6 +154,7 @@ fn report_renders_every_adapter_and_figure() {
     bad["train"][1]["error"] = serde_json::json!("out of memory");
     files.push(dir.join("failing.json"));
     std::fs::write(&files[3], bad.to_string()).unwrap();
+    files.push(files[3].clone()); // a third file of the same adapter
     let page = dir.join("report.html");
     let mut args = vec!["report"];
     args.extend(files.iter().map(|f| f.to_str().unwrap()));
@@ -170,10 +174,21 @@ fn report_renders_every_adapter_and_figure() {
 
     let Some(browser) = browser() else { return };
     let text = rendered_text(&browser, &page);
+    // Chromium's DOM dump escapes &, < and > in text (not quotes).
+    let dom = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     for input in &inputs {
         for figure in figures(input) {
-            assert!(text.contains(&wgslm::report::html::esc(&figure)), "the page lacks {figure:?}");
+            assert!(text.contains(&dom(&figure)), "the page lacks {figure:?}");
         }
+    }
+    // Three suites of one adapter get three distinct columns.
+    let head = &text[text.find("<thead>").unwrap()..text.find("</thead>").unwrap()];
+    let label = match &inputs[0] {
+        Input::Suite(s) => dom(&s.adapter.label()),
+        _ => unreachable!(),
+    };
+    for n in ["", " #2", " #3"] {
+        assert!(head.contains(&format!("<th>{label}{n}</th>")), "no column {label}{n}: {head}");
     }
     // The drop-in kernel sits beside ours; failures are red and spelled out, never hidden.
     assert!(text.contains("custom (naive_matmul.wgsl)"), "the drop-in kernel is missing");

@@ -169,10 +169,12 @@ fn columns(inputs: &[Input]) -> Vec<Column<'_>> {
         }
     }
     // Two files from the same adapter (two runs, or two machines with the same card) stay apart.
-    for i in 1..cols.len() {
-        let same = cols[..i].iter().filter(|c| c.label == cols[i].label).count();
-        if same > 0 {
-            cols[i].label = format!("{} #{}", cols[i].label, same + 1);
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for c in &mut cols {
+        let n = seen.entry(c.label.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            c.label = format!("{} #{n}", c.label);
         }
     }
     cols

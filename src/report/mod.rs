@@ -138,7 +138,10 @@ pub struct TrainResult {
     pub params: usize,
     pub tokens_per_step: usize,
     pub steps: usize,
+    /// (NaN, written as null, if the timing was not finite.)
+    #[serde(with = "nan_as_null")]
     pub tokens_per_s: f64,
+    #[serde(with = "nan_as_null")]
     pub ms_per_step: f64,
     /// Bytes in GPU buffers after the steps, and the analytic count.
     pub allocated_bytes: Option<u64>,
@@ -221,6 +224,10 @@ pub fn load(path: &Path) -> Result<Input> {
         {
             Ok(Input::Kernels(Box::new(serde_json::from_value(value).map_err(malformed)?)))
         }
+        (Some(KERNELS_SCHEMA), Some(_)) => Err(Error::Invalid(format!(
+            "{}: a {KERNELS_SCHEMA} file without \"adapter\" or \"results\"; {what}",
+            path.display()
+        ))),
         (Some(s), _) if s == SUITE_SCHEMA || s == KERNELS_SCHEMA => {
             Err(Error::Invalid(format!("{}: {s} without a version number; {what}", path.display())))
         }

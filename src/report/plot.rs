@@ -58,7 +58,9 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
     }
     let text = String::from_utf8(fsutil::read(&path)?)
         .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", path.display())))?;
-    let (mut steps, mut val) = (Vec::<StepPoint>::new(), Vec::<(u64, f64)>::new());
+    // Keyed by step: a later line for the same step (a resumed run) replaces an earlier one.
+    let mut steps = std::collections::BTreeMap::<u64, StepPoint>::new();
+    let mut val = std::collections::BTreeMap::<u64, f64>::new();
     let count = text.lines().count();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -77,25 +79,24 @@ pub fn read_run(dir: &Path) -> Result<RunMetrics> {
         };
         let field = |k: &str| v.get(k).and_then(number);
         if let Some(l) = field("val_loss") {
-            val.retain(|p| p.0 != step);
-            val.push((step, l));
+            val.insert(step, l);
         } else if let Some(loss) = field("loss") {
-            steps.retain(|p| p.step != step);
-            steps.push(StepPoint {
+            let point = StepPoint {
                 step,
                 loss,
                 lr: field("lr").unwrap_or(f64::NAN),
                 grad_norm: field("grad_norm").unwrap_or(f64::NAN),
                 tokens_per_s: field("tokens_per_s").unwrap_or(f64::NAN),
-            });
+            };
+            steps.insert(step, point);
         }
     }
-    steps.sort_by_key(|p| p.step);
-    val.sort_by_key(|p| p.0);
+    let (steps, val) = (steps.into_values().collect(), val.into_iter().collect());
     let tokens_per_step = std::fs::read_to_string(dir.join("config.toml"))
         .ok()
         .and_then(|t| TrainConfig::parse("config.toml", &t).ok())
-        .map(|c| (c.batch_size * c.block_size * c.grad_accum_steps) as u64);
+        .and_then(|c| c.batch_size.checked_mul(c.block_size)?.checked_mul(c.grad_accum_steps))
+        .map(|n| n as u64);
     let name = std::fs::canonicalize(dir)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
@@ -204,7 +205,8 @@ where
             marked: true,
         });
         if let Some(tps) = run.tokens_per_step {
-            let tokens = |s: u64| (s * tps) as f64;
+            // In f64: a step count from the file times the tokens per step may not fit a u64.
+            let tokens = |s: u64| s as f64 * tps as f64;
             loss_tokens.push(Line {
                 run: r,
                 label: format!("{} train", run.name),
