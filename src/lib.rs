@@ -37,11 +37,7 @@ pub fn open_backend_with(choice: &gpu::DeviceChoice, matmul: &str) -> Result<Box
         gpu::DeviceChoice::Cpu => Box::new(cpu::CpuBackend::new()),
         gpu => {
             let mut backend = gpu::GpuBackend::new(gpu)?;
-            match matmul {
-                "auto" => backend.autotune(TUNING_BUDGET),
-                "default" => {}
-                variant => backend.pin_matmul_variant(variant)?,
-            }
+            backend.set_matmul_policy(matmul)?;
             Box::new(backend)
         }
     })

@@ -16,6 +16,7 @@ use crate::{verify, Result};
 
 /// A config the suite trains: its name, its TOML (from configs/), and the vocabulary of the data it
 /// is benchmarked on.
+#[derive(Clone, Copy)]
 pub struct SuiteConfig {
     pub name: &'static str,
     pub toml: &'static str,
@@ -35,7 +36,7 @@ pub const CONFIGS: [SuiteConfig; 3] = [
 
 /// --quick: config A and its Llama twin, which each take seconds on a software adapter.
 pub const QUICK_CONFIGS: [SuiteConfig; 2] = [
-    SuiteConfig { name: "bench-a", toml: include_str!("../../configs/bench-a.toml"), vocab: 512 },
+    CONFIGS[0],
     SuiteConfig { name: "bench-a-llama", toml: include_str!("../../configs/bench-a-llama.toml"), vocab: 512 },
 ];
 
@@ -114,11 +115,7 @@ fn train_config(ctx: &Arc<GpuContext>, c: &SuiteConfig, steps: usize) -> TrainRe
         let cfg = TrainConfig::parse(&format!("configs/{}.toml", c.name), c.toml)?;
         result.arch = cfg.arch.clone();
         let mut backend = GpuBackend::with_context(ctx.clone());
-        match cfg.matmul.as_str() {
-            "auto" => backend.autotune(crate::TUNING_BUDGET),
-            "default" => {}
-            v => backend.pin_matmul_variant(v)?,
-        }
+        backend.set_matmul_policy(&cfg.matmul)?;
         let b = super::train_on(
             &cfg,
             Box::new(backend),

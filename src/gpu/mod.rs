@@ -159,6 +159,17 @@ impl GpuBackend {
         None
     }
 
+    /// Applies a config's `matmul` policy: "auto" (the autotuner, within [`crate::TUNING_BUDGET`]),
+    /// "default" (the adapter's default variant) or a variant name (pinned, after its check).
+    pub fn set_matmul_policy(&mut self, matmul: &str) -> Result<()> {
+        match matmul {
+            "auto" => self.autotune(crate::TUNING_BUDGET),
+            "default" => {}
+            variant => self.pin_matmul_variant(variant)?,
+        }
+        Ok(())
+    }
+
     /// Uses matmul variant `name`, as [`GpuBackend::set_matmul_variant`] does, after checking it
     /// against the CPU twin on this adapter ([`tune::check_variant`]): the path of a variant the user
     /// pins.
