@@ -45,6 +45,23 @@ pub fn drawing_error(what: &str) -> impl Fn(&dyn std::fmt::Display) -> Error + '
     move |e| Error::Invalid(format!("drawing {what}: {e}"))
 }
 
+/// The legend every chart draws: upper right, on a translucent white box.
+pub fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font(("sans-serif", 12))
+        .draw()
+}
+
 /// One series of a bar chart: its name (the legend) and a value per category (None: no bar).
 pub struct Bars {
     pub name: String,
@@ -121,14 +138,7 @@ pub fn grouped_bars(title: &str, y_desc: &str, categories: &[String], series: &[
                 .map_err(|e| err(&e))?;
         }
         if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .label_font(("sans-serif", 12))
-                .draw()
-                .map_err(|e| err(&e))?;
+            legend(&mut chart).map_err(|e| err(&e))?;
         }
         root.present().map_err(|e| err(&e))?;
     }

@@ -148,7 +148,7 @@ struct Column<'a> {
     kernels: Vec<&'a Timing>,
 }
 
-fn columns(inputs: &[Input]) -> Vec<Column<'_>> {
+fn columns<'a>(inputs: impl Iterator<Item = &'a Input>) -> Vec<Column<'a>> {
     let mut cols: Vec<Column> = Vec::new();
     for input in inputs {
         match input {
@@ -182,8 +182,7 @@ fn columns(inputs: &[Input]) -> Vec<Column<'_>> {
 
 /// The report page for `inputs` (each with the name of its file).
 pub fn render(inputs: &[(String, Input)]) -> Result<String> {
-    let files: Vec<Input> = inputs.iter().map(|(_, i)| i.clone()).collect();
-    let cols = columns(&files);
+    let cols = columns(inputs.iter().map(|(_, i)| i));
     let mut page = Page::new("wgslm benchmark report");
     page.heading(1, "wgslm benchmark report");
     page.para(
@@ -315,7 +314,7 @@ fn verify(page: &mut Page, cols: &[Column], head: &[String]) {
     }
 }
 
-fn timing_cell(t: Option<&&Timing>) -> Cell {
+fn timing_cell(t: Option<&Timing>) -> Cell {
     match t {
         None => Cell::missing(),
         Some(t) if !t.passed => {
@@ -357,9 +356,7 @@ fn kernels(page: &mut Page, cols: &[Column], head: &[String]) -> Result<()> {
         .iter()
         .map(|k| {
             let name = format!("{} {} at {}", k.0, k.1, k.2);
-            std::iter::once(Cell::plain(name))
-                .chain(cols.iter().map(|c| timing_cell(find(c, k).as_ref())))
-                .collect()
+            std::iter::once(Cell::plain(name)).chain(cols.iter().map(|c| timing_cell(find(c, k)))).collect()
         })
         .collect();
     page.table(head, &rows);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::charts::{color, drawing_error, ensure_font};
+use super::charts::{self, color, drawing_error, ensure_font};
 use crate::train::metrics;
 use crate::train::TrainConfig;
 use crate::{fsutil, Error, Result};
@@ -293,14 +293,7 @@ where
         }
     }
     if legend {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(|e| err(&e))?;
+        charts::legend(&mut chart).map_err(|e| err(&e))?;
     }
     Ok(())
 }
