@@ -130,7 +130,7 @@ impl GpuBackend {
             if let Op::FlashAttentionForward { t, c, nh, .. } | Op::FlashAttentionBackward { t, c, nh, .. } =
                 *op
             {
-                if let Some(why) = self.flash_reason(t, c / nh) {
+                if let Some(why) = self.flash_unsupported(t, c / nh) {
                     return Err(Error::Invalid(format!(
                         "{}: {why}; use attention = \"naive\" (or \"auto\", which picks it here)",
                         op.name()
@@ -139,24 +139,6 @@ impl GpuBackend {
             }
         }
         Ok(())
-    }
-
-    /// Why the fused attention kernels cannot run on this adapter at (T, head size), if they cannot.
-    fn flash_reason(&self, t: usize, hs: usize) -> Option<String> {
-        if let Some(why) = self.ctx.flash_unavailable() {
-            return Some(why);
-        }
-        if self.ctx.adapter.info.device_type == wgpu::DeviceType::Cpu {
-            let iterations = kernels::flash_loop_iterations(t, hs);
-            if iterations > 65_535 {
-                return Some(format!(
-                    "at T = {t} with head size {hs} one invocation would loop {iterations} times, and {} stops \
-                     every invocation after 65,535",
-                    self.ctx.adapter.title()
-                ));
-            }
-        }
-        None
     }
 
     /// Applies a config's `matmul` policy: "auto" (the autotuner, within [`crate::TUNING_BUDGET`]),
@@ -568,8 +550,21 @@ impl Backend for GpuBackend {
         self.max_binding
     }
 
-    fn flash_unsupported(&self, t: usize, head_size: usize) -> Option<String> {
-        self.flash_reason(t, head_size)
+    fn flash_unsupported(&self, t: usize, hs: usize) -> Option<String> {
+        if let Some(why) = self.ctx.flash_unavailable() {
+            return Some(why);
+        }
+        if self.ctx.adapter.info.device_type == wgpu::DeviceType::Cpu {
+            let iterations = kernels::flash_loop_iterations(t, hs);
+            if iterations > 65_535 {
+                return Some(format!(
+                    "at T = {t} with head size {hs} one invocation would loop {iterations} times, and {} stops \
+                     every invocation after 65,535",
+                    self.ctx.adapter.title()
+                ));
+            }
+        }
+        None
     }
 
     fn kernel_choices(&self) -> std::collections::BTreeMap<String, String> {
