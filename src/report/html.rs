@@ -376,22 +376,24 @@ fn kernels(page: &mut Page, cols: &[Column], head: &[String]) -> Result<()> {
             .flat_map(|c| &c.kernels)
             .find(|t| t.kernel == kernel && t.shape == shape)
             .map_or("", |t| t.unit.as_str());
-        let series: Vec<Bars> = cols
-            .iter()
-            .map(|c| Bars {
-                name: c.label.clone(),
-                values: variants
-                    .iter()
-                    .map(|v| {
-                        let key = (kernel.clone(), v.clone(), shape.clone());
-                        find(c, &key).filter(|t| t.passed).and_then(|t| t.rate)
-                    })
-                    .collect(),
-            })
-            .collect();
+        let series = per_column(cols, &variants, |c, v| {
+            let key = (kernel.clone(), v.clone(), shape.clone());
+            find(c, &key).filter(|t| t.passed).and_then(|t| t.rate)
+        });
         page.figure(&grouped_bars(&format!("{kernel} at {shape}"), unit, &variants, &series)?);
     }
     Ok(())
+}
+
+/// One bar series per column: its value for each category.
+fn per_column(
+    cols: &[Column],
+    categories: &[String],
+    value: impl Fn(&Column, &String) -> Option<f64>,
+) -> Vec<Bars> {
+    cols.iter()
+        .map(|c| Bars { name: c.label.clone(), values: categories.iter().map(|k| value(c, k)).collect() })
+        .collect()
 }
 
 fn training(page: &mut Page, cols: &[Column], head: &[String]) -> Result<()> {
@@ -442,16 +444,8 @@ fn training(page: &mut Page, cols: &[Column], head: &[String]) -> Result<()> {
     }
     page.table(head, &rows);
     let chart = |title: &str, unit: &str, f: fn(&TrainResult) -> Option<f64>| {
-        let series: Vec<Bars> = cols
-            .iter()
-            .map(|c| Bars {
-                name: c.label.clone(),
-                values: configs
-                    .iter()
-                    .map(|n| find(c, n).filter(|t| t.error.is_none()).and_then(|t| f(&t)))
-                    .collect(),
-            })
-            .collect();
+        let series =
+            per_column(cols, &configs, |c, n| find(c, n).filter(|t| t.error.is_none()).and_then(|t| f(&t)));
         grouped_bars(title, unit, &configs, &series)
     };
     page.figure(&chart("training tokens per second", "tokens/s", |t| Some(t.tokens_per_s))?);
