@@ -270,6 +270,16 @@ pub enum Op {
         nkv: usize,
         dropout: Option<AttnDropout>,
     },
+    /// `out (W) = inp[row[0]]` of inp (rows, W); `row` is 1 u32. With [`Op::ScatterRow`] and
+    /// [`Op::AttentionDecode`], what lets one prepared program decode at any position: the host writes
+    /// the position into `row`.
+    GatherRow { out: View, inp: View, row: View, w: usize },
+    /// `out[row[0]] = inp (W)` in out (rows, W).
+    ScatterRow { out: View, inp: View, row: View, w: usize },
+    /// Causal attention of one query, the one at row `pos = row[0]` of qkv (T, W) (layout, heads,
+    /// kv heads and scale as [`Op::AttentionForward`]), over the keys and values of rows `0..=pos`:
+    /// sampling with a key/value cache, where qkv's rows are the cache. out (C).
+    AttentionDecode { out: View, qkv: View, row: View, t: usize, c: usize, nh: usize, nkv: usize },
     /// `out = inp · mask / (1 - p)`, n elements; element i is kept when
     /// `hash(i + hash(seed ^ hash(stream))) >= p·2³²` (see shaders/dropout.wgsl). `seed` is 1 u32.
     DropoutForward { out: View, inp: View, seed: View, n: usize, p: f32, stream: u32 },
@@ -445,6 +455,9 @@ impl Op {
             Op::FlashAttentionBackward { .. } => "flash_attention_backward",
             Op::AttentionForward { .. } => "attention_forward",
             Op::AttentionBackward { .. } => "attention_backward",
+            Op::GatherRow { .. } => "gather_row",
+            Op::ScatterRow { .. } => "scatter_row",
+            Op::AttentionDecode { .. } => "attention_decode",
             Op::DropoutForward { .. } => "dropout_forward",
             Op::DropoutBackward { .. } => "dropout_backward",
             Op::GeluForward { .. } => "gelu_forward",
@@ -521,6 +534,11 @@ impl Op {
                 v.extend(dropout.map(|d| (d.seed, 1)));
                 v
             }
+            Op::GatherRow { inp, row, w, .. } => vec![(inp, inp.len / w.max(1) * w), (row, 1)],
+            Op::ScatterRow { inp, row, w, .. } => vec![(inp, w), (row, 1)],
+            Op::AttentionDecode { qkv, row, t, c, nh, nkv, .. } => {
+                vec![(qkv, t * qkv_width(c, nh, nkv)), (row, 1)]
+            }
             Op::DropoutForward { inp, seed, n, .. } => vec![(inp, n), (seed, 1)],
             Op::DropoutBackward { dout, seed, n, .. } => vec![(dout, n), (seed, 1)],
             Op::GeluForward { inp, n, .. } => vec![(inp, n)],
@@ -582,6 +600,9 @@ impl Op {
             Op::FlashAttentionBackward { dqkv, dsum, b, t, c, nh, nkv, .. } => {
                 vec![(dqkv, b * t * qkv_width(c, nh, nkv)), (dsum, b * nh * t)]
             }
+            Op::GatherRow { out, w, .. } => vec![(out, w)],
+            Op::ScatterRow { out, w, .. } => vec![(out, out.len / w.max(1) * w)],
+            Op::AttentionDecode { out, c, .. } => vec![(out, c)],
             Op::DropoutForward { out, n, .. } => vec![(out, n)],
             Op::DropoutBackward { dinp, n, .. } => vec![(dinp, n)],
             Op::AttentionBackward { dqkv, datt, b, t, c, nh, nkv, .. } => {
@@ -619,7 +640,13 @@ impl Op {
             {
                 return Err(format!("{name}: wte/wpe must be (V,{c}) and (>= {t},{c})"));
             }
+            Op::GatherRow { inp: rows, w, .. } | Op::ScatterRow { out: rows, w, .. }
+                if w == 0 || rows.len % w != 0 =>
+            {
+                return Err(format!("{name}: the rows must be a whole number of rows of {w}"));
+            }
             Op::AttentionForward { c, nh, nkv, .. }
+            | Op::AttentionDecode { c, nh, nkv, .. }
             | Op::AttentionBackward { c, nh, nkv, .. }
             | Op::FlashAttentionForward { c, nh, nkv, .. }
             | Op::FlashAttentionBackward { c, nh, nkv, .. }

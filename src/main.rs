@@ -55,6 +55,9 @@ enum Command {
         /// Also split .txt files into documents at this separator, e.g. --split $'\n\n'.
         #[arg(long)]
         split: Option<String>,
+        /// Tokens per file: a split with more is written as shards (tokens_train_000000.bin, ...).
+        #[arg(long, default_value_t = wgslm::data::prepare::DEFAULT_SHARD_TOKENS)]
+        shard_tokens: usize,
     },
     /// Train a model. With no arguments: a small model on the embedded stories.
     Train {
@@ -294,7 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
-        Command::Prepare { input, out, tokenizer, vocab_size, val_fraction, seed, split } => {
+        Command::Prepare { input, out, tokenizer, vocab_size, val_fraction, seed, split, shard_tokens } => {
             let opts = PrepareOptions {
                 inputs: input,
                 out,
@@ -303,14 +306,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 val_fraction,
                 seed,
                 split,
+                shard_tokens,
             };
             let p = wgslm::data::prepare::prepare(&opts)?;
             println!(
-                "{} documents -> {} train + {} val tokens, vocabulary {}; wrote {}",
+                "{} documents -> {} train + {} val tokens, vocabulary {}; wrote {} token files to {}",
                 p.documents,
                 p.train_tokens,
                 p.val_tokens,
                 p.vocab_size,
+                p.shards,
                 opts.out.display()
             );
             Ok(())
@@ -394,12 +399,12 @@ fn eval(dir: &Path, data: &Path, batch_size: usize, device: &str) -> anyhow::Res
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let tokens = wgslm::data::tokenfile::read(data)?;
+    let tokens = wgslm::data::tokenfile::TokenFile::open(data)?;
     if tokens.len() < 2 {
         bail!("{}: {} tokens; evaluation needs at least 2", data.display(), tokens.len());
     }
     let (mut model, _) = open_model(dir, batch_size, device)?;
-    wgslm::data::loader::check_ids(&tokens, model.config.vocab_size, &data.display().to_string())?;
+    tokens.check_ids(model.config.vocab_size)?;
     let t = model.shape.t;
     // Every token after the first is predicted once: windows of T inputs, stepping by T; the last
     // window is shorter, and positions past the end are padding whose losses are not counted.
@@ -408,12 +413,15 @@ fn eval(dir: &Path, data: &Path, batch_size: usize, device: &str) -> anyhow::Res
     for batch in windows.chunks(batch_size) {
         let (mut x, mut y, mut valid) = (Vec::new(), Vec::new(), Vec::new());
         for row in 0..batch_size {
-            let start = batch.get(row).copied();
+            let mut window = Vec::with_capacity(t + 1);
+            if let Some(&start) = batch.get(row) {
+                tokens.extend_into(start, (t + 1).min(tokens.len() - start), &mut window);
+            }
             for j in 0..t {
-                let at = start.map(|s| s + j).filter(|&p| p + 1 < tokens.len());
-                x.push(at.map_or(0, |p| tokens[p]));
-                y.push(at.map_or(0, |p| tokens[p + 1]));
-                valid.push(at.is_some());
+                let ok = j + 1 < window.len();
+                x.push(if ok { window[j] } else { 0 });
+                y.push(if ok { window[j + 1] } else { 0 });
+                valid.push(ok);
             }
         }
         model.set_batch(0, &x, &y)?;

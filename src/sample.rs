@@ -75,7 +75,8 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 {
 }
 
 /// Generates text after `prompt` (the end-of-text token when empty), calling `on_text` with each new
-/// piece. Stops at the end-of-text token or after `max_new_tokens`. Contexts longer than the model's
+/// piece as it comes (the pieces make up the returned text, unless the tokenizer rewrites text it
+/// already decoded). Stops at the end-of-text token or after `max_new_tokens`. Contexts longer than the model's
 /// block size slide.
 pub fn generate(
     model: &mut Model,
@@ -95,7 +96,17 @@ pub fn generate(
     }
     let start = ids.len();
     let mut rng = Rng::new(opts.seed);
+    // What has been handed out: the text so far, less any trailing replacement characters (a
+    // character whose bytes span several tokens decodes as one until its last byte comes).
     let mut shown = String::new();
+    let mut hand_out = |text: &str, last: bool| {
+        let stable = if last { text } else { text.trim_end_matches('\u{FFFD}') };
+        if stable.len() > shown.len() && stable.starts_with(shown.as_str()) {
+            on_text(&stable[shown.len()..]);
+            shown = stable.to_string();
+        }
+    };
+    let mut text = String::new();
     for _ in 0..opts.max_new_tokens {
         let context = &ids[ids.len().saturating_sub(block)..];
         let next = pick(&model.next_logits(context)?, opts, &mut rng);
@@ -103,13 +114,11 @@ pub fn generate(
             break;
         }
         ids.push(next);
-        let text = tok.decode(&ids[start..])?;
-        if text.len() > shown.len() && text.starts_with(&shown) {
-            on_text(&text[shown.len()..]);
-        }
-        shown = text;
+        text = tok.decode(&ids[start..])?;
+        hand_out(&text, false);
     }
-    Ok(shown)
+    hand_out(&text, true);
+    Ok(text)
 }
 
 #[cfg(test)]

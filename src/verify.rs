@@ -327,6 +327,22 @@ const FLASH_ATTENTION: [(usize, usize, usize, usize, usize, bool); 10] = [
     (2, 1024, 256, 4, 4, false),
     (1, 1024, 512, 4, 1, true),
 ];
+/// (rows, W) for the row copies of incremental decoding; the last row is longer than one dispatch row
+/// of workgroups holds.
+const ROW_COPY: [(usize, usize); 5] = [(1, 1), (7, 37), (37, 65), (129, 129), (3, 65_537 * 64 + 3)];
+/// (T, C, NH, NKV, pos) for one-query attention over a cache: T = 1, 7, 37, 129, 259 and 1024, head
+/// sizes 4, 6, 17, 32, 64, 128 and 130 (above 64: several output elements per invocation), multi-head
+/// and grouped-query; the query at the last row, in the middle, and past one 256-key tile.
+const ATTENTION_DECODE: [(usize, usize, usize, usize, usize); 8] = [
+    (1, 4, 1, 1, 0),
+    (7, 24, 4, 2, 6),
+    (37, 51, 3, 1, 20),
+    (129, 128, 4, 4, 128),
+    (259, 128, 2, 1, 258),
+    (259, 384, 6, 2, 257),
+    (1024, 256, 2, 2, 1000),
+    (300, 260, 2, 1, 299),
+];
 /// (N, width, heads, hd, table rows) for RoPE: head sizes 4, 6, 32, 128; rows wider than heads·hd (the
 /// copied tail) except the first; the third is a packed qkv row of 4 q and 2 k heads rotated, 2 v
 /// heads copied; the last has more than 65,535 workgroups. Positions are random below the table rows.
@@ -663,6 +679,35 @@ pub fn cases() -> Vec<Case> {
                 })
             }));
         }
+    }
+    for (rows, w) in ROW_COPY {
+        let shape = format!("rows={rows} W={w}");
+        all.push(case("gather_row", shape.clone(), move |s| {
+            let out = s.normal(w, 1.0, 0.0)?;
+            let inp = s.normal(rows * w, 1.0, 0.0)?;
+            let row = s.ids(1, rows as u32)?;
+            Ok(Built { ops: vec![Op::GatherRow { out, inp, row, w }], checked: vec![("out", out)] })
+        }));
+        all.push(case("scatter_row", shape, move |s| {
+            let out = s.normal(rows * w, 1.0, 0.0)?;
+            let inp = s.normal(w, 1.0, 0.0)?;
+            let row = s.ids(1, rows as u32)?;
+            Ok(Built { ops: vec![Op::ScatterRow { out, inp, row, w }], checked: vec![("out", out)] })
+        }));
+    }
+    for (t, c, nh, nkv, pos) in ATTENTION_DECODE {
+        let w = crate::backend::qkv_width(c, nh, nkv);
+        let kv = if nkv == nh { String::new() } else { format!(" NKV={nkv}") };
+        let shape = format!("T={t} C={c} NH={nh}{kv} hs={} pos={pos}", c / nh);
+        all.push(case("attention_decode", shape, move |s| {
+            let out = s.normal(c, 1.0, 0.0)?;
+            let qkv = s.normal(t * w, 1.0, 0.0)?;
+            let row = s.ids_with(vec![pos as u32])?;
+            Ok(Built {
+                ops: vec![Op::AttentionDecode { out, qkv, row, t, c, nh, nkv }],
+                checked: vec![("out", out)],
+            })
+        }));
     }
     for (i, (b, t, c, nh, nkv, with_dropout)) in FLASH_ATTENTION.into_iter().enumerate() {
         let w = crate::backend::qkv_width(c, nh, nkv);

@@ -51,14 +51,14 @@ const TINY: ModelConfig = ModelConfig::gpt2(1, 2, 16, 40, 16);
 fn model_dir(name: &str) -> PathBuf {
     let dir = temp(name);
     hf::save(&dir, &TINY, &init_params(&TINY, 1), None).unwrap();
-    Tok::chars(&["abcdefghij klmnop.".to_string()]).unwrap().save(&dir).unwrap();
+    Tok::chars(std::iter::once("abcdefghij klmnop.".to_string())).unwrap().save(&dir).unwrap();
     dir
 }
 
 /// A valid prepared data directory whose tokens are `train`.
 fn data_dir(name: &str, train: &[u32]) -> PathBuf {
     let dir = temp(name);
-    let tok = Tok::chars(&["abcdefghij klmnop.".to_string()]).unwrap();
+    let tok = Tok::chars(std::iter::once("abcdefghij klmnop.".to_string())).unwrap();
     tok.save(&dir).unwrap();
     tokenfile::write(&dir.join("train.bin"), train, tok.vocab_size()).unwrap();
     tokenfile::write(&dir.join("val.bin"), &train[..train.len().min(200)], tok.vocab_size()).unwrap();

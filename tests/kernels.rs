@@ -78,6 +78,9 @@ matches_cpu! {
     matmul_forward_matches_cpu => "matmul_forward",
     matmul_backward_matches_cpu => "matmul_backward",
     attention_forward_matches_cpu => "attention_forward",
+    attention_decode_matches_cpu => "attention_decode",
+    gather_row_matches_cpu => "gather_row",
+    scatter_row_matches_cpu => "scatter_row",
     attention_backward_matches_cpu => "attention_backward",
     flash_attention_forward_matches_cpu => "flash_attention_forward",
     flash_attention_backward_matches_cpu => "flash_attention_backward",
@@ -147,8 +150,8 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
     }
     // Grids that do not grow with a product of the shapes: one workgroup (reduce_sum,
     // global_norm_final), a fixed 256 (global_norm_partial), or one invocation per channel or per row
-    // of one tensor (colsum_final: C; encoder_backward_wpe: T·C; the flash backward's D: B·NH·T), which
-    // would need a model past 4 million of those to fold.
+    // of one tensor (colsum_final: C; encoder_backward_wpe: T·C; the flash backward's D: B·NH·T), or
+    // one per query head (attention_decode), which would need a model past 4 million of those to fold.
     let small = [
         "reduce_sum",
         "global_norm_final",
@@ -156,6 +159,7 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
         "colsum_final",
         "encoder_backward_wpe",
         "flash_attention_backward_dsum",
+        "attention_decode",
     ];
     let untested: Vec<&str> = entries
         .iter()

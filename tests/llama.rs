@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use wgslm::backend::Backend;
 use wgslm::cpu::CpuBackend;
-use wgslm::model::layout::Init;
 use wgslm::model::{hf, Arch, BatchShape, LlamaConfig, Mode, Model, ModelConfig, ParamLayout};
 use wgslm::rng::Rng;
 use wgslm::tensors::{self, Tensor};
@@ -32,26 +31,9 @@ fn awkward(tie_embeddings: bool) -> ModelConfig {
     }
 }
 
-/// Parameters with every tensor random (gains near one).
-fn random_params(cfg: &ModelConfig, seed: u64) -> Vec<f32> {
-    let layout = ParamLayout::new(cfg);
-    let mut rng = Rng::new(seed);
-    let mut flat = vec![0f32; layout.total];
-    for s in &layout.specs {
-        for x in &mut flat[s.offset..s.offset + s.len()] {
-            *x = if s.init == Init::Ones {
-                1.0 + 0.1 * rng.normal() as f32
-            } else {
-                0.1 * rng.normal() as f32
-            };
-        }
-    }
-    flat
-}
-
 fn build(backend: Box<dyn Backend>, cfg: ModelConfig, shape: BatchShape, seed: u64) -> Model {
     let mut model = Model::new(backend, cfg, shape, Mode::Train { weight_decay: 0.1, dropout: 0.0 }).unwrap();
-    model.set_params(&random_params(&cfg, seed)).unwrap();
+    model.set_params(&common::random_params(&cfg, seed)).unwrap();
     let mut rng = Rng::new(seed + 1);
     let mut ids = || (0..shape.tokens()).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<_>>();
     for micro in 0..shape.accum {
@@ -123,7 +105,7 @@ fn hf_round_trip_is_bit_exact_tied_and_untied() {
     for tie in [false, true] {
         let cfg = awkward(tie);
         let dir = tempdir(&format!("round-trip-{tie}"));
-        let flat = random_params(&cfg, 11);
+        let flat = common::random_params(&cfg, 11);
         hf::save(&dir, &cfg, &flat, Some(0)).unwrap();
         let (back_cfg, back) = hf::load(&dir).unwrap();
         assert_eq!(back_cfg, cfg);
@@ -186,7 +168,7 @@ fn hf_export_matches_what_transformers_writes() {
 fn half_precision_weights_are_widened_on_import() {
     let cfg = awkward(false);
     let layout = ParamLayout::new(&cfg);
-    let flat = random_params(&cfg, 21);
+    let flat = common::random_params(&cfg, 21);
     for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
         let round = |x: f32| -> (u16, f32) {
             match dtype {
@@ -268,7 +250,7 @@ fn llama_config_json_fields_are_read_or_refused() {
 fn a_tied_head_accepts_only_a_copy_of_the_embedding() {
     let cfg = awkward(true);
     let layout = ParamLayout::new(&cfg);
-    let flat = random_params(&cfg, 31);
+    let flat = common::random_params(&cfg, 31);
     let embed = layout.slice(&flat, layout.index("model.embed_tokens.weight").unwrap()).to_vec();
     let other = vec![0.25f32; embed.len()];
     for (head, ok) in [(&embed, true), (&other, false)] {

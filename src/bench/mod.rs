@@ -8,7 +8,7 @@ pub mod suite;
 use std::time::Instant;
 
 use crate::backend::{AdamwHyper, Backend};
-use crate::data::Loader;
+use crate::data::{Loader, TokenSet};
 use crate::gpu::DeviceChoice;
 use crate::model::init_params;
 use crate::model::{BatchShape, Mode, Model};
@@ -44,7 +44,7 @@ fn setup(cfg: &TrainConfig, backend: Box<dyn Backend>, data: BenchData) -> Resul
         BenchData::Random { vocab } => {
             let mut rng = crate::rng::Rng::new(cfg.seed);
             let n = (cfg.block_size + 1) * cfg.batch_size * 64;
-            let tokens = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
+            let tokens = TokenSet::from_vec((0..n).map(|_| rng.below(vocab as u64) as u32).collect());
             (vocab, tokens, format!("random tokens below {vocab}"))
         }
     };

@@ -71,6 +71,29 @@ pub fn attention_forward<F: Real>(
     }
 }
 
+/// The query at row `pos` of qkv (T,W) attending to rows `0..=pos` (see [`attention_forward`] for
+/// the layout, heads and scale) → out (C): one position of incremental decoding.
+pub fn attention_decode<F: Real>(out: &mut [F], qkv: &[F], pos: usize, c: usize, nh: usize, nkv: usize) {
+    let hs = c / nh;
+    let (w, group) = ((nh + 2 * nkv) * hs, nh / nkv);
+    let scale = 1.0 / (hs as f64).sqrt();
+    let at =
+        |tt: usize, part: usize, h: usize, i: usize| qkv[tt * w + part_offset(part, h, c, nkv, hs) + i].get();
+    for h in 0..nh {
+        let kvh = h / group;
+        let scores: Vec<f64> = (0..=pos)
+            .map(|t2| (0..hs).map(|i| at(pos, 0, h, i) * at(t2, 1, kvh, i)).sum::<f64>() * scale)
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let probs: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = probs.iter().sum();
+        for i in 0..hs {
+            let s: f64 = probs.iter().enumerate().map(|(t2, p)| p * at(t2, 2, kvh, i)).sum();
+            out[h * hs + i] = F::of(s / sum);
+        }
+    }
+}
+
 /// Accumulates dqkv (B,T,W) from dout (B,T,C) through the saved att (B,NH,T,T). `datt` (B,NH,T,T) is
 /// scratch: it receives the gradient of the pre-softmax scores (scaled), zero above the diagonal.
 /// A kv head's gradient receives its query heads' contributions in increasing head order.

@@ -145,6 +145,23 @@ impl CpuBackend {
                     rmsnorm_backward(dinp, dweight, &i[0], &i[1], &i[2], &i[3], n, c)
                 })
             }
+            // The row comes from the host's decoder, which keeps it in range; clamped so that a bad
+            // one cannot take the process down.
+            Op::GatherRow { out, inp, row, w } => {
+                let r = (self.u32s(row)[0] as usize).min(inp.len / w - 1);
+                let i = self.inputs(&[inp]);
+                self.with_outputs(&[out], |o| gather_row(o[0], &i[0], r, w))
+            }
+            Op::ScatterRow { out, inp, row, w } => {
+                let r = (self.u32s(row)[0] as usize).min(out.len / w - 1);
+                let i = self.inputs(&[inp]);
+                self.with_outputs(&[out], |o| scatter_row(o[0], &i[0], r, w))
+            }
+            Op::AttentionDecode { out, qkv, row, t, c, nh, nkv } => {
+                let pos = (self.u32s(row)[0] as usize).min(t - 1);
+                let i = self.inputs(&[qkv]);
+                self.with_outputs(&[out], |o| attention_decode(o[0], &i[0], pos, c, nh, nkv))
+            }
             Op::RopeForward { out, inp, positions, table, n, width, heads, hd } => {
                 let pos = self.u32s(positions).to_vec();
                 let i = self.inputs(&[inp, table]);

@@ -1,4 +1,5 @@
-//! Elementwise kernels: zero, GELU (tanh approximation), residual add, SwiGLU.
+//! Elementwise kernels: zero, GELU (tanh approximation), residual add, SwiGLU, and the row copies
+//! of incremental decoding.
 
 use super::{add, Real};
 
@@ -75,4 +76,14 @@ pub fn swiglu_backward<F: Real>(dinp: &mut [F], inp: &[F], dout: &[F], n: usize,
             add(&mut dinp[ui], d * g * s);
         }
     }
+}
+
+/// out (w) = inp[row] of inp (rows, w).
+pub fn gather_row<F: Real>(out: &mut [F], inp: &[F], row: usize, w: usize) {
+    out[..w].copy_from_slice(&inp[row * w..(row + 1) * w]);
+}
+
+/// out[row] = inp (w) in out (rows, w).
+pub fn scatter_row<F: Real>(out: &mut [F], inp: &[F], row: usize, w: usize) {
+    out[row * w..(row + 1) * w].copy_from_slice(&inp[..w]);
 }

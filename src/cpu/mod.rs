@@ -18,13 +18,15 @@ mod rmsnorm;
 mod rope;
 
 pub use attention::{
-    attention_backward, attention_forward, flash_attention_backward, flash_attention_forward, Mask,
+    attention_backward, attention_decode, attention_forward, flash_attention_backward,
+    flash_attention_forward, Mask,
 };
 pub use backend::CpuBackend;
 pub use crossentropy::{crossentropy_backward, crossentropy_forward};
 pub use dropout::{dropout_backward, dropout_factor, dropout_forward, hash as dropout_hash};
 pub use elementwise::{
-    gelu_backward, gelu_forward, residual_backward, residual_forward, swiglu_backward, swiglu_forward, zero,
+    gather_row, gelu_backward, gelu_forward, residual_backward, residual_forward, scatter_row,
+    swiglu_backward, swiglu_forward, zero,
 };
 pub use encoder::{encoder_backward, encoder_forward};
 pub use layernorm::{layernorm_backward, layernorm_forward, LAYERNORM_EPS};

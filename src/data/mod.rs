@@ -6,5 +6,5 @@ pub mod prepare;
 pub mod tokenfile;
 pub mod tokenizer;
 
-pub use loader::Loader;
+pub use loader::{Loader, TokenSet};
 pub use tokenizer::Tok;

@@ -53,7 +53,10 @@ impl Tok {
     }
 
     /// A byte-level BPE (GPT-2 style) trained on `texts` up to `vocab_size` tokens, EOT included.
-    pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Self> {
+    pub fn train_bpe<I>(texts: I, vocab_size: usize) -> Result<Self>
+    where
+        I: Iterator<Item = String> + Send,
+    {
         if vocab_size < 257 {
             return Err(Error::Invalid(format!(
                 "vocab_size {vocab_size} is too small for a byte-level BPE: it needs the 256 bytes and {EOT}"
@@ -71,13 +74,16 @@ impl Tok {
         let mut tok = Tokenizer::new(BPE::default());
         tok.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         tok.with_decoder(Some(ByteLevelDecoder::default()));
-        tok.train(&mut trainer, texts.iter()).map_err(tk_err("training the BPE tokenizer"))?;
+        tok.train(&mut trainer, texts).map_err(tk_err("training the BPE tokenizer"))?;
         Self::with_eot(tok)
     }
 
     /// One token per character that occurs in `texts` (sorted), plus EOT.
-    pub fn chars(texts: &[String]) -> Result<Self> {
-        let set: BTreeSet<char> = texts.iter().flat_map(|t| t.chars()).collect();
+    pub fn chars(texts: impl Iterator<Item = String>) -> Result<Self> {
+        let mut set = BTreeSet::new();
+        for text in texts {
+            set.extend(text.chars());
+        }
         let vocab: Vocab = set.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, vec![])

@@ -11,6 +11,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("attention.wgsl", include_str!("../../shaders/attention.wgsl")),
     ("crossentropy.wgsl", include_str!("../../shaders/crossentropy.wgsl")),
     ("elementwise.wgsl", include_str!("../../shaders/elementwise.wgsl")),
+    ("decode.wgsl", include_str!("../../shaders/decode.wgsl")),
     ("dropout.wgsl", include_str!("../../shaders/dropout.wgsl")),
     ("encoder.wgsl", include_str!("../../shaders/encoder.wgsl")),
     ("flash_attention.wgsl", include_str!("../../shaders/flash_attention.wgsl")),
@@ -67,6 +68,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         "layernorm_forward" | "layernorm_backward" | "layernorm_backward_params_partial" => "layernorm.wgsl",
         "rmsnorm_forward" | "rmsnorm_backward" | "rmsnorm_backward_weight_partial" => "rmsnorm.wgsl",
         "rope_forward" | "rope_backward" => "rope.wgsl",
+        "gather_row" | "scatter_row" | "attention_decode" => "decode.wgsl",
         "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
         "matmul_vec4_rows" | "matmul_vec4_dot" => "matmul_vec4.wgsl",
         "matmul_rows" => "matmul_rows.wgsl",
@@ -613,6 +615,15 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             vec![u(n), u(width), u(heads), u(hd)],
             per_item(n * width),
         )],
+        Op::GatherRow { out, inp, row, w } => {
+            vec![call("gather_row", vec![out, inp, row], vec![u(w), 0, 0, 0], per_item(w))]
+        }
+        Op::ScatterRow { out, inp, row, w } => {
+            vec![call("scatter_row", vec![out, inp, row], vec![u(w), 0, 0, 0], per_item(w))]
+        }
+        Op::AttentionDecode { out, qkv, row, t, c, nh, nkv } => {
+            vec![call("attention_decode", vec![out, qkv, row], vec![u(t), u(c), u(nh), u(nkv)], fold(nh))]
+        }
         Op::SwigluForward { out, inp, n, i } => {
             vec![call("swiglu_forward", vec![out, inp], vec![u(n * i), u(i)], per_item(n * i))]
         }

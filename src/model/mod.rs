@@ -4,6 +4,7 @@
 //! Face directories of either architecture.
 
 pub mod config;
+pub mod decode;
 pub mod gpt2;
 pub mod hf;
 pub mod layout;

@@ -7,6 +7,7 @@
 //! Buffers are planned when the model is built; a step then only writes the batch and the step's
 //! hyperparameters, runs one prepared program, and reads back the loss and the gradient norm.
 
+use super::decode::{self, Decoder, FrameViews};
 use super::layout::{ParamLayout, ALIGN};
 use super::{gpt2, llama, Arch, ModelConfig};
 use crate::backend::{
@@ -474,6 +475,11 @@ pub struct Model {
     main: Frame,
     /// A (1, T) frame, when sampling is enabled on a model built for batches.
     sampler: Option<Frame>,
+    /// Sampling with a key/value cache (see `decode`): built on first use; `None` inside when the
+    /// network has ops without a one-position form.
+    decoder: Option<Option<Decoder>>,
+    /// Whether [`Model::next_logits`] may use the cache.
+    kv_cache: bool,
     dropout: Option<DropoutSeed>,
     /// The loss-gradient multiplier (1 f32; see `Op::CrossentropyBackward`).
     grad_scale: View,
@@ -541,6 +547,8 @@ impl Model {
             params,
             main,
             sampler: None,
+            decoder: None,
+            kv_cache: true,
             dropout: None,
             grad_scale,
             scalar,
@@ -701,6 +709,7 @@ impl Model {
 
     /// Loads micro-batch `micro`: `inputs` and `targets` are (B,T) token ids below the vocabulary size.
     pub fn set_batch(&mut self, micro: usize, inputs: &[u32], targets: &[u32]) -> Result<()> {
+        self.forget_cache();
         let want = self.shape.tokens();
         if inputs.len() != want || targets.len() != want {
             return Err(Error::Invalid(format!(
@@ -727,6 +736,7 @@ impl Model {
 
     /// Writes every parameter (a flat buffer laid out by `self.layout`).
     pub fn set_params(&mut self, flat: &[f32]) -> Result<()> {
+        self.forget_cache();
         self.check_flat(flat.len())?;
         self.backend.write_f32(View::new(self.params, 0, self.layout.total), flat)
     }
@@ -775,6 +785,7 @@ impl Model {
 
     /// Forward and backward over the loaded micro-batches; leaves the gradients in place.
     pub fn compute_grads(&mut self) -> Result<StepStats> {
+        self.forget_cache();
         let plan = self.train()?.grad_plan;
         self.backend.run(plan)?;
         self.read_stats()
@@ -797,6 +808,7 @@ impl Model {
     /// One optimizer step over the loaded micro-batches: zero gradients, forward, backward, global
     /// norm, clipping and AdamW, as one program (one submission on the GPU).
     pub fn step(&mut self, hyper: &AdamwHyper) -> Result<StepStats> {
+        self.forget_cache();
         let plan = self.train()?.step_plan;
         self.backend.write_f32(self.hyper, &hyper.to_words())?;
         let t0 = std::time::Instant::now();
@@ -822,18 +834,21 @@ impl Model {
 
     /// Wall time of every dispatch of one training step (GPU backends only; a profiling aid).
     pub fn profile_step(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        self.forget_cache();
         let plan = self.train()?.step_plan;
         self.backend.profile(plan)
     }
 
     /// The mean loss over the loaded micro-batches, forward only.
     pub fn eval_loss(&mut self) -> Result<f32> {
+        self.forget_cache();
         self.backend.run(self.loss_plan)?;
         Ok(self.read_stats()?.loss)
     }
 
     /// Runs the forward pass of micro-batch 0 and returns its logits, (B,T,V) flat.
     pub fn logits(&mut self) -> Result<Vec<f32>> {
+        self.forget_cache();
         let f = &self.main;
         let (net_plan, heads, chunks, buf) = (f.net_plan, f.head_plans.clone(), f.chunks.clone(), f.logits);
         self.backend.run(net_plan)?;
@@ -881,7 +896,54 @@ impl Model {
         Ok(())
     }
 
-    /// The logits that follow `context` (at most T tokens): (V).
+    /// Turns the key/value cache of [`Model::next_logits`] on (the default) or off.
+    pub fn set_kv_cache(&mut self, on: bool) {
+        self.kv_cache = on;
+        self.forget_cache();
+    }
+
+    /// What the sampling frame holds no longer follows from the context: the parameters changed, or
+    /// (when the training frame is also the sampling frame) another program overwrote it.
+    fn forget_cache(&mut self) {
+        if let Some(Some(d)) = &mut self.decoder {
+            d.cached.clear();
+        }
+    }
+
+    /// The frame [`Model::next_logits`] runs on.
+    fn sampling_frame(&self) -> Result<&Frame> {
+        match &self.sampler {
+            Some(frame) => Ok(frame),
+            None if self.shape.b == 1 => Ok(&self.main),
+            None => Err(Error::Invalid("sampling is not enabled on this model".into())),
+        }
+    }
+
+    /// Builds the one-position program on first use.
+    fn decoder(&mut self) -> Result<Option<&mut Decoder>> {
+        if self.decoder.is_none() {
+            let frame = self.sampling_frame()?;
+            let weights = Weights { buf: self.params, layout: &self.layout };
+            let mut forward = Vec::new();
+            self.net.forward(frame.net, &frame.io(weights, 0, false), &mut forward);
+            let views = FrameViews {
+                t: frame.shape.t,
+                tokens: frame.tokens[0],
+                positions: frame.positions,
+                params: self.params,
+                hidden: self.net.hidden(frame.net),
+                head: weights.at(self.net.head()),
+                c: self.config.n_embd,
+                v: self.config.vocab_size,
+            };
+            self.decoder = Some(decode::one_position(self.backend.as_mut(), &forward, &views)?);
+        }
+        Ok(self.decoder.as_mut().and_then(Option::as_mut))
+    }
+
+    /// The logits that follow `context` (at most T tokens): (V). With the key/value cache (the
+    /// default), a context that extends the last one by k tokens costs k one-position passes; any
+    /// other context costs one full pass, which refills the cache.
     pub fn next_logits(&mut self, context: &[u32]) -> Result<Vec<f32>> {
         let (t, v) = (self.shape.t, self.config.vocab_size);
         if context.is_empty() || context.len() > t {
@@ -893,14 +955,35 @@ impl Model {
         if let Some(&bad) = context.iter().find(|&&id| id as usize >= v) {
             return Err(Error::Invalid(format!("token {bad} is outside the vocabulary of {v}")));
         }
+        if self.kv_cache {
+            if let Some(d) = self.decoder()? {
+                let (plan, token, pos, logits) = (d.plan, d.token, d.pos, d.logits);
+                let from = d.cached.len();
+                if from > 0 && context.len() > from && context.starts_with(&d.cached) {
+                    d.cached = context.to_vec();
+                    for (i, &id) in context.iter().enumerate().skip(from) {
+                        self.backend.write_u32(token, &[id])?;
+                        self.backend.write_u32(pos, &[i as u32])?;
+                        self.backend.run(plan)?;
+                    }
+                    return self.backend.read_f32(logits);
+                }
+            }
+        }
+        let logits = self.full_next_logits(context)?;
+        if let Some(Some(d)) = &mut self.decoder {
+            d.cached = if self.kv_cache { context.to_vec() } else { Vec::new() };
+        }
+        Ok(logits)
+    }
+
+    /// [`Model::next_logits`] by one pass over the whole (padded) context.
+    fn full_next_logits(&mut self, context: &[u32]) -> Result<Vec<f32>> {
+        let (t, v) = (self.shape.t, self.config.vocab_size);
         // Causal attention: the positions after the context do not change its logits.
         let mut padded = context.to_vec();
         padded.resize(t, 0);
-        let frame = match &self.sampler {
-            Some(frame) => frame,
-            None if self.shape.b == 1 => &self.main,
-            None => return Err(Error::Invalid("sampling is not enabled on this model".into())),
-        };
+        let frame = self.sampling_frame()?;
         // Only the chunk that holds the last position's row goes through the head.
         let row = context.len() - 1;
         let k = frame.chunks.iter().position(|&(at, rows)| row < at + rows).expect("the chunks cover T rows");

@@ -12,9 +12,9 @@ use super::record::BatchRecord;
 use super::schedule::lr_at;
 use super::TrainConfig;
 use crate::backend::AdamwHyper;
-use crate::data::loader::check_ids;
+use crate::data::loader::{shard_paths, TokenSet};
 use crate::data::prepare::{self, TokenizerSpec};
-use crate::data::{tokenfile, Loader, Tok};
+use crate::data::{Loader, Tok};
 use crate::gpu::DeviceChoice;
 use crate::model::init_params;
 use crate::model::{Attention, BatchShape, Mode, Model};
@@ -65,8 +65,8 @@ pub struct Summary {
 /// Training and validation tokens with their tokenizer.
 pub struct Data {
     pub tok: Tok,
-    pub train: Vec<u32>,
-    pub val: Vec<u32>,
+    pub train: TokenSet,
+    pub val: TokenSet,
     pub source: String,
 }
 
@@ -75,7 +75,12 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
     if cfg.data == "builtin" {
         let spec: TokenizerSpec = cfg.tokenizer.parse()?;
         let (tok, train, val) = prepare::builtin(cfg.seed, cfg.builtin_stories, &spec, cfg.vocab_size)?;
-        return Ok(Data { tok, train, val, source: format!("{} embedded stories", cfg.builtin_stories) });
+        return Ok(Data {
+            tok,
+            train: TokenSet::from_vec(train),
+            val: TokenSet::from_vec(val),
+            source: format!("{} embedded stories", cfg.builtin_stories),
+        });
     }
     let dir = Path::new(&cfg.data);
     if !dir.is_dir() {
@@ -85,13 +90,20 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
         )));
     }
     let tok = Tok::load(&dir.join("tokenizer.json"))?;
-    let train = tokenfile::read(&dir.join("train.bin"))?;
-    let val_path = dir.join("val.bin");
-    let val = if val_path.exists() { tokenfile::read(&val_path)? } else { Vec::new() };
-    let v = tok.vocab_size();
-    check_ids(&train, v, &dir.join("train.bin").display().to_string())?;
-    check_ids(&val, v, &val_path.display().to_string())?;
-    Ok(Data { tok, train, val, source: dir.display().to_string() })
+    let v = Some(tok.vocab_size());
+    let train_paths = shard_paths(dir, "train")?;
+    if train_paths.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no train.bin and no `*_train_*.bin` shards; write them with `wgslm prepare`",
+            dir.display()
+        )));
+    }
+    let train = TokenSet::open(&train_paths, v)?;
+    let val = TokenSet::open(&shard_paths(dir, "val")?, v)?;
+    let shards = train.shards() + val.shards();
+    let source =
+        if shards > 2 { format!("{} ({shards} shards)", dir.display()) } else { dir.display().to_string() };
+    Ok(Data { tok, train, val, source })
 }
 
 /// The config keys a resumed run must share with the run it continues.

@@ -83,3 +83,21 @@ pub fn gpu_device() -> Option<wgslm::gpu::DeviceChoice> {
     gpu()?;
     Some(std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into()).parse().unwrap())
 }
+
+/// Parameters with every tensor random (gains near one), so that a kernel ignoring a tensor fails.
+pub fn random_params(cfg: &wgslm::model::ModelConfig, seed: u64) -> Vec<f32> {
+    use wgslm::model::layout::Init;
+    let layout = wgslm::model::ParamLayout::new(cfg);
+    let mut rng = wgslm::rng::Rng::new(seed);
+    let mut flat = vec![0f32; layout.total];
+    for s in &layout.specs {
+        for x in &mut flat[s.offset..s.offset + s.len()] {
+            *x = if s.init == Init::Ones {
+                1.0 + 0.1 * rng.normal() as f32
+            } else {
+                0.1 * rng.normal() as f32
+            };
+        }
+    }
+    flat
+}
