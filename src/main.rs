@@ -105,7 +105,8 @@ enum Command {
     Eval {
         #[arg(long)]
         model: PathBuf,
-        /// A token file from `wgslm prepare` (llm.c format).
+        /// A token file from `wgslm prepare` (llm.c format), or a data directory (its validation
+        /// split: val.bin or the `*_val_*.bin` shards).
         #[arg(long)]
         data: PathBuf,
         /// Sequences per batch.
@@ -220,6 +221,24 @@ enum BenchCommand {
         /// Matmul kernels: auto (autotune per shape), default, or a variant to pin (the `matmul` key).
         #[arg(long)]
         matmul: Option<String>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Sampling speed (tokens/s) with and without the key/value cache, on a randomly initialised model
+    /// of a config's shape.
+    Sample {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Context lengths at which to time (each at most the config's block_size).
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        context: Vec<usize>,
+        /// Timed tokens per context length.
+        #[arg(long, default_value_t = 16)]
+        tokens: usize,
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
@@ -399,12 +418,20 @@ fn eval(dir: &Path, data: &Path, batch_size: usize, device: &str) -> anyhow::Res
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let tokens = wgslm::data::tokenfile::TokenFile::open(data)?;
+    let paths = if data.is_dir() {
+        let paths = wgslm::data::loader::shard_paths(data, "val")?;
+        if paths.is_empty() {
+            bail!("{}: no val.bin and no `*_val_*.bin` shards", data.display());
+        }
+        paths
+    } else {
+        vec![data.to_path_buf()]
+    };
+    let (mut model, _) = open_model(dir, batch_size, device)?;
+    let tokens = wgslm::data::TokenSet::open(&paths, Some(model.config.vocab_size))?;
     if tokens.len() < 2 {
         bail!("{}: {} tokens; evaluation needs at least 2", data.display(), tokens.len());
     }
-    let (mut model, _) = open_model(dir, batch_size, device)?;
-    tokens.check_ids(model.config.vocab_size)?;
     let t = model.shape.t;
     // Every token after the first is predicted once: windows of T inputs, stepping by T; the last
     // window is shorter, and positions past the end are padding whose losses are not counted.
@@ -511,6 +538,42 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
                     "{} result(s) FAILED the check against the CPU twin",
                     rows.iter().filter(|t| !t.passed).count()
                 );
+            }
+            Ok(())
+        }
+        BenchCommand::Sample { config, overrides, context, tokens, json, device } => {
+            let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
+            let (described, rows, kernels) = wgslm::bench::sample(&cfg, &context, tokens, &device.parse()?)?;
+            println!("{described}");
+            let m = cfg.model(cfg.vocab_size);
+            println!(
+                "{} {} parameters, block size {}; {tokens} timed tokens per row (greedy, logits read back)",
+                cfg.arch,
+                m.n_params(),
+                cfg.block_size
+            );
+            for pair in rows.chunks(2) {
+                let (full, cached) = (&pair[0], &pair[1]);
+                println!(
+                    "context {:>5}: {:>9.1} tokens/s full context, {:>9.1} tokens/s with the cache ({:.1}x)",
+                    full.context,
+                    full.tokens_per_s,
+                    cached.tokens_per_s,
+                    cached.tokens_per_s / full.tokens_per_s
+                );
+            }
+            let total: f64 = kernels.iter().map(|k| k.2).sum();
+            if total > 0.0 {
+                println!("one cached position, each dispatch timed alone ({total:.2} ms in all):");
+                for (name, count, ms) in &kernels {
+                    println!("  {name:<36} {count:>4} x  {ms:>9.3} ms  {:>5.1}%", 100.0 * ms / total);
+                }
+            }
+            if let Some(path) = json {
+                write_json(
+                    &path,
+                    &serde_json::json!({ "device": described, "config": cfg.arch, "rows": rows }),
+                )?;
             }
             Ok(())
         }

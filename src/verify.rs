@@ -277,8 +277,9 @@ const ELEMENTWISE: [usize; 5] = [1, 7, 37, 129, 65_537 * 64 + 3];
 const ROWS: [(usize, usize); 5] = [(1, 4), (7, 24), (37, 68), (129, 200), (65_600, 4)];
 /// (M, K, N) for matrix products: edges of every tile size; K long enough to be split into chunks;
 /// M long enough for several row blocks in the bias gradient and chunks in the weight gradient.
-/// Some have every dimension a multiple of 4, the condition of the vec4 variants.
-const GEMM: [(usize, usize, usize); 10] = [
+/// Some have every dimension a multiple of 4, the condition of the vec4 variants. Those with M <= 8 run
+/// the matrix-vector variant; the last has more columns than one dispatch row of its NT kernel holds.
+const GEMM: [(usize, usize, usize); 11] = [
     (1, 1, 1),
     (7, 24, 37),
     (37, 68, 65),
@@ -290,6 +291,7 @@ const GEMM: [(usize, usize, usize); 10] = [
     (124, 36, 132),
     // Long enough that inner tile loops, if the loop limiter counted them, would cut the sum short.
     (300, 2048, 72),
+    (2, 3, 65_600),
 ];
 /// (B, T, C, NH, NKV) for attention: multi-head (NKV = NH) with head sizes 4, 6, 17, 25, 128 (none a
 /// power of two but the first and last; the last has rows long enough that a row-per-invocation kernel

@@ -151,7 +151,8 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
     // Grids that do not grow with a product of the shapes: one workgroup (reduce_sum,
     // global_norm_final), a fixed 256 (global_norm_partial), or one invocation per channel or per row
     // of one tensor (colsum_final: C; encoder_backward_wpe: T·C; the flash backward's D: B·NH·T), or
-    // one per query head (attention_decode), which would need a model past 4 million of those to fold.
+    // one per query head (attention_decode) or per output column of a matrix-vector product
+    // (matmul_gemv_nn), which would need a model past 4 million of those to fold.
     let small = [
         "reduce_sum",
         "global_norm_final",
@@ -160,6 +161,7 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
         "encoder_backward_wpe",
         "flash_attention_backward_dsum",
         "attention_decode",
+        "matmul_gemv_nn",
     ];
     let untested: Vec<&str> = entries
         .iter()

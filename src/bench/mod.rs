@@ -209,3 +209,72 @@ pub fn soak(
         losses: (first, last),
     })
 }
+
+/// Sampling speed at one context length, with or without the key/value cache.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SampleBench {
+    /// Tokens in the context when the last timed token is picked.
+    pub context: usize,
+    pub kv_cache: bool,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+}
+
+/// Times `tokens` next-token steps (logits read back, greedy pick) ending at each context length of
+/// `contexts`, with and without the key/value cache, on a randomly initialised model of `cfg`'s shape
+/// and vocabulary (`block_size` positions). Before the timed steps: a full pass over the prompt and
+/// one untimed step, which compile the programs and fill the cache. Also returns the one-position
+/// program's dispatches, each timed alone: (entry point, count, ms).
+#[allow(clippy::type_complexity)]
+pub fn sample(
+    cfg: &TrainConfig,
+    contexts: &[usize],
+    tokens: usize,
+    device: &DeviceChoice,
+) -> Result<(String, Vec<SampleBench>, Vec<(String, usize, f64)>)> {
+    let backend = crate::open_backend_with(device, &cfg.matmul)?;
+    let described = backend.describe();
+    let model_cfg = cfg.model(cfg.vocab_size);
+    let shape = BatchShape { b: 1, t: cfg.block_size, accum: 1 };
+    let mut model = Model::new(backend, model_cfg, shape, Mode::Inference)?;
+    model.set_params(&init_params(&model_cfg, cfg.seed))?;
+    let mut rng = crate::rng::Rng::new(cfg.seed);
+    let mut out = Vec::new();
+    for &context in contexts {
+        if context > shape.t || context < tokens + 2 {
+            return Err(crate::Error::Invalid(format!(
+                "--context {context}: must be at least --tokens + 2 = {} and at most the block size {}",
+                tokens + 2,
+                shape.t
+            )));
+        }
+        for kv_cache in [false, true] {
+            model.set_kv_cache(kv_cache);
+            let mut ids: Vec<u32> =
+                (0..context - tokens - 1).map(|_| rng.below(model_cfg.vocab_size as u64) as u32).collect();
+            let greedy = crate::sample::SampleOptions { temperature: 0.0, ..Default::default() };
+            let mut next = |model: &mut Model, ids: &mut Vec<u32>| -> Result<()> {
+                let logits = model.next_logits(ids)?;
+                ids.push(crate::sample::pick(&logits, &greedy, &mut rng));
+                Ok(())
+            };
+            next(&mut model, &mut ids)?;
+            next(&mut model, &mut ids)?;
+            let started = Instant::now();
+            for _ in 0..tokens {
+                next(&mut model, &mut ids)?;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            out.push(SampleBench { context, kv_cache, tokens, tokens_per_s: tokens as f64 / seconds });
+        }
+    }
+    let mut kernels: Vec<(String, usize, f64)> = Vec::new();
+    for (entry, s) in model.profile_decode()? {
+        match kernels.iter_mut().find(|k| k.0 == entry) {
+            Some(k) => (k.1, k.2) = (k.1 + 1, k.2 + s * 1e3),
+            None => kernels.push((entry.to_string(), 1, s * 1e3)),
+        }
+    }
+    kernels.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok((described, out, kernels))
+}

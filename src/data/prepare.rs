@@ -65,8 +65,8 @@ pub struct Prepared {
     pub shards: usize,
 }
 
-/// Text is cut into pieces of about this many bytes for the parallel tokenizer (and documents larger
-/// than this are tokenized piece by piece).
+/// Text is cut into pieces of about this many bytes for the parallel tokenizer: a document larger
+/// than twice this is tokenized piece by piece.
 const PIECE_BYTES: usize = 1 << 20;
 /// Documents are shuffled within blocks of about this much text; an input smaller than this is
 /// shuffled whole.

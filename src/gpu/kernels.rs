@@ -20,6 +20,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul_rows.wgsl", include_str!("../../shaders/matmul_rows.wgsl")),
     ("matmul_subgroup.wgsl", include_str!("../../shaders/matmul_subgroup.wgsl")),
     ("matmul_tiled.wgsl", include_str!("../../shaders/matmul_tiled.wgsl")),
+    ("matmul_gemv.wgsl", include_str!("../../shaders/matmul_gemv.wgsl")),
     ("matmul_vec4.wgsl", include_str!("../../shaders/matmul_vec4.wgsl")),
     ("adamw.wgsl", include_str!("../../shaders/adamw.wgsl")),
     ("reduce.wgsl", include_str!("../../shaders/reduce.wgsl")),
@@ -74,6 +75,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         "matmul_rows" => "matmul_rows.wgsl",
         "matmul_subgroup" => "matmul_subgroup.wgsl",
         "matmul_tiled" => "matmul_tiled.wgsl",
+        "matmul_gemv_nn" | "matmul_gemv_nt" => "matmul_gemv.wgsl",
         "attention_scores"
         | "attention_softmax"
         | "attention_values"
@@ -113,7 +115,10 @@ pub const NORM_PARTIALS: usize = 256;
 
 /// The matmul kernel variants, by name. `blocked4x4` (matmul.wgsl) handles every shape; the others
 /// handle the shapes their header comment names and fall back to it elsewhere.
-pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "tiled64", "rows16x32", "subgroup"];
+pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "tiled64", "rows16x32", "subgroup", "gemv"];
+
+/// The most rows of `a` the matrix-vector variant ("gemv") takes; above, it runs the blocked kernel.
+pub const GEMV_ROWS: usize = 8;
 
 /// The wgpu feature a matmul variant (or the f16-storage kernel, [`F16_SOURCE`]) needs beyond core
 /// WebGPU, if any.
@@ -316,6 +321,8 @@ fn matmul_entry(
             ("matmul_vec4_rows", "", vec![("TRANS_A", flag(trans_a))], tiles32)
         }
         ("vec4", _) if trans_b && !trans_a && k % 4 == 0 => ("matmul_vec4_dot", "", vec![], tiles32),
+        ("gemv", _) if m <= GEMV_ROWS && !trans_a && trans_b => ("matmul_gemv_nt", "", vec![], fold(n)),
+        ("gemv", _) if m <= GEMV_ROWS && !trans_a => ("matmul_gemv_nn", "", vec![], per_item(n)),
         (v, Some((r, c4))) => ("matmul_rows", v, both, [u(n.div_ceil(4 * c4)), u(m.div_ceil(8 * r)), 1]),
         ("tiled64", _) => ("matmul_tiled", "", both, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]),
         ("subgroup", _) => {

@@ -896,6 +896,18 @@ impl Model {
         Ok(())
     }
 
+    /// Each dispatch of the one-position program of the key/value cache, timed alone (the program
+    /// runs at whatever position it last ran; empty when the cache is not built or not possible).
+    pub fn profile_decode(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        match self.decoder()? {
+            Some(d) => {
+                let plan = d.plan;
+                self.backend.profile(plan)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Turns the key/value cache of [`Model::next_logits`] on (the default) or off.
     pub fn set_kv_cache(&mut self, on: bool) {
         self.kv_cache = on;
