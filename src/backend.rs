@@ -725,6 +725,11 @@ pub trait Backend {
     fn flash_unsupported(&self, _t: usize, _head_size: usize) -> Option<String> {
         None
     }
+    /// Why one-position attention (`Op::AttentionDecode`) cannot run here over `t` keys with head
+    /// size `head_size`, if it cannot (sampling then runs the full pass instead of the cache).
+    fn decode_unsupported(&self, _t: usize, _head_size: usize) -> Option<String> {
+        None
+    }
     /// The most elements one storage binding may hold (unbounded on the CPU).
     fn max_binding(&self) -> usize {
         usize::MAX

@@ -245,6 +245,18 @@ fn a_large_document_streams_into_the_tokens_it_has_whole() {
         assert_eq!(p.documents, 1);
         assert_eq!(streamed, tok.encode(&text).unwrap(), "{tokenizer}");
     }
+    // Three-byte characters with a two-byte separator that never occurs: cut pieces must still end on
+    // character boundaries (the char vocabulary tokenizes any cut the same).
+    let cjk: String = "从前有一只小猫它很喜欢玩耍。".repeat(3 << 20 >> 5);
+    let cjk_input = dir.join("cjk.txt");
+    std::fs::write(&cjk_input, &cjk).unwrap();
+    let out = dir.join("cjk");
+    let mut o = opts(vec![cjk_input], &out, "char", prepare::DEFAULT_SHARD_TOKENS);
+    o.val_fraction = 0.0;
+    assert!(cjk.len() > 2 << 20);
+    prepare::prepare(&o).unwrap();
+    let tok = Tok::load(&out.join("tokenizer.json")).unwrap();
+    assert_eq!(split_tokens(&out, "train"), tok.encode(&cjk).unwrap());
     // Invalid UTF-8 past the first read is named with its byte offset.
     let mut bytes = text.into_bytes();
     let at = (3 << 20) + 5;
@@ -252,4 +264,18 @@ fn a_large_document_streams_into_the_tokens_it_has_whole() {
     std::fs::write(&input, &bytes).unwrap();
     let err = prepare::prepare(&opts(vec![input], &dir.join("bad"), "byte", 1000)).unwrap_err().to_string();
     assert!(err.contains(&format!("byte {at}")), "{err}");
+}
+
+/// `prepare` neither removes nor mixes with token files it did not write (llm.c's shards, say).
+#[test]
+fn prepare_leaves_token_files_it_did_not_write_alone() {
+    let dir = temp("foreign");
+    let foreign = dir.join("fineweb_train_000001.bin");
+    tokenfile::write(&foreign, &[1, 2, 3], 10).unwrap();
+    let err = prepare::prepare(&opts(vec![fixture("text/sample.txt")], &dir, "byte", 1000))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did not write") && err.contains("fineweb_train_000001.bin"), "{err}");
+    assert_eq!(tokenfile::read(&foreign).unwrap(), vec![1, 2, 3]);
+    assert!(!dir.join("tokenizer.json").exists() && !dir.join("train.bin").exists());
 }

@@ -154,6 +154,10 @@ impl DocReader {
 
     /// Whether the inputs hold more than one document (read only as far as it takes to know).
     fn several(paths: &[PathBuf], split: Option<&str>) -> Result<bool> {
+        let jsonl = |p: &PathBuf| p.extension().is_some_and(|e| e == "jsonl");
+        if paths.len() == 1 && split.is_none() && !jsonl(&paths[0]) {
+            return Ok(false);
+        }
         let mut reader = DocReader::new(paths, split)?;
         let mut docs = 0;
         while let Some(piece) = reader.next_piece()? {
@@ -291,7 +295,14 @@ impl TextSource {
             // separator that straddles the cut.
             let keep = split.map_or(0, str::len);
             if rest >= 2 * PIECE_BYTES + keep {
-                let at = cut_point(&self.buf[self.pos..self.buf.len() - keep], PIECE_BYTES);
+                // The cut is never past PIECE_BYTES, so the kept tail is never reached; the window
+                // must end on a character boundary (the buffer holds whole characters, `keep` counts
+                // bytes).
+                let mut end = self.pos + 2 * PIECE_BYTES;
+                while !self.buf.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let at = cut_point(&self.buf[self.pos..end], PIECE_BYTES);
                 let text = self.buf[self.pos..self.pos + at].to_string();
                 self.pos += at;
                 let first = !std::mem::replace(&mut self.started, true);
@@ -417,8 +428,21 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared> {
     if !(0.0..1.0).contains(&opts.val_fraction) {
         return Err(Error::Invalid(format!("--val-fraction {} must be in [0, 1)", opts.val_fraction)));
     }
-    if opts.shard_tokens == 0 {
-        return Err(Error::Invalid("--shard-tokens must be at least 1".into()));
+    if opts.shard_tokens == 0 || opts.shard_tokens > i32::MAX as usize {
+        return Err(Error::Invalid(format!(
+            "--shard-tokens {} must be in 1..={} (an llm.c token file counts its tokens in an i32)",
+            opts.shard_tokens,
+            i32::MAX
+        )));
+    }
+    let foreign = foreign_token_files(&opts.out)?;
+    if let Some(f) = foreign.first() {
+        return Err(Error::Invalid(format!(
+            "{}: holds token files `prepare` did not write ({} of them, e.g. {}); prepare into another --out",
+            opts.out.display(),
+            foreign.len(),
+            f.display()
+        )));
     }
     let split = opts.split.as_deref();
     let several = DocReader::several(&opts.inputs, split)?;
@@ -486,26 +510,36 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared> {
         block.clear();
         Ok(())
     };
+    // The pieces of a document too large to shuffle, in order, tokenized a group at a time.
+    let mut large: Vec<Piece> = Vec::new();
+    let group = 4 * rayon::current_num_threads();
     while let Some(piece) = reader.next_piece()? {
         documents += piece.first as usize;
         block_bytes += piece.text.len();
         if piece.first && piece.last {
             block.push(piece);
         } else {
-            // Part of a document too large to shuffle: the block before it goes first, then the
-            // document in order.
+            // The block before a large document goes first, then the document in order.
             if piece.first {
                 flush(&mut block, &mut sink)?;
             }
-            encode_pieces(&tok, &[piece], several, &mut sink)?;
-            progress.set_position(reader.consumed);
+            let last = piece.last;
+            large.push(piece);
+            if last || large.len() == group {
+                encode_pieces(&tok, &large, several, &mut sink)?;
+                large.clear();
+                progress.set_position(reader.consumed);
+            }
         }
         if block_bytes >= BLOCK_BYTES {
+            encode_pieces(&tok, &large, several, &mut sink)?;
+            large.clear();
             flush(&mut block, &mut sink)?;
             progress.set_position(reader.consumed);
             block_bytes = 0;
         }
     }
+    encode_pieces(&tok, &large, several, &mut sink)?;
     flush(&mut block, &mut sink)?;
     if !reader.any_text {
         return Err(Error::Invalid(format!("{}: the input holds no text", opts.inputs[0].display())));
@@ -515,8 +549,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared> {
     progress.finish_and_clear();
 
     let at = split_at(count, opts.val_fraction);
-    tok.save(&opts.out)?;
     let shards = scratch.write_splits(&opts.out, width, tok.vocab_size(), at, count, opts.shard_tokens)?;
+    tok.save(&opts.out)?;
     Ok(Prepared { vocab_size: tok.vocab_size(), documents, train_tokens: at, val_tokens: count - at, shards })
 }
 
@@ -539,7 +573,9 @@ impl Scratch {
 
     /// Cuts tokens `[0, at)` into the training shards and `[at, count)` into the validation ones:
     /// `train.bin` and `val.bin` when each fits one shard, `tokens_train_000000.bin`, ... otherwise.
-    /// Token files of an earlier `prepare` in `dir` that these do not replace are removed.
+    /// Every file is written under a temporary name first; then the token files of an earlier
+    /// `prepare` that these do not replace are removed and the new ones renamed into place, so an
+    /// interruption while writing leaves the directory as it was.
     fn write_splits(
         &self,
         dir: &Path,
@@ -549,14 +585,10 @@ impl Scratch {
         count: usize,
         shard_tokens: usize,
     ) -> Result<usize> {
-        let mut stale: Vec<PathBuf> = Vec::new();
-        for split in ["train", "val"] {
-            let (single, shards) = super::loader::token_files(dir, split)?;
-            stale.extend(single.into_iter().chain(shards));
-        }
         let mut input =
             BufReader::with_capacity(1 << 20, File::open(&self.path).map_err(|e| Error::io(&self.path, e))?);
-        let mut written = Vec::new();
+        let mut staged = Vec::new();
+        let mut bytes = vec![0u8; 1 << 20];
         for (split, n) in [("train", at), ("val", count - at)] {
             let shards = n.div_ceil(shard_tokens).max(1);
             for i in 0..shards {
@@ -565,35 +597,67 @@ impl Scratch {
                 } else {
                     dir.join(format!("tokens_{split}_{i:06}.bin"))
                 };
-                let len = shard_tokens.min(n - i * shard_tokens);
                 let mut writer = TokenWriter::create(&path, vocab)?;
-                let mut left = len;
-                let mut bytes = vec![0u8; 1 << 20];
+                let mut left = shard_tokens.min(n - i * shard_tokens);
                 while left > 0 {
                     let take = left.min(bytes.len() / width);
                     input.read_exact(&mut bytes[..take * width]).map_err(|e| Error::io(&self.path, e))?;
-                    let ids: Vec<u32> = bytes[..take * width]
-                        .chunks_exact(width)
-                        .map(|b| {
-                            if width == 2 {
-                                u16::from_le_bytes([b[0], b[1]]) as u32
-                            } else {
-                                u32::from_le_bytes(b.try_into().unwrap())
-                            }
-                        })
-                        .collect();
+                    let mut ids = Vec::with_capacity(take);
+                    tokenfile::widen(&bytes[..take * width], width, &mut ids);
                     writer.push(&ids)?;
                     left -= take;
                 }
-                writer.finish()?;
-                written.push(path);
+                staged.push(writer.finish_staged()?);
             }
         }
-        for path in stale.iter().filter(|p| !written.contains(p)) {
-            std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+        for path in own_token_files(dir)? {
+            if !staged.iter().any(|s| s.target() == path) {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
         }
-        Ok(written.len())
+        let files = staged.len();
+        for s in staged {
+            s.commit()?;
+        }
+        Ok(files)
     }
+}
+
+/// Whether `name` is a token file `prepare` writes.
+fn is_own_token_file(name: &str) -> bool {
+    let shard = |split: &str| {
+        name.strip_prefix(&format!("tokens_{split}_"))
+            .and_then(|r| r.strip_suffix(".bin"))
+            .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    name == "train.bin" || name == "val.bin" || shard("train") || shard("val")
+}
+
+/// The token files of `dir` (as the loader finds them) that `prepare` writes.
+fn own_token_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    token_files_in(dir).map(|all| all.into_iter().filter(|p| is_own_token_file(&file_name(p))).collect())
+}
+
+/// The token files of `dir` that `prepare` did not write (llm.c's shards, say): it will not remove
+/// or mix with them.
+fn foreign_token_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    token_files_in(dir).map(|all| all.into_iter().filter(|p| !is_own_token_file(&file_name(p))).collect())
+}
+
+fn token_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut all = Vec::new();
+    for split in ["train", "val"] {
+        let (single, shards) = super::loader::token_files(dir, split)?;
+        all.extend(single.into_iter().chain(shards));
+    }
+    Ok(all)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 impl Drop for Scratch {

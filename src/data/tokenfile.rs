@@ -169,7 +169,7 @@ impl TokenFile {
 }
 
 /// Appends the little-endian tokens of `bytes` (`width` bytes each) to `out`.
-fn widen(bytes: &[u8], width: usize, out: &mut Vec<u32>) {
+pub fn widen(bytes: &[u8], width: usize, out: &mut Vec<u32>) {
     if width == 2 {
         out.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32));
     } else {
@@ -229,19 +229,53 @@ impl TokenWriter {
     }
 
     /// Writes the header, syncs, and renames the file into place.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
+        self.finish_staged()?.commit()
+    }
+
+    /// Writes the header and syncs, leaving the file under its temporary name until
+    /// [`Staged::commit`].
+    pub fn finish_staged(mut self) -> Result<Staged> {
         let out = self.out.take().expect("an unfinished writer");
+        let staged = Staged { tmp: self.tmp.clone(), path: self.path.clone(), done: false };
         let result = (|| {
             let mut file = out.into_inner().map_err(|e| e.into_error())?;
             let mut head = [0i32; HEADER_INTS];
             (head[0], head[1], head[2]) = (MAGIC, self.version, self.count as i32);
             file.seek(SeekFrom::Start(0))?;
             file.write_all(bytemuck::cast_slice(&head.map(i32::to_le)))?;
-            file.sync_all()?;
-            drop(file);
-            std::fs::rename(&self.tmp, &self.path)
+            file.sync_all()
         })();
-        result.map_err(|e| Error::io(&self.path, e))
+        result.map_err(|e| Error::io(&self.path, e))?;
+        Ok(staged)
+    }
+}
+
+/// A finished token file under its temporary name; removed if dropped before [`Staged::commit`].
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    done: bool,
+}
+
+impl Staged {
+    /// Where [`Staged::commit`] puts it.
+    pub fn target(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -469,6 +469,15 @@ pub fn flash_loop_iterations(t: usize, hd: usize) -> usize {
     (t.div_ceil(bc) * per_tile + edges).max(kv + edges)
 }
 
+/// Loop iterations of one `attention_decode` invocation over `t` keys with head size `hd` (see
+/// decode.wgsl): per 256-key tile, the scores (4 keys per invocation, hd each), the 63-step maximum,
+/// the 256-step sum, and 256 keys for each output element the invocation owns; plus the first and
+/// last passes over its output elements.
+pub fn decode_loop_iterations(t: usize, hd: usize) -> usize {
+    let owned = hd.div_ceil(64);
+    t.div_ceil(256) * (4 * hd + 4 + 63 + 256 + owned * (256 + 1)) + 2 * owned
+}
+
 /// The uniform params of the flash-attention kernels (see `Params` in flash_attention.wgsl).
 #[allow(clippy::too_many_arguments)]
 fn flash_params(
@@ -801,6 +810,15 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_attention_fits_the_loop_budget_at_practical_lengths() {
+        // Every head size up to 128 at T = 8192; past the budget only beyond that.
+        for hd in 1..=128 {
+            assert!(decode_loop_iterations(8192, hd) <= 65_535, "hd {hd}");
+        }
+        assert!(decode_loop_iterations(16_384, 128) > 65_535);
+    }
 
     #[test]
     fn flash_tiles_fit_16_kib_and_the_loop_budget() {

@@ -127,6 +127,11 @@ impl GpuBackend {
     /// sequences with large heads: refused here, with what to do.
     fn check_loop_budget(&self, ops: &[Op]) -> Result<()> {
         for op in ops {
+            if let Op::AttentionDecode { t, c, nh, .. } = *op {
+                if let Some(why) = self.decode_unsupported(t, c / nh) {
+                    return Err(Error::Invalid(format!("{}: {why}", op.name())));
+                }
+            }
             if let Op::FlashAttentionForward { t, c, nh, .. } | Op::FlashAttentionBackward { t, c, nh, .. } =
                 *op
             {
@@ -565,6 +570,17 @@ impl Backend for GpuBackend {
             }
         }
         None
+    }
+
+    fn decode_unsupported(&self, t: usize, hs: usize) -> Option<String> {
+        let iterations = kernels::decode_loop_iterations(t, hs);
+        (self.ctx.adapter.info.device_type == wgpu::DeviceType::Cpu && iterations > 65_535).then(|| {
+            format!(
+                "over {t} keys with head size {hs} one invocation of attention_decode would loop {iterations} \
+                 times, and {} stops every invocation after 65,535",
+                self.ctx.adapter.title()
+            )
+        })
     }
 
     fn kernel_choices(&self) -> std::collections::BTreeMap<String, String> {

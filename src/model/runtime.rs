@@ -893,12 +893,17 @@ impl Model {
         let (c, v) = (self.config.n_embd, self.config.vocab_size);
         frame.prepare_logits(self.backend.as_mut(), self.net.as_ref(), weights, c, v)?;
         self.sampler = Some(frame);
+        // A decoder built before ran on the training frame; the next one runs on this frame.
+        self.decoder = None;
         Ok(())
     }
 
     /// Each dispatch of the one-position program of the key/value cache, timed alone (the program
     /// runs at whatever position it last ran; empty when the cache is not built or not possible).
     pub fn profile_decode(&mut self) -> Result<Vec<(&'static str, f64)>> {
+        // It reruns the program at the position last written, which may overwrite a row the cache
+        // holds: the cache is forgotten.
+        self.forget_cache();
         match self.decoder()? {
             Some(d) => {
                 let plan = d.plan;
