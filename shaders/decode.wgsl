@@ -50,8 +50,8 @@ fn scatter_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // attention_decode: causal attention of the one query at row pos = row[0] of qkv (T, W) over the
 // keys and values of rows 0..=pos (the cache), W = (NH + 2·NKV)·hd. out (C): head h's output at
 // h·hd. One workgroup per query head. Keys go in tiles of TILE: each tile's scores land in workgroup
-// memory, the running maximum and sum are updated (online softmax), and each invocation rescales and
-// adds to the output elements it owns (d = lid, lid + 64, ...), which live in `out` until the end.
+// memory and become exp(score - running maximum) in place, the running maximum and sum are updated
+// (online softmax), and each invocation rescales and adds to the output elements it owns (d = lid, lid + 64, ...), which live in `out` until the end.
 // Every sum runs in key order, so reruns give the same bits.
 // 1: out (read_write), 2: qkv (as inp), 3: row (1 u32)
 const TILE: u32 = 256u;
@@ -99,15 +99,20 @@ fn attention_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         }
         let m_new = max(m, tile_max);
         let alpha = exp(m - m_new);
+        // Each invocation turns its own scores into unnormalised probabilities, once.
+        for (var j = lid; j < count; j += WG) {
+            scores[j] = exp(scores[j] - m_new);
+        }
+        workgroupBarrier();
         var tile_sum = 0.0;
         for (var j = 0u; j < count; j++) {
-            tile_sum += exp(scores[j] - m_new);
+            tile_sum += scores[j];
         }
         l = l * alpha + tile_sum;
         for (var d = lid; d < hd; d += WG) {
             var acc = out[h * hd + d] * alpha;
             for (var j = 0u; j < count; j++) {
-                acc += exp(scores[j] - m_new) * inp[(start + j) * width + v_col + d];
+                acc += scores[j] * inp[(start + j) * width + v_col + d];
             }
             out[h * hd + d] = acc;
         }

@@ -472,6 +472,17 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A per-kernel table (entry, dispatches, ms), with each entry's share; nothing when it is empty.
+fn print_kernels(title: &str, kernels: &[(String, usize, f64)]) {
+    let total: f64 = kernels.iter().map(|k| k.2).sum();
+    if total > 0.0 {
+        println!("{title} ({total:.2} ms in all):");
+        for (name, count, ms) in kernels {
+            println!("  {name:<36} {count:>4} x  {ms:>9.3} ms  {:>5.1}%", 100.0 * ms / total);
+        }
+    }
+}
+
 fn bench(what: BenchCommand) -> anyhow::Result<()> {
     match what {
         BenchCommand::Kernels { kernel, variant, shape, shader, reps, json, device } => {
@@ -562,13 +573,7 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
                     cached.tokens_per_s / full.tokens_per_s
                 );
             }
-            let total: f64 = kernels.iter().map(|k| k.2).sum();
-            if total > 0.0 {
-                println!("one cached position, each dispatch timed alone ({total:.2} ms in all):");
-                for (name, count, ms) in &kernels {
-                    println!("  {name:<36} {count:>4} x  {ms:>9.3} ms  {:>5.1}%", 100.0 * ms / total);
-                }
-            }
+            print_kernels("one cached position, each dispatch timed alone", &kernels);
             if let Some(path) = json {
                 write_json(
                     &path,
@@ -599,13 +604,7 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
                 ),
                 None => println!("analytic memory: {:.1} MiB", mib(b.analytic)),
             }
-            let total: f64 = b.kernels.iter().map(|k| k.2).sum();
-            if total > 0.0 {
-                println!("per kernel, each dispatch timed alone ({total:.1} ms in all):");
-                for (name, count, ms) in &b.kernels {
-                    println!("  {name:<36} {count:>4} x  {ms:>9.2} ms  {:>5.1}%", 100.0 * ms / total);
-                }
-            }
+            print_kernels("per kernel, each dispatch timed alone", &b.kernels);
             if let Some(path) = json {
                 let kernels: Vec<_> = b
                     .kernels

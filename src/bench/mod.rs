@@ -112,6 +112,20 @@ pub struct TrainBench {
     pub last_loss: f32,
 }
 
+/// Dispatch times (entry point, seconds) summed per entry point: (entry, dispatches, ms), the most
+/// costly first.
+fn per_kernel(times: Vec<(&'static str, f64)>) -> Vec<(String, usize, f64)> {
+    let mut kernels: Vec<(String, usize, f64)> = Vec::new();
+    for (entry, s) in times {
+        match kernels.iter_mut().find(|k| k.0 == entry) {
+            Some(k) => (k.1, k.2) = (k.1 + 1, k.2 + s * 1e3),
+            None => kernels.push((entry.to_string(), 1, s * 1e3)),
+        }
+    }
+    kernels.sort_by(|a, b| b.2.total_cmp(&a.2));
+    kernels
+}
+
 /// Times `steps` training steps after two warm-up steps (which compile pipelines and fill caches).
 pub fn train(cfg: &TrainConfig, steps: usize, device: &DeviceChoice) -> Result<TrainBench> {
     let backend = crate::open_backend_with(device, &cfg.matmul)?;
@@ -141,17 +155,7 @@ pub fn train_on(
     }
     let seconds = started.elapsed().as_secs_f64();
     let tokens_per_step = model.shape.tokens() * model.shape.accum;
-    let mut kernels: Vec<(String, usize, f64)> = Vec::new();
-    for (entry, s) in if profile { model.profile_step()? } else { Vec::new() } {
-        match kernels.iter_mut().find(|k| k.0 == entry) {
-            Some(k) => {
-                k.1 += 1;
-                k.2 += s * 1e3;
-            }
-            None => kernels.push((entry.to_string(), 1, s * 1e3)),
-        }
-    }
-    kernels.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let kernels = per_kernel(if profile { model.profile_step()? } else { Vec::new() });
     Ok(TrainBench {
         device: model.backend().describe(),
         params: model.config.n_params(),
@@ -268,13 +272,5 @@ pub fn sample(
             out.push(SampleBench { context, kv_cache, tokens, tokens_per_s: tokens as f64 / seconds });
         }
     }
-    let mut kernels: Vec<(String, usize, f64)> = Vec::new();
-    for (entry, s) in model.profile_decode()? {
-        match kernels.iter_mut().find(|k| k.0 == entry) {
-            Some(k) => (k.1, k.2) = (k.1 + 1, k.2 + s * 1e3),
-            None => kernels.push((entry.to_string(), 1, s * 1e3)),
-        }
-    }
-    kernels.sort_by(|a, b| b.2.total_cmp(&a.2));
-    Ok((described, out, kernels))
+    Ok((described, out, per_kernel(model.profile_decode()?)))
 }

@@ -83,31 +83,26 @@ struct Piece {
 }
 
 /// Where a cut of `text` near `target` leaves the tokenization unchanged for the pre-tokenizers wgslm
-/// writes (GPT-2's byte-level split never joins across these): after a newline or before a space,
-/// with non-space on both sides. Any character boundary when the text has no such place.
+/// writes (GPT-2's byte-level split never joins across these): after a newline, else before a space,
+/// with non-space on both sides, searching back to `target / 2`. Any character boundary when the text
+/// has no such place.
 fn cut_point(text: &str, target: usize) -> usize {
     let b = text.as_bytes();
-    let space = |i: usize| b[i].is_ascii_whitespace();
-    let floor = target / 2;
-    let mut at = target.min(b.len() - 1);
-    while at > floor.max(1) {
-        if !space(at) && b[at - 1] == b'\n' && at >= 2 && !space(at - 2) {
+    let solid = |i: usize| i < b.len() && !b[i].is_ascii_whitespace();
+    let after_newline = |i: usize| b[i - 1] == b'\n' && solid(i) && solid(i - 2);
+    let before_space = |i: usize| b[i] == b' ' && solid(i - 1) && solid(i + 1);
+    let back = (target / 2).max(2)..=target.min(b.len() - 1);
+    for good in [&after_newline as &dyn Fn(usize) -> bool, &before_space] {
+        if let Some(at) = back.clone().rev().find(|&i| good(i)) {
             return at;
         }
-        at -= 1;
     }
-    let mut at = target.min(b.len() - 1);
-    while at > floor.max(1) {
-        if b[at] == b' ' && !space(at - 1) && at + 1 < b.len() && !space(at + 1) {
-            return at;
-        }
-        at -= 1;
-    }
-    let mut at = target.min(b.len());
-    while !text.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
+    floor_char_boundary(text, target)
+}
+
+/// The largest character boundary of `text` at or before `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    (0..=at.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// Reads the documents of the input files as pieces, a bounded amount at a time: a .txt file is one
@@ -298,10 +293,7 @@ impl TextSource {
                 // The cut is never past PIECE_BYTES, so the kept tail is never reached; the window
                 // must end on a character boundary (the buffer holds whole characters, `keep` counts
                 // bytes).
-                let mut end = self.pos + 2 * PIECE_BYTES;
-                while !self.buf.is_char_boundary(end) {
-                    end -= 1;
-                }
+                let end = floor_char_boundary(&self.buf, self.pos + 2 * PIECE_BYTES);
                 let at = cut_point(&self.buf[self.pos..end], PIECE_BYTES);
                 let text = self.buf[self.pos..self.pos + at].to_string();
                 self.pos += at;
@@ -488,13 +480,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared> {
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let scratch = Scratch::create(&opts.out)?;
     let mut out = BufWriter::with_capacity(1 << 20, scratch.file()?);
-    let width = if tok.vocab_size() > 65_535 { 4 } else { 2 };
+    let width = tokenfile::width_for(tok.vocab_size());
     let mut count = 0usize;
+    let mut bytes = Vec::new();
     let mut sink = |ids: &[u32]| -> Result<()> {
-        let mut bytes = Vec::with_capacity(ids.len() * width);
-        for &t in ids {
-            bytes.extend_from_slice(&t.to_le_bytes()[..width]);
-        }
+        bytes.clear();
+        tokenfile::narrow(ids, width, &mut bytes);
         count += ids.len();
         out.write_all(&bytes).map_err(|e| Error::io(&scratch.path, e))
     };
@@ -549,7 +540,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared> {
     progress.finish_and_clear();
 
     let at = split_at(count, opts.val_fraction);
-    let shards = scratch.write_splits(&opts.out, width, tok.vocab_size(), at, count, opts.shard_tokens)?;
+    let shards = scratch.write_splits(&opts.out, width, at, count, opts.shard_tokens)?;
     tok.save(&opts.out)?;
     Ok(Prepared { vocab_size: tok.vocab_size(), documents, train_tokens: at, val_tokens: count - at, shards })
 }
@@ -571,7 +562,8 @@ impl Scratch {
         std::fs::OpenOptions::new().write(true).open(&self.path).map_err(|e| Error::io(&self.path, e))
     }
 
-    /// Cuts tokens `[0, at)` into the training shards and `[at, count)` into the validation ones:
+    /// Cuts tokens `[0, at)` (of `width` bytes each) into the training shards and `[at, count)` into
+    /// the validation ones:
     /// `train.bin` and `val.bin` when each fits one shard, `tokens_train_000000.bin`, ... otherwise.
     /// Every file is written under a temporary name first; then the token files of an earlier
     /// `prepare` that these do not replace are removed and the new ones renamed into place, so an
@@ -580,7 +572,6 @@ impl Scratch {
         &self,
         dir: &Path,
         width: usize,
-        vocab: usize,
         at: usize,
         count: usize,
         shard_tokens: usize,
@@ -597,17 +588,15 @@ impl Scratch {
                 } else {
                     dir.join(format!("tokens_{split}_{i:06}.bin"))
                 };
-                let mut writer = TokenWriter::create(&path, vocab)?;
+                let mut writer = TokenWriter::create(&path, width)?;
                 let mut left = shard_tokens.min(n - i * shard_tokens);
                 while left > 0 {
                     let take = left.min(bytes.len() / width);
                     input.read_exact(&mut bytes[..take * width]).map_err(|e| Error::io(&self.path, e))?;
-                    let mut ids = Vec::with_capacity(take);
-                    tokenfile::widen(&bytes[..take * width], width, &mut ids);
-                    writer.push(&ids)?;
+                    writer.push_bytes(&bytes[..take * width])?;
                     left -= take;
                 }
-                staged.push(writer.finish_staged()?);
+                staged.push(writer.finish()?);
             }
         }
         for path in own_token_files(dir)? {
@@ -664,14 +653,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Writes a prepared data directory: tokenizer.json (+ tokenizer_config.json), train.bin, val.bin.
-pub fn write_prepared(dir: &Path, tok: &Tok, train: &[u32], val: &[u32]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    tok.save(dir)?;
-    tokenfile::write(&dir.join("train.bin"), train, tok.vocab_size())?;
-    tokenfile::write(&dir.join("val.bin"), val, tok.vocab_size())
 }
 
 /// The embedded corpus, tokenized: (tokenizer, train tokens, val tokens). `stories` stories from

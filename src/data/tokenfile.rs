@@ -13,25 +13,35 @@ pub const MAGIC: i32 = 20240520;
 const HEADER_INTS: usize = 256;
 const HEADER_BYTES: usize = HEADER_INTS * 4;
 
+/// Bytes per token of a file for a vocabulary of `vocab_size`: u16 unless the vocabulary needs more.
+pub fn width_for(vocab_size: usize) -> usize {
+    if vocab_size > 65_535 {
+        4
+    } else {
+        2
+    }
+}
+
+/// The header of a file of `count` tokens of `width` bytes.
+fn header_bytes(width: usize, count: usize) -> Vec<u8> {
+    let mut header = [0i32; HEADER_INTS];
+    (header[0], header[1], header[2]) = (MAGIC, if width == 4 { 2 } else { 1 }, count as i32);
+    header.iter().flat_map(|h| h.to_le_bytes()).collect()
+}
+
+/// Appends `tokens` to `out` as little-endian integers of `width` bytes (the inverse of [`widen`]).
+pub fn narrow(tokens: &[u32], width: usize, out: &mut Vec<u8>) {
+    out.reserve(tokens.len() * width);
+    for &t in tokens {
+        out.extend_from_slice(&t.to_le_bytes()[..width]);
+    }
+}
+
 /// Encodes tokens in the llm.c format; u16 unless the vocabulary needs more.
 pub fn encode(tokens: &[u32], vocab_size: usize) -> Vec<u8> {
-    let version = if vocab_size > 65_535 { 2 } else { 1 };
-    let width = if version == 2 { 4 } else { 2 };
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + tokens.len() * width);
-    let mut header = [0i32; HEADER_INTS];
-    header[0] = MAGIC;
-    header[1] = version;
-    header[2] = tokens.len() as i32;
-    for h in header {
-        bytes.extend_from_slice(&h.to_le_bytes());
-    }
-    for &t in tokens {
-        if version == 2 {
-            bytes.extend_from_slice(&t.to_le_bytes());
-        } else {
-            bytes.extend_from_slice(&(t as u16).to_le_bytes());
-        }
-    }
+    let width = width_for(vocab_size);
+    let mut bytes = header_bytes(width, tokens.len());
+    narrow(tokens, width, &mut bytes);
     bytes
 }
 
@@ -119,10 +129,6 @@ impl TokenFile {
         Ok(TokenFile { path: path.to_path_buf(), map, width: h.width, len: h.count })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
@@ -177,37 +183,32 @@ pub fn widen(bytes: &[u8], width: usize, out: &mut Vec<u32>) {
     }
 }
 
-/// Writes a token file of unknown length piece by piece: the body streams to a temporary name, the
-/// header is filled in and the file renamed into place by [`TokenWriter::finish`]. Dropped unfinished,
-/// it removes the temporary file and leaves any file at the target untouched.
+/// Writes a token file of unknown length piece by piece: the body streams to a temporary name, and
+/// [`TokenWriter::finish`] fills in the header and hands back the file still under that name, for the
+/// caller to rename into place ([`Staged::commit`]) once everything it writes is complete. Dropped
+/// before then, it removes the temporary file and leaves any file at the target untouched.
 pub struct TokenWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: Option<BufWriter<File>>,
-    version: i32,
+    width: usize,
     count: usize,
 }
 
 impl TokenWriter {
-    pub fn create(path: &Path, vocab_size: usize) -> Result<Self> {
+    /// A file of tokens `width` bytes each (see [`width_for`]).
+    pub fn create(path: &Path, width: usize) -> Result<Self> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp).map_err(|e| Error::io(&tmp, e))?);
         out.write_all(&[0u8; HEADER_BYTES]).map_err(|e| Error::io(&tmp, e))?;
-        let version = if vocab_size > 65_535 { 2 } else { 1 };
-        Ok(TokenWriter { path: path.to_path_buf(), tmp, out: Some(out), version, count: 0 })
+        Ok(TokenWriter { path: path.to_path_buf(), tmp, out: Some(out), width, count: 0 })
     }
 
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn push(&mut self, tokens: &[u32]) -> Result<()> {
-        if self.count + tokens.len() > i32::MAX as usize {
+    /// Appends tokens already encoded in the file's width ([`narrow`]).
+    pub fn push_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let n = bytes.len() / self.width;
+        if self.count + n > i32::MAX as usize {
             return Err(Error::Invalid(format!(
                 "{}: more than {} tokens do not fit one llm.c file; write shards (`--shard-tokens`)",
                 self.path.display(),
@@ -215,35 +216,20 @@ impl TokenWriter {
             )));
         }
         let out = self.out.as_mut().expect("an unfinished writer");
-        let mut bytes = Vec::with_capacity(tokens.len() * 4);
-        for &t in tokens {
-            if self.version == 2 {
-                bytes.extend_from_slice(&t.to_le_bytes());
-            } else {
-                bytes.extend_from_slice(&(t as u16).to_le_bytes());
-            }
-        }
-        out.write_all(&bytes).map_err(|e| Error::io(&self.tmp, e))?;
-        self.count += tokens.len();
+        out.write_all(bytes).map_err(|e| Error::io(&self.tmp, e))?;
+        self.count += n;
         Ok(())
-    }
-
-    /// Writes the header, syncs, and renames the file into place.
-    pub fn finish(self) -> Result<()> {
-        self.finish_staged()?.commit()
     }
 
     /// Writes the header and syncs, leaving the file under its temporary name until
     /// [`Staged::commit`].
-    pub fn finish_staged(mut self) -> Result<Staged> {
+    pub fn finish(mut self) -> Result<Staged> {
         let out = self.out.take().expect("an unfinished writer");
         let staged = Staged { tmp: self.tmp.clone(), path: self.path.clone(), done: false };
         let result = (|| {
             let mut file = out.into_inner().map_err(|e| e.into_error())?;
-            let mut head = [0i32; HEADER_INTS];
-            (head[0], head[1], head[2]) = (MAGIC, self.version, self.count as i32);
             file.seek(SeekFrom::Start(0))?;
-            file.write_all(bytemuck::cast_slice(&head.map(i32::to_le)))?;
+            file.write_all(&header_bytes(self.width, self.count))?;
             file.sync_all()
         })();
         result.map_err(|e| Error::io(&self.path, e))?;

@@ -471,11 +471,11 @@ pub fn flash_loop_iterations(t: usize, hd: usize) -> usize {
 
 /// Loop iterations of one `attention_decode` invocation over `t` keys with head size `hd` (see
 /// decode.wgsl): per 256-key tile, the scores (4 keys per invocation, hd each), the 63-step maximum,
-/// the 256-step sum, and 256 keys for each output element the invocation owns; plus the first and
-/// last passes over its output elements.
+/// the 4 exponentials, the 256-step sum, and 256 keys for each output element the invocation owns;
+/// plus the first and last passes over its output elements.
 pub fn decode_loop_iterations(t: usize, hd: usize) -> usize {
     let owned = hd.div_ceil(64);
-    t.div_ceil(256) * (4 * hd + 4 + 63 + 256 + owned * (256 + 1)) + 2 * owned
+    t.div_ceil(256) * (4 * hd + 4 + 63 + 4 + 256 + owned * (256 + 1)) + 2 * owned
 }
 
 /// The uniform params of the flash-attention kernels (see `Params` in flash_attention.wgsl).

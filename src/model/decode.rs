@@ -43,14 +43,6 @@ pub struct FrameViews {
 /// Builds the one-position program for the forward ops `forward` of a (1, T) frame, or `None` when an
 /// op has no one-position form (the caller then samples without the cache).
 pub fn one_position(be: &mut dyn Backend, forward: &[Op], f: &FrameViews) -> Result<Option<Decoder>> {
-    for op in forward {
-        if let Op::AttentionForward { c, nh, .. } | Op::FlashAttentionForward { c, nh, .. } = *op {
-            if let Some(why) = be.decode_unsupported(f.t, c / nh) {
-                log::info!("sampling without a key/value cache: {why}");
-                return Ok(None);
-            }
-        }
-    }
     let token = View::new(be.alloc(DType::U32, 1, "decoding: token")?, 0, 1);
     let pos = View::new(be.alloc(DType::U32, 1, "decoding: position")?, 0, 1);
     let logits = View::new(be.alloc(DType::F32, f.v, "decoding: logits")?, 0, f.v);
@@ -174,6 +166,10 @@ impl Rows<'_> {
             }
             Op::AttentionForward { out: o, qkv, b: 1, c, nh, nkv, dropout: None, .. }
             | Op::FlashAttentionForward { out: o, qkv, b: 1, c, nh, nkv, dropout: None, .. } => {
+                if let Some(why) = self.be.decode_unsupported(t, c / nh) {
+                    log::info!("sampling without a key/value cache: {why}");
+                    return Ok(false);
+                }
                 let cache = qkv;
                 rows!(o, qkv);
                 let w = qkv.len;

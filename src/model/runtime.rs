@@ -709,7 +709,6 @@ impl Model {
 
     /// Loads micro-batch `micro`: `inputs` and `targets` are (B,T) token ids below the vocabulary size.
     pub fn set_batch(&mut self, micro: usize, inputs: &[u32], targets: &[u32]) -> Result<()> {
-        self.forget_cache();
         let want = self.shape.tokens();
         if inputs.len() != want || targets.len() != want {
             return Err(Error::Invalid(format!(
@@ -940,7 +939,7 @@ impl Model {
     fn decoder(&mut self) -> Result<Option<&mut Decoder>> {
         if self.decoder.is_none() {
             let frame = self.sampling_frame()?;
-            let weights = Weights { buf: self.params, layout: &self.layout };
+            let weights = self.weights(self.params);
             let mut forward = Vec::new();
             self.net.forward(frame.net, &frame.io(weights, 0, false), &mut forward);
             let views = FrameViews {

@@ -102,7 +102,7 @@ pub fn load_data(cfg: &TrainConfig) -> Result<Data> {
     let val = TokenSet::open(&shard_paths(dir, "val")?, v)?;
     let shards = train.shards() + val.shards();
     let source =
-        if shards > 2 { format!("{} ({shards} shards)", dir.display()) } else { dir.display().to_string() };
+        if shards > 2 { format!("{}, {shards} shards", dir.display()) } else { dir.display().to_string() };
     Ok(Data { tok, train, val, source })
 }
 
