@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod cpu;
 pub mod data;
+pub mod dist;
 mod error;
 pub mod fsutil;
 pub mod gpu;

@@ -12,6 +12,7 @@ use wgslm::gpu::{list_adapters, DeviceChoice, GpuContext};
 
 use wgslm::data::prepare::PrepareOptions;
 use wgslm::data::Tok;
+use wgslm::dist::World;
 use wgslm::grad::GradOptions;
 use wgslm::model::{hf, BatchShape, Mode, Model};
 use wgslm::report;
@@ -76,9 +77,16 @@ enum Command {
         /// Matmul kernels: auto (autotune per shape), default, or a variant to pin (the `matmul` key).
         #[arg(long)]
         matmul: Option<String>,
-        /// auto, vulkan, metal, dx12, gl, an index from `wgslm devices`, or cpu.
+        /// auto, vulkan, metal, dx12, gl, an index from `wgslm devices`, or cpu. Under mpirun, `auto`
+        /// gives each rank on a machine the next adapter of the best kind.
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Fault injection (tests): make the gradients of these steps (1-based) non-finite...
+        #[arg(long, hide = true, value_delimiter = ',')]
+        nan_steps: Vec<u64>,
+        /// ... only on this rank.
+        #[arg(long, hide = true)]
+        nan_rank: Option<usize>,
     },
     /// Generate text from a model directory (or a run directory's newest checkpoint).
     Sample {
@@ -339,7 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Train { config, mut overrides, out, resume, matmul, device } => {
+        Command::Train { config, mut overrides, out, resume, matmul, device, nan_steps, nan_rank } => {
             overrides.extend(matmul.map(|m| format!("matmul=\"{m}\"")));
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
             let opts = RunOptions {
@@ -348,26 +356,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 device: device.parse()?,
                 quiet: false,
                 stop_after: None,
-                nan_steps: vec![],
+                nan_steps,
+                nan_rank,
             };
-            let s = wgslm::train::run(&cfg, &opts)?;
-            println!(
-                "trained {} steps in {:.1} s ({:.0} tokens/s on {}); loss {} -> {:.4}{}",
-                s.steps,
-                s.seconds,
-                s.tokens_per_s,
-                s.device,
-                s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
-                s.last_loss,
-                s.val_loss.map_or(String::new(), |v| format!(", val loss {v:.4}"))
-            );
-            println!(
-                "model: {}\n  sample it: wgslm sample --model {} --prompt {:?}",
-                s.checkpoint.display(),
-                opts.out.display(),
-                cfg.sample_prompt
-            );
-            Ok(())
+            in_world(|world| train(&cfg, &opts, world))
         }
         Command::Sample { model, prompt, max_new_tokens, temperature, top_k, top_p, seed, device } => {
             let opts = SampleOptions { max_new_tokens, temperature, top_k, top_p, seed };
@@ -379,6 +371,115 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             grad(&model, &batch, &out, &opts, &device)
         }
     }
+}
+
+/// Runs `f` as one rank of the job an MPI launcher started, or alone. Under a launcher an error on
+/// any rank ends the whole job (MPI_Abort), so no rank waits forever for one that has stopped.
+fn in_world(f: impl FnOnce(&World) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let world = World::from_env()?;
+    if world.size() == 1 {
+        return f(&world);
+    }
+    if let Err(e) = f(&world) {
+        eprintln!("error (rank {} of {}): {e:#}", world.rank(), world.size());
+        world.abort(1);
+    }
+    Ok(())
+}
+
+fn bench_train(
+    cfg: &TrainConfig,
+    steps: usize,
+    device: &DeviceChoice,
+    json: Option<&Path>,
+    world: &World,
+) -> anyhow::Result<()> {
+    let b = wgslm::bench::train_in(cfg, steps.max(1), device, world)?;
+    if !world.is_root() {
+        return Ok(());
+    }
+    println!("{}", b.device);
+    if b.ranks > 1 {
+        let pc = |ms: f64| 100.0 * ms / b.ms_per_step;
+        println!(
+            "{} ranks (mpirun), the job's tokens. Rank 0 per step: all-reduce of {} gradients {:.2} ms ({:.1}%), \
+             copies to and from the device {:.2} ms ({:.1}%), waiting for the other ranks {:.2} ms ({:.1}%)",
+            b.ranks,
+            b.params,
+            b.allreduce_ms_per_step,
+            pc(b.allreduce_ms_per_step),
+            b.copy_ms_per_step,
+            pc(b.copy_ms_per_step),
+            b.wait_ms_per_step,
+            pc(b.wait_ms_per_step)
+        );
+    }
+    println!(
+        "{} parameters, {} tokens per step: {:.0} tokens/s, {:.1} ms per step, host encode + submit {:.2} ms ({:.1}%)",
+        b.params,
+        b.tokens_per_step,
+        b.tokens_per_s,
+        b.ms_per_step,
+        b.submit_ms_per_step,
+        100.0 * b.submit_ms_per_step / b.ms_per_step
+    );
+    let mib = |x: u64| x as f64 / (1u64 << 20) as f64;
+    match b.allocated {
+        Some(a) => println!(
+            "GPU memory: {:.1} MiB allocated, analytic count {:.1} MiB (params, grads, AdamW m and v, activations): {:.2}x",
+            mib(a),
+            mib(b.analytic),
+            a as f64 / b.analytic as f64
+        ),
+        None => println!("analytic memory: {:.1} MiB", mib(b.analytic)),
+    }
+    print_kernels("per kernel, each dispatch timed alone", &b.kernels);
+    if let Some(path) = json {
+        let kernels: Vec<_> = b
+            .kernels
+            .iter()
+            .map(|(n, c, ms)| serde_json::json!({"kernel": n, "dispatches": c, "ms": ms}))
+            .collect();
+        write_json(
+            path,
+            &serde_json::json!({
+                "device": b.device, "params": b.params, "tokens_per_step": b.tokens_per_step, "steps": b.steps,
+                "tokens_per_s": b.tokens_per_s, "ms_per_step": b.ms_per_step, "submit_ms_per_step": b.submit_ms_per_step,
+                "allocated_bytes": b.allocated, "analytic_bytes": b.analytic, "kernels": kernels,
+                "ranks": b.ranks, "allreduce_ms_per_step": b.allreduce_ms_per_step,
+                "wait_ms_per_step": b.wait_ms_per_step, "copy_ms_per_step": b.copy_ms_per_step,
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+fn train(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> anyhow::Result<()> {
+    let s = wgslm::train::run_in(cfg, opts, world)?;
+    if !world.is_root() {
+        return Ok(());
+    }
+    println!(
+        "trained {} steps in {:.1} s ({:.0} tokens/s on {}{}); loss {} -> {:.4}{}",
+        s.steps,
+        s.seconds,
+        s.tokens_per_s,
+        s.device,
+        match world.size() {
+            1 => String::new(),
+            n => format!(" and {} more rank(s)", n - 1),
+        },
+        s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        s.last_loss,
+        s.val_loss.map_or(String::new(), |v| format!(", val loss {v:.4}"))
+    );
+    println!(
+        "model: {}\n  sample it: wgslm sample --model {} --prompt {:?}",
+        s.checkpoint.display(),
+        opts.out.display(),
+        cfg.sample_prompt
+    );
+    Ok(())
 }
 
 /// A model directory (or a run's newest checkpoint) and its tokenizer, on a (B, n_positions) frame.
@@ -585,42 +686,8 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Train { config, mut overrides, steps, matmul, json, device } => {
             overrides.extend(matmul.map(|m| format!("matmul=\"{m}\"")));
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
-            let b = wgslm::bench::train(&cfg, steps.max(1), &device.parse()?)?;
-            println!("{}", b.device);
-            println!(
-                "{} parameters, {} tokens per step: {:.0} tokens/s, {:.1} ms per step, host encode + submit {:.2} ms ({:.1}%)",
-                b.params,
-                b.tokens_per_step,
-                b.tokens_per_s,
-                b.ms_per_step,
-                b.submit_ms_per_step,
-                100.0 * b.submit_ms_per_step / b.ms_per_step
-            );
-            let mib = |x: u64| x as f64 / (1u64 << 20) as f64;
-            match b.allocated {
-                Some(a) => println!(
-                    "GPU memory: {:.1} MiB allocated, analytic count {:.1} MiB (params, grads, AdamW m and v, activations): {:.2}x",
-                    mib(a), mib(b.analytic), a as f64 / b.analytic as f64
-                ),
-                None => println!("analytic memory: {:.1} MiB", mib(b.analytic)),
-            }
-            print_kernels("per kernel, each dispatch timed alone", &b.kernels);
-            if let Some(path) = json {
-                let kernels: Vec<_> = b
-                    .kernels
-                    .iter()
-                    .map(|(n, c, ms)| serde_json::json!({"kernel": n, "dispatches": c, "ms": ms}))
-                    .collect();
-                write_json(
-                    &path,
-                    &serde_json::json!({
-                        "device": b.device, "params": b.params, "tokens_per_step": b.tokens_per_step, "steps": b.steps,
-                        "tokens_per_s": b.tokens_per_s, "ms_per_step": b.ms_per_step, "submit_ms_per_step": b.submit_ms_per_step,
-                        "allocated_bytes": b.allocated, "analytic_bytes": b.analytic, "kernels": kernels,
-                    }),
-                )?;
-            }
-            Ok(())
+            let device = device.parse()?;
+            in_world(|world| bench_train(&cfg, steps, &device, json.as_deref(), world))
         }
         BenchCommand::Suite { quick, json, device } => suite(quick, &json, &device),
         BenchCommand::Soak { config, overrides, steps, device } => {

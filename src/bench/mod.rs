@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::backend::{AdamwHyper, Backend};
 use crate::data::{Loader, TokenSet};
+use crate::dist::{self, World};
 use crate::gpu::DeviceChoice;
 use crate::model::init_params;
 use crate::model::{BatchShape, Mode, Model};
@@ -66,12 +67,21 @@ fn setup(cfg: &TrainConfig, backend: Box<dyn Backend>, data: BenchData) -> Resul
 }
 
 fn step(model: &mut Model, loader: &mut Loader, cfg: &TrainConfig, t: u64) -> Result<f32> {
-    for micro in 0..model.shape.accum {
-        let (x, y) = loader.next_batch();
-        model.set_batch(micro, &x, &y)?;
-    }
+    Ok(step_in(model, loader, cfg, t, &World::single(), &mut Default::default())?.stats.loss)
+}
+
+/// One step of the job `world` runs (each rank its share of the batches), as `wgslm train` takes it.
+fn step_in(
+    model: &mut Model,
+    loader: &mut Loader,
+    cfg: &TrainConfig,
+    t: u64,
+    world: &World,
+    bufs: &mut dist::StepBuffers,
+) -> Result<dist::Stepped> {
+    dist::load_step(model, loader, world, |_, _| Ok(()))?;
     let hyper = AdamwHyper::at_step(cfg.lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.grad_clip, t);
-    Ok(model.step(&hyper)?.loss)
+    dist::step(model, world, &hyper, bufs)
 }
 
 /// The matrix products of one training step of `model` at `shape` on `device`, each with the
@@ -110,6 +120,13 @@ pub struct TrainBench {
     pub analytic: u64,
     pub first_loss: f32,
     pub last_loss: f32,
+    /// Data-parallel ranks (`mpirun -np N`; 1 alone): tokens per step and tokens/s are the whole job's.
+    pub ranks: usize,
+    /// Milliseconds per step rank 0 spent in the gradient all-reduce, waiting for the other ranks
+    /// before it, and copying the gradients from and to the device (0 alone).
+    pub allreduce_ms_per_step: f64,
+    pub wait_ms_per_step: f64,
+    pub copy_ms_per_step: f64,
 }
 
 /// Dispatch times (entry point, seconds) summed per entry point: (entry, dispatches, ms), the most
@@ -128,8 +145,17 @@ fn per_kernel(times: Vec<(&'static str, f64)>) -> Vec<(String, usize, f64)> {
 
 /// Times `steps` training steps after two warm-up steps (which compile pipelines and fill caches).
 pub fn train(cfg: &TrainConfig, steps: usize, device: &DeviceChoice) -> Result<TrainBench> {
-    let backend = crate::open_backend_with(device, &cfg.matmul)?;
-    train_on(cfg, backend, BenchData::Config, steps, true)
+    train_in(cfg, steps, device, &World::single())
+}
+
+/// [`train`] as one rank of a data-parallel job: every rank steps, the figures are the job's.
+pub fn train_in(cfg: &TrainConfig, steps: usize, device: &DeviceChoice, world: &World) -> Result<TrainBench> {
+    let device = match device {
+        DeviceChoice::Auto if world.size() > 1 => DeviceChoice::Local(world.local_rank()),
+        d => d.clone(),
+    };
+    let backend = crate::open_backend_with(&device, &cfg.matmul)?;
+    train_world(cfg, backend, BenchData::Config, steps, true, world)
 }
 
 /// [`train`] on a backend already open, on `data`; `profile` adds the per-kernel breakdown (one more
@@ -141,20 +167,37 @@ pub fn train_on(
     steps: usize,
     profile: bool,
 ) -> Result<TrainBench> {
+    train_world(cfg, backend, data, steps, profile, &World::single())
+}
+
+fn train_world(
+    cfg: &TrainConfig,
+    backend: Box<dyn Backend>,
+    data: BenchData,
+    steps: usize,
+    profile: bool,
+    world: &World,
+) -> Result<TrainBench> {
     let (mut model, mut loader) = setup(cfg, backend, data)?;
+    let bufs = &mut dist::StepBuffers::default();
+    let fingerprint = model.config.n_params() as u64 ^ ((loader.len() as u64) << 32);
+    dist::sync_start(&mut model, world, fingerprint)?;
     let mut t = 1;
-    let first_loss = step(&mut model, &mut loader, cfg, t)?;
+    let first_loss = step_in(&mut model, &mut loader, cfg, t, world, bufs)?.stats.loss;
     t += 1;
-    step(&mut model, &mut loader, cfg, t)?;
+    step_in(&mut model, &mut loader, cfg, t, world, bufs)?;
     let (mut submit, mut last_loss) = (0.0, first_loss);
+    let (mut allreduce, mut wait, mut copy) = (0.0, 0.0, 0.0);
     let started = Instant::now();
     for _ in 0..steps {
         t += 1;
-        last_loss = step(&mut model, &mut loader, cfg, t)?;
+        let s = step_in(&mut model, &mut loader, cfg, t, world, bufs)?;
+        last_loss = s.stats.loss;
+        (allreduce, wait, copy) = (allreduce + s.allreduce_s, wait + s.wait_s, copy + s.copy_s);
         submit += model.last_submit_seconds();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let tokens_per_step = model.shape.tokens() * model.shape.accum;
+    let tokens_per_step = model.shape.tokens() * model.shape.accum * world.size();
     let kernels = per_kernel(if profile { model.profile_step()? } else { Vec::new() });
     Ok(TrainBench {
         device: model.backend().describe(),
@@ -170,6 +213,10 @@ pub fn train_on(
         analytic: model.analytic_bytes(),
         first_loss,
         last_loss,
+        ranks: world.size(),
+        allreduce_ms_per_step: allreduce * 1e3 / steps as f64,
+        wait_ms_per_step: wait * 1e3 / steps as f64,
+        copy_ms_per_step: copy * 1e3 / steps as f64,
     })
 }
 

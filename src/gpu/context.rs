@@ -23,6 +23,9 @@ pub enum DeviceChoice {
     Index(usize),
     /// The CPU reference backend (no wgpu at all).
     Cpu,
+    /// What `auto` picks for one of several processes on a machine (data-parallel ranks): the n-th
+    /// adapter (modulo their count) among those of the best kind.
+    Local(usize),
 }
 
 impl FromStr for DeviceChoice {
@@ -50,6 +53,7 @@ impl fmt::Display for DeviceChoice {
             DeviceChoice::Api(b) => write!(f, "{}", b.to_str()),
             DeviceChoice::Index(i) => write!(f, "{i}"),
             DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Local(n) => write!(f, "auto (local rank {n})"),
         }
     }
 }
@@ -219,7 +223,7 @@ impl GpuContext {
     pub fn new(choice: &DeviceChoice) -> Result<Self> {
         // `auto` and the native APIs look only at Vulkan, Metal and DX12 first (GL ranks last anyway);
         // an index counts every adapter, as `wgslm devices` lists them.
-        let native = matches!(choice, DeviceChoice::Auto)
+        let native = matches!(choice, DeviceChoice::Auto | DeviceChoice::Local(_))
             || matches!(choice, DeviceChoice::Api(b) if *b != wgpu::Backend::Gl);
         let mut all = if native { adapters(wgpu::Backends::PRIMARY) } else { Vec::new() };
         if all.is_empty() {
@@ -251,6 +255,12 @@ impl GpuContext {
                 })
                 .min_by_key(|&i| auto_rank(&all[i].get_info()))
                 .ok_or_else(no_adapter)?,
+            DeviceChoice::Local(n) => {
+                let best = all.iter().map(|a| auto_rank(&a.get_info())).min().ok_or_else(no_adapter)?;
+                let tier: Vec<usize> =
+                    (0..all.len()).filter(|&i| auto_rank(&all[i].get_info()) == best).collect();
+                tier[n % tier.len()]
+            }
         };
         let adapter = &all[index];
         let summary = AdapterSummary::of(index, adapter);

@@ -458,8 +458,11 @@ struct Train {
     grads: BufId,
     m: BufId,
     v: BufId,
+    weight_decay: f32,
     grad_plan: PlanId,
     step_plan: PlanId,
+    /// A data-parallel step's two halves (see [`Model::local_grads`]): prepared on first use.
+    split: Option<(PlanId, PlanId)>,
 }
 
 /// A model on a backend, planned for one batch shape.
@@ -579,39 +582,49 @@ impl Model {
             let grads = be.alloc(DType::F32, total, "gradients")?;
             let m = be.alloc(DType::F32, total, "AdamW m")?;
             let v = be.alloc(DType::F32, total, "AdamW v")?;
-            let mut train = Train { grads, m, v, grad_plan: PlanId(0), step_plan: PlanId(0) };
-            let mut ops = vec![Op::Zero { out: View::new(grads, 0, total) }, Op::Zero { out: stats }];
-            for micro in 0..shape.accum {
-                ops.extend(model.forward_ops(&model.main, micro, true, Some(&train)));
-                model.net.backward(&model.io(&model.main, micro, true), model.weights(grads), &mut ops);
-            }
-            ops.push(Op::GlobalNorm {
-                out: stats.slice(NORM_AT, 1),
-                inp: View::new(grads, 0, total),
-                n: total,
-            });
+            let mut train =
+                Train { grads, m, v, weight_decay, grad_plan: PlanId(0), step_plan: PlanId(0), split: None };
+            let (mut ops, norm, update) = model.training_ops(&train);
+            ops.extend(norm);
             train.grad_plan = model.backend.prepare(&ops)?;
-            for ((start, end), wd) in
-                [(model.layout.decay_range, weight_decay), (model.layout.no_decay_range, 0.0)]
-            {
-                if end > start {
-                    let at = |buf: BufId| View::new(buf, start, end - start);
-                    ops.push(Op::AdamwUpdate {
-                        params: at(model.params),
-                        grads: at(grads),
-                        m: at(m),
-                        v: at(v),
-                        hyper: model.hyper,
-                        norm: stats.slice(NORM_AT, 1),
-                        n: end - start,
-                        weight_decay: wd,
-                    });
-                }
-            }
+            ops.extend(update);
             train.step_plan = model.backend.prepare(&ops)?;
             model.train = Some(train);
         }
         Ok(model)
+    }
+
+    /// A training step's program in three parts: zeroing, then forward and backward over every
+    /// micro-batch (the gradients and the loss); the global norm of the gradients; clipping and
+    /// AdamW over the decayed and the undecayed parameters.
+    fn training_ops(&self, train: &Train) -> (Vec<Op>, Vec<Op>, Vec<Op>) {
+        let (total, stats, grads) = (self.layout.total, self.stats, train.grads);
+        let mut ops = vec![Op::Zero { out: View::new(grads, 0, total) }, Op::Zero { out: stats }];
+        for micro in 0..self.shape.accum {
+            ops.extend(self.forward_ops(&self.main, micro, true, Some(train)));
+            self.net.backward(&self.io(&self.main, micro, true), self.weights(grads), &mut ops);
+        }
+        let norm =
+            vec![Op::GlobalNorm { out: stats.slice(NORM_AT, 1), inp: View::new(grads, 0, total), n: total }];
+        let mut update = Vec::new();
+        for ((start, end), wd) in
+            [(self.layout.decay_range, train.weight_decay), (self.layout.no_decay_range, 0.0)]
+        {
+            if end > start {
+                let at = |buf: BufId| View::new(buf, start, end - start);
+                update.push(Op::AdamwUpdate {
+                    params: at(self.params),
+                    grads: at(grads),
+                    m: at(train.m),
+                    v: at(train.v),
+                    hyper: self.hyper,
+                    norm: stats.slice(NORM_AT, 1),
+                    n: end - start,
+                    weight_decay: wd,
+                });
+            }
+        }
+        (ops, norm, update)
     }
 
     fn weights(&self, buf: BufId) -> Weights<'_> {
@@ -814,6 +827,49 @@ impl Model {
         self.backend.run(plan)?;
         self.last_submit = t0.elapsed().as_secs_f64();
         self.read_stats()
+    }
+
+    /// The first half of a data-parallel step (`crate::dist`): zeroing, forward and backward over the
+    /// loaded micro-batches, leaving this process's gradients in place (no norm, no update). Returns
+    /// the mean loss over those micro-batches.
+    pub fn local_grads(&mut self) -> Result<f32> {
+        self.forget_cache();
+        let (local, _) = self.split_plans()?;
+        let t0 = std::time::Instant::now();
+        self.backend.run(local)?;
+        self.last_submit = t0.elapsed().as_secs_f64();
+        Ok(self.read_stats()?.loss)
+    }
+
+    /// Replaces every parameter gradient (a flat buffer laid out by `self.layout`).
+    pub fn set_grads(&mut self, flat: &[f32]) -> Result<()> {
+        self.check_flat(flat.len())?;
+        let grads = self.train()?.grads;
+        self.backend.write_f32(View::new(grads, 0, self.layout.total), flat)
+    }
+
+    /// The second half of a data-parallel step: the global norm of the gradients in place, clipping
+    /// and AdamW, exactly as [`Model::step`] ends; `loss` is the step's loss to report.
+    pub fn apply_grads(&mut self, hyper: &AdamwHyper, loss: f32) -> Result<StepStats> {
+        self.forget_cache();
+        let (_, update) = self.split_plans()?;
+        let mut stats = vec![0.0; self.stats.len];
+        stats[LOSS_AT] = loss;
+        self.backend.write_f32(self.stats, &stats)?;
+        self.backend.write_f32(self.hyper, &hyper.to_words())?;
+        self.backend.run(update)?;
+        self.read_stats()
+    }
+
+    fn split_plans(&mut self) -> Result<(PlanId, PlanId)> {
+        if let Some(split) = self.train()?.split {
+            return Ok(split);
+        }
+        let (local, mut norm, update) = self.training_ops(self.train()?);
+        norm.extend(update);
+        let split = (self.backend.prepare(&local)?, self.backend.prepare(&norm)?);
+        self.train.as_mut().expect("checked above").split = Some(split);
+        Ok(split)
     }
 
     /// Host seconds the last step spent recording and submitting its program.

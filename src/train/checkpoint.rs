@@ -41,6 +41,11 @@ pub struct TrainerState {
     /// used "naive"), so a resumed run keeps it.
     #[serde(default)]
     pub attention: Option<String>,
+    /// The number of data-parallel ranks the run had (absent before there were any: one). A step
+    /// takes `ranks × grad_accum_steps` micro-batches; a resume may use any number of ranks that
+    /// divides it.
+    #[serde(default)]
+    pub ranks: Option<usize>,
     /// The wgslm version that wrote the checkpoint.
     pub version: String,
 }

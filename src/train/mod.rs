@@ -8,4 +8,4 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{run, RunOptions, Summary};
+pub use trainer::{run, run_in, RunOptions, Summary};

@@ -15,6 +15,7 @@ use crate::backend::AdamwHyper;
 use crate::data::loader::{shard_paths, TokenSet};
 use crate::data::prepare::{self, TokenizerSpec};
 use crate::data::{Loader, Tok};
+use crate::dist::{self, World};
 use crate::gpu::DeviceChoice;
 use crate::model::init_params;
 use crate::model::{Attention, BatchShape, Mode, Model};
@@ -31,8 +32,10 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop (with a checkpoint) after this many steps in all, as if interrupted; `--resume` continues.
     pub stop_after: Option<u64>,
-    /// Fault injection for tests: the gradients of these steps (1-based) are made NaN.
+    /// Fault injection for tests: the gradients of these steps (1-based) are made NaN (on every rank,
+    /// or only on rank `nan_rank`).
     pub nan_steps: Vec<u64>,
+    pub nan_rank: Option<usize>,
 }
 
 impl RunOptions {
@@ -45,6 +48,7 @@ impl RunOptions {
             quiet: true,
             stop_after: None,
             nan_steps: Vec::new(),
+            nan_rank: None,
         }
     }
 }
@@ -130,7 +134,6 @@ fn same_run(a: &TrainConfig, b: &TrainConfig) -> Vec<&'static str> {
         norm_eps,
         tie_embeddings,
         batch_size,
-        grad_accum_steps,
         seed
     );
     diff
@@ -183,7 +186,21 @@ impl Progress {
 
 /// Trains as `cfg` says, writing checkpoints and metrics into `opts.out`.
 pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
+    run_in(cfg, opts, &World::single())
+}
+
+/// The micro-batches of `batch_size` one step of a run takes over all its ranks (each rank takes
+/// `grad_accum_steps` of them).
+fn global_micro_batches(cfg: &TrainConfig, ranks: usize) -> usize {
+    cfg.grad_accum_steps * ranks
+}
+
+/// [`run`] as one rank of a data-parallel job (see [`crate::dist`]): every rank trains on its share of
+/// each step; rank 0 alone prints, evaluates, samples and writes the run directory.
+pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Summary> {
     let out = &opts.out;
+    let root = world.is_root();
+    let mut cfg = cfg.clone();
     let existing = checkpoint::latest(out);
     let resumed = match (&existing, opts.resume) {
         (Some((_, dir)), true) => Some(checkpoint::load(dir)?),
@@ -199,7 +216,38 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         (None, false) => None,
     };
     if let Some(r) = &resumed {
-        let diff = same_run(&r.state.config, cfg);
+        // The run's step is `global` micro-batches; any number of ranks that divides it may go on
+        // with it, each taking its share (the token stream is the same).
+        let ranks = r.state.ranks.unwrap_or(1);
+        let global = global_micro_batches(&r.state.config, ranks);
+        if global_micro_batches(&cfg, world.size()) != global {
+            if ranks == world.size() || cfg.grad_accum_steps != r.state.config.grad_accum_steps {
+                return Err(Error::Invalid(format!(
+                    "--resume: the run takes {global} micro-batches a step ({ranks} rank(s) x grad_accum_steps {}) \
+                     but this one would take {} x {}; resume with the run's config ({})",
+                    r.state.config.grad_accum_steps,
+                    world.size(),
+                    cfg.grad_accum_steps,
+                    out.join("config.toml").display()
+                )));
+            }
+            if global % world.size() != 0 {
+                return Err(Error::Invalid(format!(
+                    "--resume: the run takes {global} micro-batches a step, which {} ranks cannot share evenly; \
+                     resume it on a number of ranks that divides {global}",
+                    world.size()
+                )));
+            }
+            cfg.grad_accum_steps = global / world.size();
+            if root && !opts.quiet {
+                eprintln!(
+                    "resuming a run of {ranks} rank(s) on {}: grad_accum_steps {} per rank",
+                    world.size(),
+                    cfg.grad_accum_steps
+                );
+            }
+        }
+        let diff = same_run(&r.state.config, &cfg);
         if !diff.is_empty() {
             return Err(Error::Invalid(format!(
                 "--resume: the config differs from the run's in {}; resume with the run's config ({})",
@@ -208,8 +256,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             )));
         }
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    if root {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
+    let cfg = &cfg;
 
     let data = load_data(cfg)?;
     let init = match (&resumed, cfg.init_from.as_str()) {
@@ -229,9 +280,22 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         )));
     }
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
-    let mut backend = crate::open_backend_with(&opts.device, &cfg.matmul)?;
+    // Several ranks on a machine take its adapters in turn.
+    let device = match &opts.device {
+        DeviceChoice::Auto if world.size() > 1 => DeviceChoice::Local(world.local_rank()),
+        d => d.clone(),
+    };
+    let mut backend = crate::open_backend_with(&device, &cfg.matmul)?;
     if let Some(r) = &resumed {
         backend.pin_kernel_choices(&r.state.kernels)?;
+    }
+    // Every rank must round alike: the others take rank 0's matmul variants (it tunes them while
+    // building its model), so the parameters stay the same on every rank.
+    if world.size() > 1 && !root {
+        let choices = world.share(Vec::new());
+        let choices = serde_json::from_slice(&choices)
+            .map_err(|e| Error::Invalid(format!("rank 0's kernel choices: {e}")))?;
+        backend.pin_kernel_choices(&choices)?;
     }
     let device = backend.describe();
     // A resumed run keeps the attention variant it started with (checkpoints before the choice
@@ -251,7 +315,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout },
         attention,
     )?;
-    model.enable_sampling()?;
+    if world.size() > 1 && root {
+        let choices = serde_json::to_vec(&model.backend().kernel_choices()).expect("a map of strings");
+        world.share(choices);
+    }
+    if root {
+        model.enable_sampling()?;
+    }
     let mut loader =
         Loader::new(data.train, shape.b, shape.t, cfg.seed, &format!("{} (training split)", data.source))?;
     let val = match Loader::new(data.val, shape.b, shape.t, cfg.seed, "validation") {
@@ -275,64 +345,79 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             None => model.set_params(&init_params(&model_cfg, cfg.seed))?,
         },
     }
-    let mut record = match (cfg.save_batches, &resumed) {
+    dist::sync_start(&mut model, world, run_fingerprint(cfg, &model_cfg, &loader, step, adam_t))?;
+    // The record holds the whole step's batches, every rank's, as one process with
+    // grad_accum_steps N·A would train on them.
+    let global = BatchShape { accum: shape.accum * world.size(), ..shape };
+    let mut record = match (cfg.save_batches && root, &resumed) {
         (false, _) => None,
-        (true, Some(r)) => Some(BatchRecord::resume(out, shape, r.state.step)?),
+        (true, Some(r)) => Some(BatchRecord::resume(out, global, r.state.step)?),
         (true, None) => {
             let eval = val.as_deref().unwrap_or_default();
-            Some(BatchRecord::create(out, shape, &model_cfg, &data.tok, &model.params()?, eval)?)
+            Some(BatchRecord::create(out, global, &model_cfg, &data.tok, &model.params()?, eval)?)
         }
     };
-    let mut metrics = Metrics::open(out, resumed.as_ref().map(|r| r.state.step))?;
-    let quiet = opts.quiet;
+    let mut metrics = match root {
+        true => Some(Metrics::open(out, resumed.as_ref().map(|r| r.state.step))?),
+        false => None,
+    };
+    let quiet = opts.quiet || !root;
     let total = cfg.max_steps as u64;
     let progress = Progress::new(step, total, quiet);
     progress.println(
         &format!(
-            "training {} parameters on {device}; data: {} ({} train tokens, vocab {}); {} tokens per step{}",
+            "training {} parameters on {device}{}; data: {} ({} train tokens, vocab {}); {} tokens per step{}",
             model_cfg.n_params(),
+            match world.size() {
+                1 => String::new(),
+                n => format!(" and {} more rank(s) ({n} in all)", n - 1),
+            },
             data.source,
             loader.len(),
             model_cfg.vocab_size,
-            shape.tokens() * shape.accum,
+            global.tokens() * global.accum,
             if resumed.is_some() { format!("; resuming at step {step}") } else { String::new() }
         ),
         quiet,
     );
 
-    let tokens_per_step = (shape.tokens() * shape.accum) as f64;
+    let tokens_per_step = (global.tokens() * global.accum) as f64;
+    let mut bufs = dist::StepBuffers::default();
     let started = Instant::now();
     let (mut first_loss, mut last_loss, mut val_loss) = (None, f32::NAN, None);
     let mut last_checkpoint = resumed.as_ref().map(|r| r.dir.clone());
     let steps_at_start = step;
     while step < total {
         let t0 = Instant::now();
-        for micro in 0..shape.accum {
-            let (x, y) = loader.next_batch();
-            model.set_batch(micro, &x, &y)?;
-            if let Some(r) = record.as_mut() {
-                r.push(&x, &y)?;
-            }
-        }
+        dist::load_step(&mut model, &mut loader, world, |x, y| match record.as_mut() {
+            Some(r) => r.push(x, y),
+            None => Ok(()),
+        })?;
         // Each step draws fresh dropout masks, from the seed and the step alone (so a resumed run
-        // draws the same ones).
-        model.set_dropout_seed(crate::cpu::dropout_hash(
-            cfg.seed as u32 ^ crate::cpu::dropout_hash(step as u32),
-        ))?;
+        // draws the same ones); ranks after the first mix in their number, so each draws its own.
+        let mut dropout_seed =
+            crate::cpu::dropout_hash(cfg.seed as u32 ^ crate::cpu::dropout_hash(step as u32));
+        if world.rank() > 0 {
+            dropout_seed ^= crate::cpu::dropout_hash(0x9e37_79b9 ^ world.rank() as u32);
+        }
+        model.set_dropout_seed(dropout_seed)?;
         let lr = lr_at(step as usize, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps);
         let hyper = AdamwHyper::at_step(lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.grad_clip, adam_t + 1);
-        let poisoned = opts.nan_steps.contains(&(step + 1));
+        let poisoned =
+            opts.nan_steps.contains(&(step + 1)) && opts.nan_rank.is_none_or(|r| r == world.rank());
         if poisoned {
             model.set_grad_scale(f32::NAN)?;
         }
-        let stats = model.step(&hyper)?;
+        let stats = dist::step(&mut model, world, &hyper, &mut bufs)?.stats;
         if poisoned {
             model.set_grad_scale(1.0)?;
         }
         step += 1;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let tps = tokens_per_step / (ms / 1e3);
-        metrics.step(step, stats.loss, lr, stats.grad_norm, tps, ms)?;
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.step(step, stats.loss, lr, stats.grad_norm, tps, ms)?;
+        }
         if stats.grad_norm.is_finite() {
             adam_t += 1;
         }
@@ -364,8 +449,8 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         let last = step == total;
         let stopping = opts.stop_after == Some(step);
         let due = |every: usize| last || (every > 0 && step % every as u64 == 0);
-        if due(cfg.eval_every) {
-            if let Some(batches) = &val {
+        if due(cfg.eval_every) && root {
+            if let (Some(batches), Some(metrics)) = (&val, metrics.as_mut()) {
                 let loss = evaluate(&mut model, batches, shape.accum)?;
                 metrics.eval(step, loss)?;
                 crate::report::plot::refresh_run_plot(out);
@@ -383,7 +468,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             progress
                 .println(&format!("--- sample at step {step} ---\n{}{text}\n---", cfg.sample_prompt), quiet);
         }
-        if due(cfg.checkpoint_every) || stopping {
+        if (due(cfg.checkpoint_every) || stopping) && root {
             let (m, v) = model.optimizer_state()?;
             let state = TrainerState {
                 step,
@@ -393,6 +478,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 config: cfg.clone(),
                 kernels: model.backend().kernel_choices(),
                 attention: Some(model.attention.name().to_string()),
+                ranks: Some(world.size()),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             let params = model.params()?;
@@ -417,6 +503,23 @@ pub fn run(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         checkpoint: last_checkpoint.unwrap_or_else(|| out.clone()),
         device,
     })
+}
+
+/// What every rank of a job must agree on before its first step: the config, the model, the data and
+/// where the run stands.
+fn run_fingerprint(
+    cfg: &TrainConfig,
+    model: &crate::model::ModelConfig,
+    loader: &Loader,
+    step: u64,
+    adam_t: u64,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher::new() has fixed keys: the same value in every process of this binary.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (cfg.to_toml(), model.n_params(), model.vocab_size, loader.len(), loader.state(), step, adam_t)
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The model `init_from` names, checked against the config.
