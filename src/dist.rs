@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use crate::backend::AdamwHyper;
 use crate::data::Loader;
+use crate::gpu::DeviceChoice;
 use crate::model::{Model, StepStats};
 use crate::{Error, Result};
 
@@ -122,6 +123,15 @@ impl World {
     /// This rank's number among the ranks on its machine.
     pub fn local_rank(&self) -> usize {
         self.local_rank
+    }
+
+    /// The adapter this rank opens for `--device choice`: with several ranks, `auto` becomes the
+    /// adapter of this rank's number on its machine; anything else is as given.
+    pub fn device(&self, choice: &DeviceChoice) -> DeviceChoice {
+        match choice {
+            DeviceChoice::Auto if self.size > 1 => DeviceChoice::Local(self.local_rank),
+            other => other.clone(),
+        }
     }
 
     /// Rank 0: the one that prints, evaluates, samples and writes.

@@ -221,3 +221,22 @@ fn verify_on_software_gl_says_what_it_cannot_run() {
         assert!(row.contains("PASS"), "a hardware GL adapter runs the fused kernels: {row}");
     }
 }
+
+/// A binary built without the `mpi` feature that a launcher starts as one of several ranks refuses to
+/// train, rather than train N separate copies into one run directory.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn without_mpi_one_of_several_ranks_refuses_to_train() {
+    let out = temp("not-mpi");
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_wgslm"))
+        .args(["train", "--config", tiny, "--device", "cpu", "--out", s(&out)])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(stderr.contains("built without MPI") && stderr.contains("--features mpi"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out.exists(), "it wrote {}", out.display());
+}

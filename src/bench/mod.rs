@@ -150,11 +150,7 @@ pub fn train(cfg: &TrainConfig, steps: usize, device: &DeviceChoice) -> Result<T
 
 /// [`train`] as one rank of a data-parallel job: every rank steps, the figures are the job's.
 pub fn train_in(cfg: &TrainConfig, steps: usize, device: &DeviceChoice, world: &World) -> Result<TrainBench> {
-    let device = match device {
-        DeviceChoice::Auto if world.size() > 1 => DeviceChoice::Local(world.local_rank()),
-        d => d.clone(),
-    };
-    let backend = crate::open_backend_with(&device, &cfg.matmul)?;
+    let backend = crate::open_backend_with(&world.device(device), &cfg.matmul)?;
     train_world(cfg, backend, BenchData::Config, steps, true, world)
 }
 

@@ -281,11 +281,7 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
     }
     let shape = BatchShape { b: cfg.batch_size, t: cfg.block_size, accum: cfg.grad_accum_steps };
     // Several ranks on a machine take its adapters in turn.
-    let device = match &opts.device {
-        DeviceChoice::Auto if world.size() > 1 => DeviceChoice::Local(world.local_rank()),
-        d => d.clone(),
-    };
-    let mut backend = crate::open_backend_with(&device, &cfg.matmul)?;
+    let mut backend = crate::open_backend_with(&world.device(&opts.device), &cfg.matmul)?;
     if let Some(r) = &resumed {
         backend.pin_kernel_choices(&r.state.kernels)?;
     }
