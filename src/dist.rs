@@ -59,11 +59,10 @@ impl Mpi {
     }
 }
 
-/// The size of the job a launcher (mpirun, mpiexec, srun) started this process in, if one did.
+/// The size of the job a launcher started this process in, if one did: Open MPI's mpirun sets
+/// OMPI_COMM_WORLD_SIZE; MPICH's and Intel MPI's mpiexec (Hydra) and Slurm's srun with PMI set PMI_SIZE.
 fn launched_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"]
-        .iter()
-        .find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|var| std::env::var(var).ok()?.trim().parse().ok())
 }
 
 impl World {
