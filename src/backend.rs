@@ -701,8 +701,14 @@ pub trait Backend {
     fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId>;
     fn write_f32(&mut self, view: View, data: &[f32]) -> Result<()>;
     fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()>;
+    /// Reads a view back into `out` (`view.len` elements; waits for all submitted work).
+    fn read_f32_into(&mut self, view: View, out: &mut [f32]) -> Result<()>;
     /// Reads a view back (waits for all submitted work).
-    fn read_f32(&mut self, view: View) -> Result<Vec<f32>>;
+    fn read_f32(&mut self, view: View) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; view.len];
+        self.read_f32_into(view, &mut out)?;
+        Ok(out)
+    }
     /// Checks and plans a program of ops.
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId>;
     /// Executes a prepared program. On the GPU this records one command encoder and submits it.

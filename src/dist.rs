@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use crate::backend::AdamwHyper;
+use crate::backend::{AdamwHyper, Backend};
 use crate::data::Loader;
 use crate::gpu::DeviceChoice;
 use crate::model::{Model, StepStats};
@@ -138,20 +138,19 @@ impl World {
         self.rank == 0
     }
 
-    /// Replaces `buf` on every rank by its element-wise sum over the ranks (one MPI_Allreduce); `scratch`
-    /// is reused between calls. Returns the seconds spent waiting for the other ranks to arrive and
-    /// the seconds of the all-reduce itself.
-    pub fn sum(&self, buf: &mut [f32], scratch: &mut Vec<f32>) -> (f64, f64) {
+    /// Replaces `buf` on every rank by its element-wise sum over the ranks (one MPI_Allreduce into
+    /// `scratch`, which then trades places with `buf`: both are reused from call to call). Returns the
+    /// seconds spent waiting for the other ranks to arrive and the seconds of the all-reduce itself.
+    pub fn sum(&self, buf: &mut Vec<f32>, scratch: &mut Vec<f32>) -> (f64, f64) {
         #[cfg(feature = "mpi")]
         if let Some(m) = &self.mpi {
             use mpi::collective::{CommunicatorCollectives, SystemOperation};
             let t0 = Instant::now();
             m.arrive();
             let t1 = Instant::now();
-            scratch.clear();
             scratch.resize(buf.len(), 0.0);
             m.world.all_reduce_into(&buf[..], &mut scratch[..], SystemOperation::sum());
-            buf.copy_from_slice(scratch);
+            std::mem::swap(buf, scratch);
             return ((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64());
         }
         let _ = (buf, scratch);
@@ -261,17 +260,42 @@ pub fn step(model: &mut Model, world: &World, hyper: &AdamwHyper, bufs: &mut Ste
     }
     let loss = model.local_grads()?;
     let t0 = Instant::now();
-    bufs.flat = model.grads()?;
-    bufs.flat.push(loss);
+    let total = model.layout.total;
+    bufs.flat.resize(total + 1, 0.0);
+    model.read_grads_into(&mut bufs.flat[..total])?;
+    bufs.flat[total] = loss;
     let t1 = Instant::now();
     let (wait_s, allreduce_s) = world.sum(&mut bufs.flat, &mut bufs.scratch);
     let t2 = Instant::now();
     let scale = (1.0 / world.size() as f64) as f32;
     bufs.flat.iter_mut().for_each(|g| *g *= scale);
-    let loss = bufs.flat.pop().expect("the loss was pushed");
-    model.set_grads(&bufs.flat)?;
+    let loss = bufs.flat[total];
+    model.set_grads(&bufs.flat[..total])?;
     let copy_s = (t1 - t0 + t2.elapsed()).as_secs_f64();
     Ok(Stepped { stats: model.apply_grads(hyper, loss)?, wait_s, allreduce_s, copy_s })
+}
+
+/// Builds a model with `build` so that every rank runs rank 0's matmul variants: the autotuner times
+/// kernels in each process, and ranks that picked differently would round differently and drift
+/// apart. Rank 0 builds its model (tuning as it goes) and shares its choices; the others pin them
+/// before they build theirs.
+pub fn build_alike(
+    world: &World,
+    mut backend: Box<dyn Backend>,
+    build: impl FnOnce(Box<dyn Backend>) -> Result<Model>,
+) -> Result<Model> {
+    if world.size() == 1 {
+        return build(backend);
+    }
+    if world.is_root() {
+        let model = build(backend)?;
+        world.share(serde_json::to_vec(&model.backend().kernel_choices()).expect("a map of strings"));
+        return Ok(model);
+    }
+    let choices = serde_json::from_slice(&world.share(Vec::new()))
+        .map_err(|e| Error::Invalid(format!("rank 0's kernel choices: {e}")))?;
+    backend.pin_kernel_choices(&choices)?;
+    build(backend)
 }
 
 /// Makes every rank start from rank 0's parameters (ranks on different adapters may round their

@@ -35,8 +35,14 @@ pub enum BenchData {
     Random { vocab: usize },
 }
 
-/// A model and a loader as `wgslm train` builds them (random initialisation, no run directory).
-fn setup(cfg: &TrainConfig, backend: Box<dyn Backend>, data: BenchData) -> Result<(Model, Loader)> {
+/// A model and a loader as `wgslm train` builds them on this rank of `world` (random initialisation,
+/// every rank starting alike; no run directory).
+fn setup(
+    cfg: &TrainConfig,
+    backend: Box<dyn Backend>,
+    data: BenchData,
+    world: &World,
+) -> Result<(Model, Loader)> {
     let (vocab, tokens, source) = match data {
         BenchData::Config => {
             let d = load_data(cfg)?;
@@ -54,15 +60,13 @@ fn setup(cfg: &TrainConfig, backend: Box<dyn Backend>, data: BenchData) -> Resul
     let attention =
         crate::model::Attention::choose(&cfg.attention, backend.as_ref(), shape.t, model_cfg.head_size())
             .ok_or_else(|| crate::Error::Invalid(format!("attention = {:?}", cfg.attention)))?;
-    let mut model = Model::with_attention(
-        backend,
-        model_cfg,
-        shape,
-        Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout },
-        attention,
-    )?;
+    let mode = Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout };
+    let mut model =
+        dist::build_alike(world, backend, |be| Model::with_attention(be, model_cfg, shape, mode, attention))?;
     model.set_params(&init_params(&model_cfg, cfg.seed))?;
     let loader = Loader::new(tokens, shape.b, shape.t, cfg.seed, &source)?;
+    let fingerprint = crate::train::trainer::run_fingerprint(cfg, &model_cfg, &loader, 0, 0);
+    dist::sync_start(&mut model, world, fingerprint)?;
     Ok((model, loader))
 }
 
@@ -174,10 +178,8 @@ fn train_world(
     profile: bool,
     world: &World,
 ) -> Result<TrainBench> {
-    let (mut model, mut loader) = setup(cfg, backend, data)?;
+    let (mut model, mut loader) = setup(cfg, backend, data, world)?;
     let bufs = &mut dist::StepBuffers::default();
-    let fingerprint = model.config.n_params() as u64 ^ ((loader.len() as u64) << 32);
-    dist::sync_start(&mut model, world, fingerprint)?;
     let mut t = 1;
     let first_loss = step_in(&mut model, &mut loader, cfg, t, world, bufs)?.stats.loss;
     t += 1;
@@ -238,7 +240,7 @@ pub fn soak(
     mut progress: impl FnMut(usize),
 ) -> Result<Soak> {
     let backend = crate::open_backend_with(device, &cfg.matmul)?;
-    let (mut model, mut loader) = setup(cfg, backend, BenchData::Config)?;
+    let (mut model, mut loader) = setup(cfg, backend, BenchData::Config, &World::single())?;
     let first = step(&mut model, &mut loader, cfg, 1)?;
     let (rss0, buf0) = (rss_bytes(), model.backend().live_buffers());
     let started = Instant::now();

@@ -331,8 +331,9 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn read_f32(&mut self, view: View) -> Result<Vec<f32>> {
-        Ok(self.f32s(view).to_vec())
+    fn read_f32_into(&mut self, view: View, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(self.f32s(view));
+        Ok(())
     }
 
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {

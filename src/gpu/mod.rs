@@ -373,9 +373,10 @@ impl Backend for GpuBackend {
         Ok(())
     }
 
-    fn read_f32(&mut self, view: View) -> Result<Vec<f32>> {
+    fn read_f32_into(&mut self, view: View, out: &mut [f32]) -> Result<()> {
+        assert_eq!(out.len(), view.len, "read_f32_into: the slice must hold the view");
         if view.len == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let size = view.len as u64 * 4;
         if self.staging.as_ref().is_none_or(|s| s.size() < size) {
@@ -397,14 +398,14 @@ impl Backend for GpuBackend {
         rx.recv()
             .map_err(|_| Error::DeviceLost("the readback was abandoned".into()))?
             .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
-        let data = {
+        {
             let mapped = slice
                 .get_mapped_range()
                 .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
-            bytemuck::cast_slice::<u8, f32>(&mapped).to_vec()
-        };
+            out.copy_from_slice(bytemuck::cast_slice::<u8, f32>(&mapped));
+        }
         staging.unmap();
-        Ok(data)
+        Ok(())
     }
 
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {

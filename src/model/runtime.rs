@@ -770,8 +770,15 @@ impl Model {
 
     /// Every parameter gradient of the last step, flat.
     pub fn grads(&mut self) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.layout.total];
+        self.read_grads_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// [`Model::grads`] into `out` (`layout.total` elements).
+    pub fn read_grads_into(&mut self, out: &mut [f32]) -> Result<()> {
         let grads = self.train()?.grads;
-        self.backend.read_f32(View::new(grads, 0, self.layout.total))
+        self.backend.read_f32_into(View::new(grads, 0, self.layout.total), out)
     }
 
     /// AdamW's moments (m, v), flat.

@@ -285,14 +285,6 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
     if let Some(r) = &resumed {
         backend.pin_kernel_choices(&r.state.kernels)?;
     }
-    // Every rank must round alike: the others take rank 0's matmul variants (it tunes them while
-    // building its model), so the parameters stay the same on every rank.
-    if world.size() > 1 && !root {
-        let choices = world.share(Vec::new());
-        let choices = serde_json::from_slice(&choices)
-            .map_err(|e| Error::Invalid(format!("rank 0's kernel choices: {e}")))?;
-        backend.pin_kernel_choices(&choices)?;
-    }
     let device = backend.describe();
     // A resumed run keeps the attention variant it started with (checkpoints before the choice
     // existed used the naive one).
@@ -304,17 +296,9 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         .ok_or_else(|| {
             Error::Invalid(format!("unknown attention variant {attention:?} in the checkpoint"))
         })?;
-    let mut model = Model::with_attention(
-        backend,
-        model_cfg,
-        shape,
-        Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout },
-        attention,
-    )?;
-    if world.size() > 1 && root {
-        let choices = serde_json::to_vec(&model.backend().kernel_choices()).expect("a map of strings");
-        world.share(choices);
-    }
+    let mode = Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout };
+    let mut model =
+        dist::build_alike(world, backend, |be| Model::with_attention(be, model_cfg, shape, mode, attention))?;
     if root {
         model.enable_sampling()?;
     }
@@ -503,7 +487,7 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
 
 /// What every rank of a job must agree on before its first step: the config, the model, the data and
 /// where the run stands.
-fn run_fingerprint(
+pub(crate) fn run_fingerprint(
     cfg: &TrainConfig,
     model: &crate::model::ModelConfig,
     loader: &Loader,
