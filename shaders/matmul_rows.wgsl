@@ -1,5 +1,5 @@
 // General matrix product, variant family "rows": out (M,N) (+)= op(a) · op(b) (+ bias), f32, with the
-// binding contract of matmul.wgsl (docs/KERNELS.md). Any shape, any layout (TRANS_A, TRANS_B).
+// binding contract of matmul.wgsl (docs/KERNELS.md). Any shape, any layout.
 //
 // Written for SIMD CPU targets such as lavapipe, where a load whose address depends on the invocation
 // index becomes a loop over the SIMD lanes, while one that depends only on the workgroup id and loop
@@ -12,6 +12,12 @@
 // `enable f16;` in front and sets `Elem` to f16, so a and b are read as halves and every product and
 // sum stays f32. Each array<f16> packs two halves per 32-bit word, the even element in the low half.
 //
+// The layout is read from `flags` (bit 2: a stored (K,M); bit 3: b stored (N,K)) as two strides per
+// operand, not set by the TRANS_A / TRANS_B overrides the other variants take: one pipeline serves all
+// four layouts with the same sums, so lavapipe, which compiles a pipeline for tens of seconds on its
+// first dispatch (most of it LLVM building the compute shader's coroutine frame), compiles this kernel
+// once instead of once per layout.
+//
 // Grid: (ceil(N / (4*C4)), ceil(M / (WG*R))) workgroups of WG invocations.
 
 struct Params {
@@ -22,9 +28,6 @@ struct Params {
     k_begin: u32,
     k_end: u32,
 }
-
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
 
 alias Elem = f32;
 
@@ -38,36 +41,33 @@ const WG: u32 = 8u;
 @group(0) @binding(3) var<storage, read> b: array<Elem>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
-fn load_a(i: u32, kk: u32) -> f32 {
-    if (TRANS_A) {
-        return f32(a[kk * p.m + i]);
-    }
-    return f32(a[i * p.k + kk]);
-}
-
-fn load_b(kk: u32, j: u32) -> f32 {
-    if (TRANS_B) {
-        return f32(b[j * p.k + kk]);
-    }
-    return f32(b[kk * p.n + j]);
-}
-
 @compute @workgroup_size(8)
 fn matmul_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = (wid.y * WG + lid) * R;
     let col0 = wid.x * C4 * 4u;
     let last_col = p.n - 1u;
+    // Element (i, kk) of op(a) is a[i * a_row + kk * a_k]; element (kk, j) of op(b) is
+    // b[kk * b_k + j * b_col].
+    let trans_a = (p.flags & 4u) != 0u;
+    let trans_b = (p.flags & 8u) != 0u;
+    let a_row = select(p.k, 1u, trans_a);
+    let a_k = select(1u, p.m, trans_a);
+    let b_k = select(p.n, 1u, trans_b);
+    let b_col = select(1u, p.k, trans_b);
     var acc: array<array<vec4<f32>, C4>, R>;
     var bv: array<vec4<f32>, C4>;
     for (var kk = p.k_begin; kk < p.k_end; kk += 1u) {
+        let b0 = kk * b_k;
         for (var j = 0u; j < C4; j += 1u) {
             let c = col0 + 4u * j;
             // Columns past the edge read the last one; their sums are never stored.
-            bv[j] = vec4<f32>(load_b(kk, min(c, last_col)), load_b(kk, min(c + 1u, last_col)),
-                              load_b(kk, min(c + 2u, last_col)), load_b(kk, min(c + 3u, last_col)));
+            bv[j] = vec4<f32>(f32(b[b0 + min(c, last_col) * b_col]), f32(b[b0 + min(c + 1u, last_col) * b_col]),
+                              f32(b[b0 + min(c + 2u, last_col) * b_col]),
+                              f32(b[b0 + min(c + 3u, last_col) * b_col]));
         }
+        let a0 = kk * a_k;
         for (var i = 0u; i < R; i += 1u) {
-            let av = load_a(min(row0 + i, p.m - 1u), kk);
+            let av = f32(a[a0 + min(row0 + i, p.m - 1u) * a_row]);
             for (var j = 0u; j < C4; j += 1u) {
                 acc[i][j] += av * bv[j];
             }

@@ -75,9 +75,13 @@ pub fn run(ctx: &Arc<GpuContext>, quick: bool, progress: &mut dyn FnMut(Progress
 
     progress(Progress::Stage("train: tokens per second and memory"));
     let (configs, steps): (&[SuiteConfig], usize) = if quick { (&QUICK_CONFIGS, 3) } else { (&CONFIGS, 10) };
+    // A quick suite trains with the variant that won the kernel stage rather than autotuning every
+    // shape: on a software adapter the tuner's candidates at the configs' layouts cost tens of seconds
+    // of compiling, most of a quick suite's budget.
+    let matmul = if quick { fastest_matmul(&kernels).unwrap_or("auto") } else { "auto" };
     let mut train = Vec::new();
     for c in configs {
-        let result = train_config(ctx, c, steps);
+        let result = train_config(ctx, c, steps, matmul);
         progress(Progress::Trained(&result));
         train.push(result);
     }
@@ -96,9 +100,24 @@ pub fn run(ctx: &Arc<GpuContext>, quick: bool, progress: &mut dyn FnMut(Progress
     })
 }
 
-/// `bench train` on one built-in config; a failure (the adapter cannot hold it, say) is recorded, not
-/// fatal, so the rest of the suite still runs.
-fn train_config(ctx: &Arc<GpuContext>, c: &SuiteConfig, steps: usize) -> TrainResult {
+/// The f32 matmul variant the model can use with the best summed rate over the timed shapes (shapes it
+/// could not run count as zero), if any ran.
+fn fastest_matmul(kernels: &[crate::bench::kernels::Timing]) -> Option<&'static str> {
+    crate::gpu::kernels::MATMUL_VARIANTS
+        .iter()
+        .map(|&v| {
+            let rates = kernels.iter().filter(|t| t.kernel == "matmul" && t.variant == v && t.passed);
+            (v, rates.filter_map(|t| t.rate).sum::<f64>())
+        })
+        .filter(|&(_, total)| total > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(v, _)| v)
+}
+
+/// `bench train` on one built-in config with matmul policy `matmul` (see [`TrainResult::matmul`]); a
+/// failure (the adapter cannot hold it, say) is recorded, not fatal, so the rest of the suite still
+/// runs.
+fn train_config(ctx: &Arc<GpuContext>, c: &SuiteConfig, steps: usize, matmul: &str) -> TrainResult {
     let mut result = TrainResult {
         config: c.name.into(),
         arch: String::new(),
@@ -110,12 +129,13 @@ fn train_config(ctx: &Arc<GpuContext>, c: &SuiteConfig, steps: usize) -> TrainRe
         allocated_bytes: None,
         analytic_bytes: 0,
         error: None,
+        matmul: Some(matmul.into()),
     };
     let outcome = (|| -> Result<()> {
         let cfg = TrainConfig::parse(&format!("configs/{}.toml", c.name), c.toml)?;
         result.arch = cfg.arch.clone();
         let mut backend = GpuBackend::with_context(ctx.clone());
-        backend.set_matmul_policy(&cfg.matmul)?;
+        backend.set_matmul_policy(if matmul == "auto" { &cfg.matmul } else { matmul })?;
         let b = super::train_on(
             &cfg,
             Box::new(backend),

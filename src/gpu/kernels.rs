@@ -296,8 +296,17 @@ fn call(entry: &'static str, views: Vec<View>, params: Vec<u32>, groups: [u32; 3
     Call { entry, source: "", constants: Vec::new(), views, params, groups }
 }
 
-/// How matmul `variant` runs one shape: entry point, source variant, override constants and grid.
-#[allow(clippy::type_complexity)]
+/// How a matmul variant runs one shape: entry point, source variant, override constants, grid, and the
+/// bits it adds to `Params.flags` (the layout, for the `rows` kernels, which read it at run time).
+struct MatmulEntry {
+    entry: &'static str,
+    source: &'static str,
+    constants: Vec<(&'static str, f64)>,
+    groups: [u32; 3],
+    flags: u32,
+}
+
+/// How matmul `variant` runs one shape.
 fn matmul_entry(
     variant: &'static str,
     custom: Option<&CustomMatmul>,
@@ -305,33 +314,41 @@ fn matmul_entry(
     (m, k, n): (usize, usize, usize),
     trans_a: bool,
     trans_b: bool,
-) -> (&'static str, &'static str, Vec<(&'static str, f64)>, [u32; 3]) {
+) -> MatmulEntry {
     let flag = |b: bool| b as u8 as f64;
     let both = vec![("TRANS_A", flag(trans_a)), ("TRANS_B", flag(trans_b))];
     let tiles32 = [u(n.div_ceil(32)), u(m.div_ceil(32)), 1];
+    let with = |entry, source, constants, groups| MatmulEntry { entry, source, constants, groups, flags: 0 };
     if let (Some(c), "custom") = (custom, variant) {
         if c.transposes || (!trans_a && !trans_b) {
             let constants = if c.transposes { both } else { vec![] };
             let grid = [u(n.div_ceil(c.tile_n as usize)), u(m.div_ceil(c.tile_m as usize)), 1];
-            return (c.entry, "custom", constants, grid);
+            return with(c.entry, "custom", constants, grid);
         }
     }
     match (variant, rows_tile(variant)) {
         ("vec4", _) if !trans_b && n % 4 == 0 => {
-            ("matmul_vec4_rows", "", vec![("TRANS_A", flag(trans_a))], tiles32)
+            with("matmul_vec4_rows", "", vec![("TRANS_A", flag(trans_a))], tiles32)
         }
-        ("vec4", _) if trans_b && !trans_a && k % 4 == 0 => ("matmul_vec4_dot", "", vec![], tiles32),
-        ("gemv", _) if m <= GEMV_ROWS && !trans_a && trans_b => ("matmul_gemv_nt", "", vec![], fold(n)),
-        ("gemv", _) if m <= GEMV_ROWS && !trans_a => ("matmul_gemv_nn", "", vec![], per_item(n)),
-        (v, Some((r, c4))) => ("matmul_rows", v, both, [u(n.div_ceil(4 * c4)), u(m.div_ceil(8 * r)), 1]),
-        ("tiled64", _) => ("matmul_tiled", "", both, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]),
+        ("vec4", _) if trans_b && !trans_a && k % 4 == 0 => with("matmul_vec4_dot", "", vec![], tiles32),
+        ("gemv", _) if m <= GEMV_ROWS && !trans_a && trans_b => with("matmul_gemv_nt", "", vec![], fold(n)),
+        ("gemv", _) if m <= GEMV_ROWS && !trans_a => with("matmul_gemv_nn", "", vec![], per_item(n)),
+        // One pipeline for every layout: the kernel reads it from flags bits 2 and 3.
+        (v, Some((r, c4))) => MatmulEntry {
+            entry: "matmul_rows",
+            source: v,
+            constants: vec![],
+            groups: [u(n.div_ceil(4 * c4)), u(m.div_ceil(8 * r)), 1],
+            flags: (u32::from(trans_a) << 2) | (u32::from(trans_b) << 3),
+        },
+        ("tiled64", _) => with("matmul_tiled", "", both, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]),
         ("subgroup", _) => {
             let x = subgroup_lanes as usize;
             let mut constants = both;
             constants.push(("X", x as f64));
-            ("matmul_subgroup", "", constants, [u(n.div_ceil(4 * x)), u(m.div_ceil(8 * 64 / x)), 1])
+            with("matmul_subgroup", "", constants, [u(n.div_ceil(4 * x)), u(m.div_ceil(8 * 64 / x)), 1])
         }
-        _ => ("matmul", "", both, tiles32),
+        _ => with("matmul", "", both, tiles32),
     }
 }
 
@@ -356,9 +373,9 @@ pub fn gemm(
 }
 
 /// One dispatch of a matmul entry per chunk of [`MATMUL_K_CHUNK`] along K.
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[allow(clippy::too_many_arguments)]
 fn k_chunks(
-    (entry, source, constants, groups): (&'static str, &'static str, Vec<(&'static str, f64)>, [u32; 3]),
+    entry: MatmulEntry,
     out: View,
     a: View,
     b: View,
@@ -372,14 +389,14 @@ fn k_chunks(
             let k_begin = chunk * MATMUL_K_CHUNK;
             let k_end = (k_begin + MATMUL_K_CHUNK).min(k);
             let add_bias = bias.is_some() && chunk == 0;
-            let flags = u32::from(accumulate || chunk > 0) | (u32::from(add_bias) << 1);
+            let flags = u32::from(accumulate || chunk > 0) | (u32::from(add_bias) << 1) | entry.flags;
             Call {
-                entry,
-                source,
-                constants: constants.clone(),
+                entry: entry.entry,
+                source: entry.source,
+                constants: entry.constants.clone(),
                 views: vec![out, a, b, bias.unwrap_or(dummy)],
                 params: vec![u(m), u(k), u(n), flags, u(k_begin), u(k_end)],
-                groups,
+                groups: entry.groups,
             }
         })
         .collect()
@@ -651,9 +668,11 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
         }
         Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half: true } => {
             // The rows16x32 kernel with a and b read as halves.
-            let (entry, _, constants, groups) =
-                matmul_entry("rows16x32", None, 0, (m, k, n), trans_a, trans_b);
-            k_chunks((entry, F16_SOURCE, constants, groups), out, a, b, None, dummy, (m, k, n), accumulate)
+            let entry = MatmulEntry {
+                source: F16_SOURCE,
+                ..matmul_entry("rows16x32", None, 0, (m, k, n), trans_a, trans_b)
+            };
+            k_chunks(entry, out, a, b, None, dummy, (m, k, n), accumulate)
         }
         Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
             let trans_b = layout == WeightLayout::OutIn;

@@ -400,7 +400,7 @@ fn training(page: &mut Page, cols: &[Column], head: &[String]) -> Result<()> {
     page.heading(2, "Training: tokens per second and memory");
     page.para(
         "`wgslm bench train` per config (random tokens of the config's vocabulary; the matmul kernels as \
-         `wgslm train` picks them): tokens per second and milliseconds per step over the timed steps after \
+         `wgslm train` picks them, or in a quick suite the variant that won the kernel stage): tokens per second and milliseconds per step over the timed steps after \
          two warm-up steps, and the bytes in GPU buffers against the analytic count.",
         "note",
     );

@@ -149,6 +149,10 @@ pub struct TrainResult {
     /// Why the config could not be trained here, if it could not.
     #[serde(default)]
     pub error: Option<String>,
+    /// The matmul policy it trained with: "auto" (the autotuner, as `wgslm train` picks), or the
+    /// variant a quick suite pinned (the winner of its kernel stage). Absent in files written before.
+    #[serde(default)]
+    pub matmul: Option<String>,
 }
 
 /// One machine's `wgslm bench suite` file.
