@@ -109,6 +109,18 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Write a model (or a run's newest checkpoint) as a new Hugging Face directory with its weights
+    /// in bf16, f16 or f32; transformers loads it unchanged.
+    Export {
+        #[arg(long)]
+        model: PathBuf,
+        /// The new directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// bf16 (f32's range, 8 bits of mantissa), f16 (refused if a weight is beyond ±65504) or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+    },
     /// Mean loss and perplexity of a model over a whole token file.
     Eval {
         #[arg(long)]
@@ -365,6 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let opts = SampleOptions { max_new_tokens, temperature, top_k, top_p, seed };
             sample(&model, &prompt, &opts, &device)
         }
+        Command::Export { model, out, dtype } => export(&model, &out, &dtype),
         Command::Eval { model, data, batch_size, device } => eval(&model, &data, batch_size, &device),
         Command::Grad { model, batch, out, adamw_steps, lr, beta1, beta2, eps, weight_decay, device } => {
             let opts = GradOptions { adamw_steps, lr, beta1, beta2, eps, weight_decay };
@@ -512,6 +525,23 @@ fn sample(dir: &Path, prompt: &str, opts: &SampleOptions, device: &str) -> anyho
         let _ = out.flush();
     })?;
     println!();
+    Ok(())
+}
+
+fn export(model: &Path, out: &Path, dtype: &str) -> anyhow::Result<()> {
+    use wgslm::model::hf;
+    let precision = hf::Precision::parse("--dtype", dtype)?;
+    let src = wgslm::train::checkpoint::resolve_model_dir(model)?;
+    let done = hf::export(&src, out, precision)?;
+    println!(
+        "exported {} parameters from {} as {} to {} ({:.1} MB of weights; rounding {:.1e} relative L2)",
+        done.params,
+        src.display(),
+        precision.name(),
+        out.display(),
+        done.bytes as f64 / 1e6,
+        done.rounding
+    );
     Ok(())
 }
 

@@ -141,8 +141,10 @@ fn prepare_train_sample_eval() {
 #[test]
 fn help_lists_every_subcommand() {
     let out = ok(&["--help"]);
-    for cmd in ["devices", "verify", "prepare", "train", "sample", "eval", "grad", "bench", "report", "plot"]
-    {
+    for cmd in [
+        "devices", "verify", "prepare", "train", "sample", "eval", "grad", "bench", "report", "plot",
+        "export",
+    ] {
         assert!(out.contains(cmd), "--help does not mention {cmd}:\n{out}");
     }
 }
@@ -239,4 +241,78 @@ fn without_mpi_one_of_several_ranks_refuses_to_train() {
     assert!(stderr.contains("built without MPI") && stderr.contains("--features mpi"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!out.exists(), "it wrote {}", out.display());
+}
+
+/// `export` writes a new HF directory whose every tensor is the source's rounded to bf16 or f16 (to
+/// nearest, ties to even), with `torch_dtype` set; it never writes over a directory, refuses weights
+/// f16 cannot hold, and leaves nothing behind when it refuses.
+#[test]
+fn export_writes_half_precision_models() {
+    use wgslm::model::hf;
+    use wgslm::tensors::TensorFile;
+    let root = temp("export");
+    std::fs::create_dir_all(&root).unwrap();
+    for fixture in ["gpt2-tiny", "llama-tiny"] {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+        let (config, flat) = hf::load(&src).unwrap();
+        let layout = wgslm::model::ParamLayout::new(&config);
+        for (dtype, torch, st) in
+            [("bf16", "bfloat16", safetensors::Dtype::BF16), ("f16", "float16", safetensors::Dtype::F16)]
+        {
+            let out = root.join(format!("{fixture}-{dtype}"));
+            let said = ok(&["export", "--model", s(&src), "--out", s(&out), "--dtype", dtype]);
+            assert!(said.contains(&format!("as {dtype}")), "{said}");
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+            assert_eq!(json["torch_dtype"], torch);
+            let file = TensorFile::open(&out.join("model.safetensors")).unwrap();
+            assert_eq!(file.names().len(), layout.specs.len());
+            for (i, spec) in layout.specs.iter().enumerate() {
+                assert_eq!(file.info(&spec.name).unwrap(), (spec.shape.clone(), st), "{}", spec.name);
+                let want: Vec<f32> = layout
+                    .slice(&flat, i)
+                    .iter()
+                    .map(|&x| match st {
+                        safetensors::Dtype::BF16 => half::bf16::from_f32(x).to_f32(),
+                        _ => half::f16::from_f32(x).to_f32(),
+                    })
+                    .collect();
+                assert_eq!(file.f32(&spec.name, None).unwrap(), want, "{fixture} {dtype} {}", spec.name);
+            }
+            // What wgslm itself loads from it: the same config, the rounded weights.
+            let (again, _) = hf::load(&out).unwrap();
+            assert_eq!(again, config);
+
+            // Never over an existing directory: refused, and the directory is as it was.
+            let before = std::fs::read(out.join("model.safetensors")).unwrap();
+            let o = wgslm(&["export", "--model", s(&src), "--out", s(&out), "--dtype", "f32"]);
+            assert!(!o.status.success());
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("already exists") && err.lines().count() == 1, "{err}");
+            assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), before);
+        }
+    }
+
+    // A weight beyond f16's range: f16 is refused by name (bf16 suggested) and leaves no directory.
+    let big = root.join("big");
+    let (config, mut flat) =
+        hf::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2-tiny")).unwrap();
+    flat[3] = 70_000.0;
+    hf::save(&big, &config, &flat, None).unwrap();
+    let out = root.join("big-f16");
+    let o = wgslm(&["export", "--model", s(&big), "--out", s(&out), "--dtype", "f16"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("beyond f16's range") && err.contains("bf16"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(&root)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .count(),
+        0
+    );
+    ok(&["export", "--model", s(&big), "--out", s(&out), "--dtype", "bf16"]);
+    let o = wgslm(&["export", "--model", s(&big), "--out", s(&root.join("x")), "--dtype", "f8"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("use f32, bf16 or f16"));
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -162,3 +162,165 @@ pub fn save(dir: &Path, config: &ModelConfig, flat: &[f32], bos_eos: Option<u32>
     let json = serde_json::to_string_pretty(&config_json(config, bos_eos)).expect("a JSON value serialises");
     fsutil::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
 }
+
+/// The precision `wgslm export` writes weights in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    /// Parses `f32`, `bf16` or `f16` (or torch's names for them); `what` names the source in errors.
+    pub fn parse(what: &str, s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f16" | "float16" => Ok(Self::F16),
+            other => Err(Error::Invalid(format!("{what} is \"{other}\"; use f32, bf16 or f16"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        }
+    }
+
+    /// config.json's `torch_dtype` for weights stored in this precision.
+    fn torch_dtype(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::Bf16 => "bfloat16",
+            Self::F16 => "float16",
+        }
+    }
+
+    /// `x` rounded to this precision (to nearest, ties to even) as the bits of a half, or None for
+    /// f32. A value beyond f16's range becomes an infinity; [`export`] refuses such a model first.
+    fn half_bits(self, x: f32) -> Option<u16> {
+        match self {
+            Self::F32 => None,
+            Self::Bf16 => Some(half::bf16::from_f32(x).to_bits()),
+            Self::F16 => Some(half::f16::from_f32(x).to_bits()),
+        }
+    }
+}
+
+/// The files of a model directory besides its weights and config that an export carries over: the
+/// tokenizer and generation settings transformers reads. A checkpoint's training state is left out.
+const CARRIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// What [`export`] wrote.
+#[derive(Debug)]
+pub struct Exported {
+    pub params: usize,
+    /// Bytes of the new model.safetensors.
+    pub bytes: u64,
+    /// Relative L2 norm of the rounding (new weights against the source's), over all parameters.
+    pub rounding: f64,
+}
+
+/// Writes the model of directory `src` as a new Hugging Face directory `out` with its weights in
+/// `precision`: model.safetensors (BF16, F16 or F32 tensors), config.json with `torch_dtype` set, and
+/// the tokenizer files beside them. `out` must not exist. Everything is written under a temporary
+/// name beside `out` and renamed at the end, so a failed or interrupted export leaves no `out`, and
+/// `src` is only read.
+pub fn export(src: &Path, out: &Path, precision: Precision) -> Result<Exported> {
+    if out.exists() {
+        return Err(Error::Invalid(format!(
+            "{}: already exists; export writes a new directory (choose another --out, or remove it)",
+            out.display()
+        )));
+    }
+    let (config, flat) = load(src)?;
+    let layout = ParamLayout::new(&config);
+    if precision == Precision::F16 {
+        let limit = half::f16::MAX.to_f32();
+        for (i, spec) in layout.specs.iter().enumerate() {
+            if let Some(x) = layout.slice(&flat, i).iter().find(|x| x.abs() > limit) {
+                return Err(Error::Invalid(format!(
+                    "{}: tensor `{}` holds {x}, beyond f16's range (±{limit}); export with --dtype bf16, \
+                     which keeps f32's range",
+                    src.display(),
+                    spec.name
+                )));
+            }
+        }
+    }
+    let halves: Vec<u16> = flat.iter().filter_map(|&x| precision.half_bits(x)).collect();
+    let widen = |bits: u16| match precision {
+        Precision::F16 => half::f16::from_bits(bits).to_f32(),
+        _ => half::bf16::from_bits(bits).to_f32(),
+    };
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (i, &x) in flat.iter().enumerate() {
+        let rounded = halves.get(i).map_or(x, |&h| widen(h));
+        err += (f64::from(rounded) - f64::from(x)).powi(2);
+        norm += f64::from(x).powi(2);
+    }
+    let dtype = match precision {
+        Precision::F16 => safetensors::Dtype::F16,
+        _ => safetensors::Dtype::BF16,
+    };
+    let tensors = layout
+        .specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let range = s.offset..s.offset + s.len();
+            let tensor = match precision {
+                Precision::F32 => Tensor::F32(layout.slice(&flat, i), s.shape.clone()),
+                _ => Tensor::Half(&halves[range], dtype, s.shape.clone()),
+            };
+            (s.name.clone(), tensor)
+        })
+        .collect();
+
+    let mut json: serde_json::Value = serde_json::from_slice(&fsutil::read(&src.join(CONFIG_FILE))?)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", src.join(CONFIG_FILE).display())))?;
+    json["torch_dtype"] = precision.torch_dtype().into();
+
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name =
+        out.file_name().ok_or_else(|| Error::Invalid(format!("{}: not a directory name", out.display())))?;
+    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = (|| -> Result<u64> {
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        tensors::write(&tmp.join(WEIGHTS_FILE), tensors, Some(metadata))?;
+        let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises");
+        fsutil::write_atomic(&tmp.join(CONFIG_FILE), text.as_bytes())?;
+        for file in CARRIED_FILES {
+            let from = src.join(file);
+            if from.is_file() {
+                fsutil::write_atomic(&tmp.join(file), &fsutil::read(&from)?)?;
+            }
+        }
+        let bytes = std::fs::metadata(tmp.join(WEIGHTS_FILE)).map_err(|e| Error::io(&tmp, e))?.len();
+        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+        Ok(bytes)
+    })();
+    match written {
+        Ok(bytes) => Ok(Exported {
+            params: flat.len(),
+            bytes,
+            rounding: if norm > 0.0 { (err / norm).sqrt() } else { 0.0 },
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
