@@ -744,9 +744,15 @@ pub trait Backend {
     fn live_buffers(&self) -> Option<(usize, u64)> {
         None
     }
-    /// Runs a prepared program one kernel at a time and returns each kernel's wall time, for
-    /// profiling; backends that cannot do this return an empty list.
+    /// Runs a prepared program once and returns each dispatch's time with its entry point, for
+    /// profiling ([`Backend::profile_method`] says how it was timed); backends that cannot do this
+    /// return an empty list.
     fn profile(&mut self, _plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
         Ok(Vec::new())
+    }
+    /// How [`Backend::profile`] times: "by timestamps between its dispatches" (GPU timestamps between
+    /// the dispatches of one run) or "each dispatch alone" (each submitted and waited for on its own).
+    fn profile_method(&self) -> &'static str {
+        "each dispatch alone"
     }
 }

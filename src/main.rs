@@ -446,7 +446,18 @@ fn bench_train(
         ),
         None => println!("analytic memory: {:.1} MiB", mib(b.analytic)),
     }
-    print_kernels("per kernel, each dispatch timed alone", &b.kernels);
+    let in_all: f64 = b.kernels.iter().map(|k| k.2).sum();
+    if in_all > 0.0 {
+        println!(
+            "per kernel, one more step timed {} ({in_all:.2} ms in all: {:.0}% of that step's {:.2} ms of \
+             wall time, {:.0}% of the timed steps' mean):",
+            b.kernels_method,
+            100.0 * in_all / b.profiled_step_ms,
+            b.profiled_step_ms,
+            100.0 * in_all / b.ms_per_step,
+        );
+    }
+    print_kernels("", &b.kernels);
     if let Some(path) = json {
         let kernels: Vec<_> = b
             .kernels
@@ -459,6 +470,7 @@ fn bench_train(
                 "device": b.device, "params": b.params, "tokens_per_step": b.tokens_per_step, "steps": b.steps,
                 "tokens_per_s": b.tokens_per_s, "ms_per_step": b.ms_per_step, "submit_ms_per_step": b.submit_ms_per_step,
                 "allocated_bytes": b.allocated, "analytic_bytes": b.analytic, "kernels": kernels,
+                "kernels_method": b.kernels_method, "profiled_step_ms": b.profiled_step_ms,
                 "ranks": b.ranks, "allreduce_ms_per_step": b.allreduce_ms_per_step,
                 "wait_ms_per_step": b.wait_ms_per_step, "copy_ms_per_step": b.copy_ms_per_step,
             }),
@@ -604,10 +616,13 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 /// A per-kernel table (entry, dispatches, ms), with each entry's share; nothing when it is empty.
+/// One line per kernel, after a heading of `title` and the total (none when `title` is empty).
 fn print_kernels(title: &str, kernels: &[(String, usize, f64)]) {
     let total: f64 = kernels.iter().map(|k| k.2).sum();
     if total > 0.0 {
-        println!("{title} ({total:.2} ms in all):");
+        if !title.is_empty() {
+            println!("{title} ({total:.2} ms in all):");
+        }
         for (name, count, ms) in kernels {
             println!("  {name:<36} {count:>4} x  {ms:>9.3} ms  {:>5.1}%", 100.0 * ms / total);
         }
@@ -704,7 +719,10 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
                     cached.tokens_per_s / full.tokens_per_s
                 );
             }
-            print_kernels("one cached position, each dispatch timed alone", &kernels);
+            print_kernels(
+                "one cached position, per kernel (timestamps inside the program where the adapter has them)",
+                &kernels,
+            );
             if let Some(path) = json {
                 write_json(
                     &path,

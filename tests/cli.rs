@@ -201,6 +201,46 @@ fn bench_train_and_soak_report() {
     assert!(out.contains("process RSS") && out.contains("live GPU buffers"), "{out}");
 }
 
+/// Issue 12, item 5: on an adapter with timestamps inside passes, the per-kernel breakdown is one
+/// step run as training runs it, and its rows add up to that step (not to dispatches timed alone).
+#[test]
+fn bench_train_times_kernels_inside_the_step() {
+    let Some(ctx) = common::gpu() else { return };
+    let inside = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+    let device = std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into());
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let json = temp("bench-train-json").with_extension("json");
+    let out = ok(&[
+        "bench",
+        "train",
+        "--config",
+        s(&config),
+        "--steps",
+        "2",
+        "--device",
+        &device,
+        "--json",
+        s(&json),
+    ]);
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let method = j["kernels_method"].as_str().unwrap();
+    let rows: f64 = j["kernels"].as_array().unwrap().iter().map(|k| k["ms"].as_f64().unwrap()).sum();
+    let wall = j["profiled_step_ms"].as_f64().unwrap();
+    assert!(out.contains(&format!("timed {method}")), "{out}");
+    if ctx.features.contains(inside) {
+        assert_eq!(method, "by timestamps between its dispatches");
+        // The stamps bracket every dispatch of the one submitted step; what the wall clock adds is
+        // the submit and the readback.
+        assert!(
+            rows > 0.5 * wall && rows <= wall * 1.001,
+            "rows {rows} ms against the step's {wall} ms\n{out}"
+        );
+    } else {
+        assert_eq!(method, "each dispatch alone");
+    }
+}
+
 /// Issue 16, item 2: on llvmpipe under GL, whose compiler takes minutes over the fused attention
 /// kernels, verify reports them as not run, with the reason, instead of sitting in the compiler.
 #[test]

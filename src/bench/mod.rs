@@ -116,9 +116,13 @@ pub struct TrainBench {
     pub ms_per_step: f64,
     /// Host time recording and submitting one step's program.
     pub submit_ms_per_step: f64,
-    /// Per kernel entry point: dispatches per step and milliseconds per step (each dispatch timed on
-    /// its own, waiting for it; empty on the CPU backend).
+    /// Per kernel entry point: dispatches per step and milliseconds per step, timed as
+    /// `kernels_method` says (empty on the CPU backend).
     pub kernels: Vec<(String, usize, f64)>,
+    /// [`Backend::profile_method`](crate::backend::Backend::profile_method).
+    pub kernels_method: &'static str,
+    /// Wall time of the profiled step (one more step after the timed ones), submit to readback.
+    pub profiled_step_ms: f64,
     /// Bytes in GPU buffers after the steps (None on the CPU backend), and the analytic count.
     pub allocated: Option<u64>,
     pub analytic: u64,
@@ -159,7 +163,7 @@ pub fn train_in(cfg: &TrainConfig, steps: usize, device: &DeviceChoice, world: &
 }
 
 /// [`train`] on a backend already open, on `data`; `profile` adds the per-kernel breakdown (one more
-/// step, each dispatch timed alone).
+/// step, timed as [`Backend::profile_method`](crate::backend::Backend::profile_method) says).
 pub fn train_on(
     cfg: &TrainConfig,
     backend: Box<dyn Backend>,
@@ -196,7 +200,10 @@ fn train_world(
     }
     let seconds = started.elapsed().as_secs_f64();
     let tokens_per_step = model.shape.tokens() * model.shape.accum * world.size();
+    let profiled = Instant::now();
     let kernels = per_kernel(if profile { model.profile_step()? } else { Vec::new() });
+    let profiled_step_ms = profiled.elapsed().as_secs_f64() * 1e3;
+    let kernels_method = model.backend().profile_method();
     Ok(TrainBench {
         device: model.backend().describe(),
         params: model.config.n_params(),
@@ -206,6 +213,8 @@ fn train_world(
         ms_per_step: seconds * 1e3 / steps as f64,
         submit_ms_per_step: submit * 1e3 / steps as f64,
         kernels,
+        kernels_method,
+        profiled_step_ms,
         // wgpu's counters see no buffers on some APIs (GL): that is no figure, not zero bytes.
         allocated: model.backend().live_buffers().filter(|&(_, bytes)| bytes > 0).map(|(_, bytes)| bytes),
         analytic: model.analytic_bytes(),

@@ -172,9 +172,95 @@ impl GpuBackend {
         self.max_binding = (elements / 64 * 64).clamp(64, self.max_binding);
     }
 
-    /// Runs a prepared program one dispatch at a time, waiting for each, and returns the wall time of
-    /// every dispatch with its entry point. For profiling only: it submits once per dispatch.
+    /// How [`Backend::profile`] times dispatches on this adapter: "by timestamps between its
+    /// dispatches" (GPU timestamps between the dispatches of one run, where the adapter writes
+    /// timestamps inside passes), else "each dispatch alone".
+    pub fn profile_method(&self) -> &'static str {
+        let inside = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if self.ctx.features.contains(inside) {
+            "by timestamps between its dispatches"
+        } else {
+            "each dispatch alone"
+        }
+    }
+
+    /// Every dispatch's time in one run of a prepared program, recorded as [`Backend::run`] records
+    /// it (one compute pass, one submit) with a GPU timestamp before each dispatch and after the last:
+    /// a dispatch's time is the interval to the next stamp, so the times add up to the program's.
+    fn profile_in_pass(&mut self, plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
+        let device = &self.ctx.device;
+        let dispatches = &self.plans[plan.0].dispatches;
+        let stamps = dispatches.len() + 1;
+        let per_set = wgpu::QUERY_SET_MAX_QUERIES as usize;
+        let sets: Vec<wgpu::QuerySet> = (0..stamps.div_ceil(per_set))
+            .map(|i| {
+                device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: (stamps - i * per_set).min(per_set) as u32,
+                })
+            })
+            .collect();
+        let stamp = |pass: &mut wgpu::ComputePass, i: usize| {
+            pass.write_timestamp(&sets[i / per_set], (i % per_set) as u32);
+        };
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("wgslm program (profiled)"),
+                timestamp_writes: None,
+            });
+            for (i, d) in dispatches.iter().enumerate() {
+                stamp(&mut pass, i);
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+            stamp(&mut pass, stamps - 1);
+        }
+        // Each set resolves to its own 256-aligned stretch (4096 stamps of 8 bytes).
+        let bytes = (sets.len() * per_set * 8) as u64;
+        let buffer = |usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolve = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let read = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        for (i, set) in sets.iter().enumerate() {
+            let count = (stamps - i * per_set).min(per_set) as u32;
+            encoder.resolve_query_set(set, 0..count, &resolve, (i * per_set * 8) as u64);
+        }
+        encoder.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+        self.ctx.queue.submit([encoder.finish()]);
+        self.ctx.check_faults("profiling a program")?;
+        read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+        self.ctx.wait("reading timestamps")?;
+        let ticks: Vec<u64> = {
+            let view = read
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::DeviceLost(format!("timestamps: {e}")))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        let period = self.ctx.queue.get_timestamp_period() as f64;
+        Ok(dispatches
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.entry, ticks[i + 1].saturating_sub(ticks[i]) as f64 * period * 1e-9))
+            .collect())
+    }
+
+    /// Every dispatch's time with its entry point: inside one run of the program where the adapter
+    /// can ([`GpuBackend::profile_in_pass`]), else each dispatch alone, submitted and waited for on its
+    /// own (the wall clock). For profiling only.
     fn profile_dispatches(&mut self, plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
+        if self.profile_method() == "by timestamps between its dispatches" {
+            return self.profile_in_pass(plan);
+        }
         let mut times = Vec::new();
         for d in &self.plans[plan.0].dispatches {
             let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
@@ -546,6 +632,10 @@ impl Backend for GpuBackend {
 
     fn profile(&mut self, plan: PlanId) -> Result<Vec<(&'static str, f64)>> {
         self.profile_dispatches(plan)
+    }
+
+    fn profile_method(&self) -> &'static str {
+        GpuBackend::profile_method(self)
     }
 
     fn live_buffers(&self) -> Option<(usize, u64)> {
