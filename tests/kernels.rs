@@ -138,6 +138,7 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
                 dummy: view(&mut backend, 1),
                 scratch: view(&mut backend, scratch_len(&op, max_binding).max(1)),
                 max_binding,
+                k_chunk: wgslm::gpu::kernels::MATMUL_K_CHUNK,
             };
             for call in calls(&op, &env) {
                 let e = entries.entry(call.entry).or_insert((true, false));

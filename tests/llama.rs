@@ -48,14 +48,14 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     assert!(err <= tol, "{what}: relative L2 {err:.2e} > {tol:.0e}");
 }
 
+/// Under every matmul variant the adapter has.
 fn gpu_matches_cpu(cfg: ModelConfig) {
-    let Some(gpu) = common::gpu_backend() else {
-        return;
-    };
-    let shape = BatchShape { b: 2, t: 37, accum: 2 };
-    let mut g = build(Box::new(gpu), cfg, shape, 7);
-    let mut c = build(Box::new(CpuBackend::new()), cfg, shape, 7);
-    common::assert_same_model(&mut g, &mut c, "llama");
+    for (variant, gpu) in common::gpu_backend_per_variant() {
+        let shape = BatchShape { b: 2, t: 37, accum: 2 };
+        let mut g = build(Box::new(gpu), cfg, shape, 7);
+        let mut c = build(Box::new(CpuBackend::new()), cfg, shape, 7);
+        common::assert_same_model(&mut g, &mut c, &format!("llama [{variant}]"));
+    }
 }
 
 #[test]
@@ -344,8 +344,10 @@ fn tiny_llama_trains_samples_and_fine_tunes() {
     assert!(err.to_string().contains("the model is a llama but the config says arch = \"gpt2\""), "{err}");
 }
 
-fn llama_resume_is_bit_exact(device: DeviceChoice, name: &str) {
-    let cfg = tiny_llama(&["max_steps=12", "grad_accum_steps=2", "checkpoint_every=0", "eval_every=6"]);
+fn llama_resume_is_bit_exact(device: DeviceChoice, name: &str, matmul: &str) {
+    let matmul = format!("matmul={matmul}");
+    let cfg =
+        tiny_llama(&["max_steps=12", "grad_accum_steps=2", "checkpoint_every=0", "eval_every=6", &matmul]);
     let (straight, interrupted) =
         (tempdir(&format!("{name}-straight")), tempdir(&format!("{name}-interrupted")));
     std::fs::remove_dir_all(&straight).unwrap();
@@ -365,12 +367,14 @@ fn llama_resume_is_bit_exact(device: DeviceChoice, name: &str) {
 #[test]
 fn llama_resume_is_bit_exact_on_the_gpu() {
     let Some(device) = common::gpu_device() else { return };
-    llama_resume_is_bit_exact(device, "resume-gpu");
+    for variant in std::iter::once("auto").chain(common::gpu_matmul_variants()) {
+        llama_resume_is_bit_exact(device.clone(), &format!("resume-gpu-{variant}"), variant);
+    }
 }
 
 #[test]
 fn llama_resume_is_bit_exact_on_the_cpu() {
-    llama_resume_is_bit_exact(DeviceChoice::Cpu, "resume-cpu");
+    llama_resume_is_bit_exact(DeviceChoice::Cpu, "resume-cpu", "auto");
 }
 
 /// Keys of the other architecture are errors that say so.

@@ -68,38 +68,50 @@ fn assert_grads_close(layout: &ParamLayout, got: &[f32], want: &[f32], tol: f64)
     }
 }
 
+/// Under every matmul variant the adapter has.
 #[test]
 fn gpu_matches_cpu_on_an_awkward_model() {
-    let Some(gpu) = common::gpu_backend() else {
-        return;
-    };
-    let shape = BatchShape { b: 3, t: 37, accum: 2 };
-    let mut g = build(Box::new(gpu), AWKWARD, shape, 7);
-    let mut c = build(Box::new(CpuBackend::new()), AWKWARD, shape, 7);
-    let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
-    assert!((sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(), "loss {} vs {}", sg.loss, sc.loss);
-    assert!(
-        (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
-        "norm {} vs {}",
-        sg.grad_norm,
-        sc.grad_norm
-    );
-    // After the backward pass the logits buffer holds their gradient (written in place).
-    assert_close("dlogits", &g.last_logits().unwrap(), &c.last_logits().unwrap(), 1e-5);
-    assert_close("logits", &g.logits().unwrap(), &c.logits().unwrap(), 1e-5);
-    assert_grads_close(&g.layout.clone(), &g.grads().unwrap(), &c.grads().unwrap(), 1e-5);
+    for (variant, gpu) in common::gpu_backend_per_variant() {
+        let shape = BatchShape { b: 3, t: 37, accum: 2 };
+        let mut g = build(Box::new(gpu), AWKWARD, shape, 7);
+        let mut c = build(Box::new(CpuBackend::new()), AWKWARD, shape, 7);
+        let (sg, sc) = (g.compute_grads().unwrap(), c.compute_grads().unwrap());
+        assert!(
+            (sg.loss - sc.loss).abs() <= 1e-5 * sc.loss.abs(),
+            "[{variant}] loss {} vs {}",
+            sg.loss,
+            sc.loss
+        );
+        assert!(
+            (sg.grad_norm - sc.grad_norm).abs() <= 1e-5 * sc.grad_norm,
+            "[{variant}] norm {} vs {}",
+            sg.grad_norm,
+            sc.grad_norm
+        );
+        // After the backward pass the logits buffer holds their gradient (written in place).
+        let what = |name: &str| format!("[{variant}] {name}");
+        assert_close(&what("dlogits"), &g.last_logits().unwrap(), &c.last_logits().unwrap(), 1e-5);
+        assert_close(&what("logits"), &g.logits().unwrap(), &c.logits().unwrap(), 1e-5);
+        assert_grads_close(&g.layout.clone(), &g.grads().unwrap(), &c.grads().unwrap(), 1e-5);
 
-    // Three steps with clipping active (the norm is well above 0.5): updates and losses agree.
-    let before = c.params().unwrap();
-    for t in 1..=3 {
-        let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 0.5, t);
-        let (lg, lc) = (g.step(&hyper).unwrap(), c.step(&hyper).unwrap());
-        assert!((lg.loss - lc.loss).abs() <= 1e-4, "step {t} loss {} vs {}", lg.loss, lc.loss);
+        // Three steps with clipping active (the norm is well above 0.5): updates and losses agree.
+        let before = c.params().unwrap();
+        for t in 1..=3 {
+            let hyper = AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 0.5, t);
+            let (lg, lc) = (g.step(&hyper).unwrap(), c.step(&hyper).unwrap());
+            assert!(
+                (lg.loss - lc.loss).abs() <= 1e-4,
+                "[{variant}] step {t} loss {} vs {}",
+                lg.loss,
+                lc.loss
+            );
+        }
+        let (pg, pc) = (g.params().unwrap(), c.params().unwrap());
+        let dg: Vec<f32> = pg.iter().zip(&before).map(|(a, b)| a - b).collect();
+        let dc: Vec<f32> = pc.iter().zip(&before).map(|(a, b)| a - b).collect();
+        assert_close(&what("3-step update"), &dg, &dc, 5e-3);
+        eprintln!("[{variant}] matches the CPU");
     }
-    let (pg, pc) = (g.params().unwrap(), c.params().unwrap());
-    let dg: Vec<f32> = pg.iter().zip(&before).map(|(a, b)| a - b).collect();
-    let dc: Vec<f32> = pc.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_close("3-step update", &dg, &dc, 5e-3);
 }
 
 /// With dropout on every site, the GPU and the CPU draw the same masks and agree; and the masks change
@@ -168,7 +180,7 @@ fn gradient_accumulation_averages_micro_batches() {
 /// twice: the step itself and the readback of the loss.
 #[test]
 fn a_training_step_allocates_nothing() {
-    let Some(gpu) = common::gpu_backend() else {
+    let Some(gpu) = common::private_gpu_backend() else {
         return;
     };
     let cfg = ModelConfig::gpt2(2, 2, 32, 50, 16);

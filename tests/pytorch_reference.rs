@@ -154,12 +154,15 @@ fn cpu_backend_matches_pytorch() {
     eprintln!("{}", check_against_reference(GPT2, &run(GPT2, Box::new(CpuBackend::new())), "cpu"));
 }
 
+/// The GPU under each matmul variant it has, not only the one the autotuner picks.
 #[test]
-fn gpu_matches_pytorch() {
-    let Some(gpu) = common::gpu_backend() else {
-        return;
-    };
-    eprintln!("{}", check_against_reference(GPT2, &run(GPT2, Box::new(gpu)), "gpu"));
+fn gpu_matches_pytorch_under_every_matmul_variant() {
+    for (variant, gpu) in common::gpu_backend_per_variant() {
+        eprintln!(
+            "{}",
+            check_against_reference(GPT2, &run(GPT2, Box::new(gpu)), &format!("gpu [{variant}]"))
+        );
+    }
 }
 
 #[test]
@@ -181,9 +184,11 @@ fn llama_cpu_backend_matches_pytorch() {
 }
 
 #[test]
-fn llama_gpu_matches_pytorch() {
-    let Some(gpu) = common::gpu_backend() else {
-        return;
-    };
-    eprintln!("{}", check_against_reference(LLAMA, &run(LLAMA, Box::new(gpu)), "gpu"));
+fn llama_gpu_matches_pytorch_under_every_matmul_variant() {
+    for (variant, gpu) in common::gpu_backend_per_variant() {
+        eprintln!(
+            "{}",
+            check_against_reference(LLAMA, &run(LLAMA, Box::new(gpu)), &format!("gpu [{variant}]"))
+        );
+    }
 }

@@ -77,9 +77,16 @@ fn tiny_trains_and_the_loss_falls() {
 
 /// N straight steps against N/2, stop, resume, N/2: every later loss and the final weights are
 /// bit-identical. Dropout and gradient accumulation are on, so their random state must resume too.
-fn resume_is_bit_exact(device: DeviceChoice, name: &str) {
-    let cfg =
-        tiny(&["max_steps=16", "dropout=0.1", "grad_accum_steps=2", "checkpoint_every=0", "eval_every=8"]);
+fn resume_is_bit_exact(device: DeviceChoice, name: &str, matmul: &str) {
+    let matmul = format!("matmul={matmul}");
+    let cfg = tiny(&[
+        "max_steps=16",
+        "dropout=0.1",
+        "grad_accum_steps=2",
+        "checkpoint_every=0",
+        "eval_every=8",
+        &matmul,
+    ]);
     let straight = run_dir(&format!("{name}-straight"));
     let interrupted = run_dir(&format!("{name}-interrupted"));
     train(&cfg, &straight, &device, false, None);
@@ -99,12 +106,16 @@ fn resume_is_bit_exact(device: DeviceChoice, name: &str) {
 #[test]
 fn resume_is_bit_exact_on_the_gpu() {
     let Some(device) = common::gpu_device() else { return };
-    resume_is_bit_exact(device, "gpu");
+    // Under the autotuner's choices (which the checkpoint records) and under every matmul variant the
+    // adapter has.
+    for variant in std::iter::once("auto").chain(common::gpu_matmul_variants()) {
+        resume_is_bit_exact(device.clone(), &format!("gpu-{variant}"), variant);
+    }
 }
 
 #[test]
 fn resume_is_bit_exact_on_the_cpu() {
-    resume_is_bit_exact(DeviceChoice::Cpu, "cpu");
+    resume_is_bit_exact(DeviceChoice::Cpu, "cpu", "auto");
 }
 
 #[test]

@@ -349,6 +349,16 @@ impl GpuContext {
         kernels::MATMUL_VARIANTS.iter().copied().filter(|v| self.variant_unavailable(v).is_none()).collect()
     }
 
+    /// The variants the autotuner times here: every available one, less the GPU-only ones
+    /// ([`kernels::GPU_ONLY_VARIANTS`]) on a CPU adapter.
+    pub fn tuning_candidates(&self) -> Vec<&'static str> {
+        let cpu = self.adapter.info.device_type == wgpu::DeviceType::Cpu;
+        self.matmul_variants()
+            .into_iter()
+            .filter(|v| !(cpu && kernels::GPU_ONLY_VARIANTS.contains(v)))
+            .collect()
+    }
+
     /// Lanes per lane group of the subgroup matmul: the adapter's smallest subgroup size, as a power
     /// of two within 4..=64.
     pub fn subgroup_lanes(&self) -> u32 {

@@ -102,7 +102,7 @@ pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
 
 /// The most loop iterations a kernel may run in one invocation, all loops together. lavapipe (Mesa's
 /// gallivm) silently ends an invocation's loops after 65,535 iterations in total, so long serial work
-/// is split: matmul sums K in chunks of this size, one dispatch each.
+/// is split there: matmul sums K in chunks of this size, one dispatch each ([`k_chunk`]).
 pub const MATMUL_K_CHUNK: usize = 16_384;
 
 /// Rows per block in the first stage of a column sum (bias, LayerNorm and RMSNorm parameter gradients);
@@ -115,7 +115,14 @@ pub const NORM_PARTIALS: usize = 256;
 
 /// The matmul kernel variants, by name. `blocked4x4` (matmul.wgsl) handles every shape; the others
 /// handle the shapes their header comment names and fall back to it elsewhere.
-pub const MATMUL_VARIANTS: &[&str] = &["blocked4x4", "vec4", "tiled64", "rows16x32", "subgroup", "gemv"];
+pub const MATMUL_VARIANTS: &[&str] =
+    &["blocked4x4", "vec4", "tiled64", "tiled128", "rows16x32", "subgroup", "gemv"];
+
+/// The variants made for GPUs, which the autotuner does not time on a CPU adapter (lavapipe, llvmpipe
+/// GL): there they stage through workgroup memory between barriers, which a CPU runs as loop splits,
+/// and run at a sixth of `rows16x32`'s rate (docs/BENCHMARKS.md), so compiling them to time them
+/// only delays the first step. They stay available when pinned, and every test runs them.
+pub const GPU_ONLY_VARIANTS: &[&str] = &["tiled64", "tiled128", "subgroup"];
 
 /// The most rows of `a` the matrix-vector variant ("gemv") takes; above, it runs the blocked kernel.
 pub const GEMV_ROWS: usize = 8;
@@ -141,9 +148,35 @@ fn rows_tile(variant: &str) -> Option<(usize, usize)> {
     }
 }
 
-/// The WGSL source of a shader, with a `rows` variant's tile written into its `const` lines.
+/// The tile of a `tiled` source variant: (output tile edge, depth of a K slice, loads as vec4).
+fn tiled_tile(source: &str) -> Option<(u32, u32, bool)> {
+    match source {
+        "tiled64" => Some((64, 16, false)),
+        "tiled64.vec4" => Some((64, 16, true)),
+        "tiled128" => Some((128, 8, false)),
+        "tiled128.vec4" => Some((128, 8, true)),
+        _ => None,
+    }
+}
+
+/// The WGSL source of a shader, with a `rows` or `tiled` variant's tile written into its `const` lines
+/// (and, for a `tiled` variant that loads vec4s, its `//vec4 ` lines in place of its `// scalar` ones).
 pub fn variant_source(file: &str, variant: &str) -> std::borrow::Cow<'static, str> {
     let source = shader_source(file);
+    if let (Some((tile, kt, vec4)), "matmul_tiled.wgsl") = (tiled_tile(variant), file) {
+        let lines = source.lines().filter_map(|line| match line.trim_start().strip_prefix("//vec4 ") {
+            Some(code) => vec4.then_some(code),
+            None if line.ends_with("// scalar") => (!vec4).then_some(line),
+            None => Some(line),
+        });
+        let text = lines.collect::<Vec<_>>().join("\n");
+        return text
+            .replace("const TILE: u32 = 64u;", &format!("const TILE: u32 = {tile}u;"))
+            .replace("const KT: u32 = 16u;", &format!("const KT: u32 = {kt}u;"))
+            .replace("const TV: u32 = 16u;", &format!("const TV: u32 = {}u;", tile / 4))
+            .replace("const V: u32 = 1u;", &format!("const V: u32 = {}u;", tile / 64))
+            .into();
+    }
     if file == "matmul_rows.wgsl" && variant == F16_SOURCE {
         return format!("enable f16;\n{}", source.replace("alias Elem = f32;", "alias Elem = f16;")).into();
     }
@@ -232,6 +265,20 @@ pub struct Env {
     /// The most elements one storage binding may hold (a multiple of 64). Whole-buffer ops (zero,
     /// global norm, AdamW) are split into chunks of this size.
     pub max_binding: usize,
+    /// The longest stretch of K one matmul dispatch sums: [`MATMUL_K_CHUNK`] on an adapter that limits
+    /// an invocation's loop iterations ([`k_chunk`]), unbounded elsewhere.
+    pub k_chunk: usize,
+}
+
+/// The `k_chunk` of [`Env`]: only an adapter that stops long loops (lavapipe's and llvmpipe GL's
+/// gallivm, both `DeviceType::Cpu`) has its matmuls split along K; every other adapter sums K in one
+/// dispatch.
+pub fn k_chunk(device_type: wgpu::DeviceType) -> usize {
+    if device_type == wgpu::DeviceType::Cpu {
+        MATMUL_K_CHUNK
+    } else {
+        usize::MAX
+    }
 }
 
 /// `[offset, len)` pieces of `n` elements, each at most `max` long.
@@ -341,7 +388,25 @@ fn matmul_entry(
             groups: [u(n.div_ceil(4 * c4)), u(m.div_ceil(8 * r)), 1],
             flags: (u32::from(trans_a) << 2) | (u32::from(trans_b) << 3),
         },
-        ("tiled64", _) => with("matmul_tiled", "", both, [u(n.div_ceil(64)), u(m.div_ceil(64)), 1]),
+        // One pipeline for every layout (flags bits 2 and 3), and one more where both operands' rows
+        // are whole vec4s.
+        ("tiled64" | "tiled128", _) => {
+            let tile = if variant == "tiled64" { 64 } else { 128 };
+            let vec4 = (if trans_a { m } else { k }) % 4 == 0 && (if trans_b { k } else { n }) % 4 == 0;
+            let source = match (tile, vec4) {
+                (64, false) => "tiled64",
+                (64, true) => "tiled64.vec4",
+                (_, false) => "tiled128",
+                (_, true) => "tiled128.vec4",
+            };
+            MatmulEntry {
+                entry: "matmul_tiled",
+                source,
+                constants: vec![],
+                groups: [u(n.div_ceil(tile)), u(m.div_ceil(tile)), 1],
+                flags: (u32::from(trans_a) << 2) | (u32::from(trans_b) << 3),
+            }
+        }
         ("subgroup", _) => {
             let x = subgroup_lanes as usize;
             let mut constants = both;
@@ -369,10 +434,11 @@ pub fn gemm(
 ) -> Vec<Call> {
     let variant = env.choices.get(&(m, k, n, trans_a, trans_b)).copied().unwrap_or(env.matmul);
     let entry = matmul_entry(variant, env.custom.as_deref(), env.subgroup_lanes, (m, k, n), trans_a, trans_b);
-    k_chunks(entry, out, a, b, bias, dummy, (m, k, n), accumulate)
+    k_chunks(entry, out, a, b, bias, dummy, (m, k, n), accumulate, env.k_chunk)
 }
 
-/// One dispatch of a matmul entry per chunk of [`MATMUL_K_CHUNK`] along K.
+/// One dispatch of a matmul entry per `chunk_len` along K (a multiple of 16, so every chunk but the
+/// last is whole vec4s and whole K slices of the tiled kernels).
 #[allow(clippy::too_many_arguments)]
 fn k_chunks(
     entry: MatmulEntry,
@@ -383,11 +449,12 @@ fn k_chunks(
     dummy: View,
     (m, k, n): (usize, usize, usize),
     accumulate: bool,
+    chunk_len: usize,
 ) -> Vec<Call> {
-    (0..k.div_ceil(MATMUL_K_CHUNK).max(1))
+    (0..k.div_ceil(chunk_len).max(1))
         .map(|chunk| {
-            let k_begin = chunk * MATMUL_K_CHUNK;
-            let k_end = (k_begin + MATMUL_K_CHUNK).min(k);
+            let k_begin = chunk * chunk_len;
+            let k_end = k_begin.saturating_add(chunk_len).min(k);
             let add_bias = bias.is_some() && chunk == 0;
             let flags = u32::from(accumulate || chunk > 0) | (u32::from(add_bias) << 1) | entry.flags;
             Call {
@@ -672,7 +739,7 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 source: F16_SOURCE,
                 ..matmul_entry("rows16x32", None, 0, (m, k, n), trans_a, trans_b)
             };
-            k_chunks(entry, out, a, b, None, dummy, (m, k, n), accumulate)
+            k_chunks(entry, out, a, b, None, dummy, (m, k, n), accumulate, env.k_chunk)
         }
         Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => {
             let trans_b = layout == WeightLayout::OutIn;
@@ -860,5 +927,89 @@ mod tests {
         assert_eq!(flash_tile(64), (16, 32, 1));
         assert_eq!(flash_tile(128), (32, 16, 1));
         assert_eq!(flash_tile(132), (32, 16, 2));
+    }
+
+    fn env(matmul: &'static str, k_chunk: usize) -> Env {
+        let view = View::new(crate::backend::BufId(0), 0, 1);
+        let choices = Default::default();
+        Env {
+            choices,
+            custom: None,
+            matmul,
+            subgroup_lanes: 8,
+            dummy: view,
+            scratch: view,
+            max_binding: 1 << 30,
+            k_chunk,
+        }
+    }
+
+    /// Issue 12, item 4: K is split only on an adapter that limits loops; each chunk of a split sums
+    /// its own stretch of K and every one but the first accumulates.
+    #[test]
+    fn matmuls_split_k_only_where_the_adapter_limits_loops() {
+        let (m, k, n) = (4, 40_000, 12);
+        let v = |len| View::new(crate::backend::BufId(0), 0, len);
+        let op = Op::Matmul {
+            out: v(m * n),
+            a: v(m * k),
+            b: v(k * n),
+            m,
+            k,
+            n,
+            trans_a: false,
+            trans_b: true,
+            accumulate: false,
+            half: false,
+        };
+        for variant in MATMUL_VARIANTS {
+            let whole = calls(&op, &env(variant, k_chunk(wgpu::DeviceType::DiscreteGpu)));
+            assert_eq!(whole.len(), 1, "{variant}");
+            assert_eq!((whole[0].params[4], whole[0].params[5], whole[0].params[3] & 1), (0, k as u32, 0));
+            let split = calls(&op, &env(variant, k_chunk(wgpu::DeviceType::Cpu)));
+            let ranges: Vec<(u32, u32, u32)> =
+                split.iter().map(|c| (c.params[4], c.params[5], c.params[3] & 1)).collect();
+            assert_eq!(ranges, vec![(0, 16_384, 0), (16_384, 32_768, 1), (32_768, 40_000, 1)], "{variant}");
+        }
+    }
+
+    /// The tiled kernels load vec4s exactly where both operands' rows are whole vec4s, and take the
+    /// layout from flags bits 2 and 3.
+    #[test]
+    fn tiled_matmuls_pick_vec4_loads_by_row_length() {
+        let v = |len| View::new(crate::backend::BufId(0), 0, len);
+        for (variant, tile) in [("tiled64", 64), ("tiled128", 128)] {
+            for (m, k, n, ta, tb, vec4) in [
+                (8, 12, 16, false, false, true),
+                (8, 12, 18, false, false, false),
+                (8, 13, 16, false, false, false),
+                (8, 13, 16, true, false, true),
+                (7, 13, 16, true, false, false),
+                (8, 12, 18, false, true, true),
+                (6, 12, 18, true, true, false),
+            ] {
+                let op = Op::Matmul {
+                    out: v(m * n),
+                    a: v(m * k),
+                    b: v(k * n),
+                    m,
+                    k,
+                    n,
+                    trans_a: ta,
+                    trans_b: tb,
+                    accumulate: false,
+                    half: false,
+                };
+                let call = &calls(&op, &env(variant, usize::MAX))[0];
+                assert_eq!(call.entry, "matmul_tiled");
+                assert_eq!(call.source.ends_with(".vec4"), vec4, "{variant} {m}x{k}x{n} {ta} {tb}");
+                assert_eq!(call.params[3] >> 2, u32::from(ta) | (u32::from(tb) << 1));
+                assert_eq!(call.groups, [n.div_ceil(tile) as u32, m.div_ceil(tile) as u32, 1]);
+                let source = variant_source("matmul_tiled.wgsl", call.source);
+                assert!(source.contains(&format!("const TILE: u32 = {tile}u;")));
+                assert_eq!(source.contains("array<vec4<f32>>"), vec4);
+                validate_wgsl(call.source, &source).unwrap();
+            }
+        }
     }
 }

@@ -528,6 +528,7 @@ impl Backend for GpuBackend {
             dummy,
             scratch,
             max_binding: self.max_binding,
+            k_chunk: kernels::k_chunk(self.ctx.adapter.info.device_type),
         };
         let mut calls = Vec::new();
         for op in ops {

@@ -46,7 +46,7 @@ pub fn parse_shape_key(s: &str) -> Option<GemmShape> {
 /// a choice among them all) and the shape.
 fn key(ctx: &GpuContext, shape: GemmShape) -> String {
     let a = &ctx.adapter;
-    let candidates = ctx.matmul_variants().join(",");
+    let candidates = ctx.tuning_candidates().join(",");
     format!("{} | {} | {WGPU_VERSION} | {candidates} | {}", a.info.name, a.driver(), shape_key(shape))
 }
 
@@ -150,7 +150,7 @@ pub fn choose(
     fallback: &'static str,
     budget: Duration,
 ) -> BTreeMap<GemmShape, &'static str> {
-    let variants = ctx.matmul_variants();
+    let variants = ctx.tuning_candidates();
     let mut cache = load();
     let started = Instant::now();
     let mut chosen = BTreeMap::new();

@@ -40,6 +40,36 @@ pub fn gpu_backend() -> Option<GpuBackend> {
     gpu().map(GpuBackend::with_context)
 }
 
+/// A GPU backend on a device of its own, for a test that counts what the device creates (other tests
+/// compile pipelines on the shared one while it runs); None without a GPU (see [`gpu`]).
+pub fn private_gpu_backend() -> Option<GpuBackend> {
+    gpu()?;
+    let wanted = std::env::var("WGSLM_TEST_DEVICE").unwrap_or_else(|_| "auto".into());
+    let ctx = GpuContext::new(&wanted.parse().expect("WGSLM_TEST_DEVICE")).expect("a second device");
+    Some(GpuBackend::with_context(Arc::new(ctx)))
+}
+
+/// One fresh GPU backend per matmul variant the adapter has, each running that variant for every
+/// product (no autotuner), for the whole-model tests; empty without a GPU (see [`gpu`]).
+pub fn gpu_backend_per_variant() -> Vec<(&'static str, GpuBackend)> {
+    let Some(ctx) = gpu() else { return Vec::new() };
+    let variants = ctx.matmul_variants();
+    assert!(variants.len() >= 5, "only {variants:?} on {}", ctx.adapter.title());
+    variants
+        .into_iter()
+        .map(|v| {
+            let mut backend = GpuBackend::with_context(ctx.clone());
+            backend.set_matmul_variant(v).unwrap();
+            (v, backend)
+        })
+        .collect()
+}
+
+/// Every matmul variant the adapter has, by name (empty without a GPU).
+pub fn gpu_matmul_variants() -> Vec<&'static str> {
+    gpu().map(|ctx| ctx.matmul_variants()).unwrap_or_default()
+}
+
 /// Loss, gradient norm, every gradient, the logits and three steps agree.
 pub fn assert_same_model(g: &mut wgslm::model::Model, c: &mut wgslm::model::Model, what: &str) {
     use wgslm::backend::AdamwHyper;
