@@ -1005,12 +1005,37 @@ pub fn check_adapter(
         }
     }
     let all = cases();
-    let (mut rows, mut failures) = (Vec::new(), Vec::new());
-    for kernel in names.into_iter().filter(|n| only.is_none_or(|k| k == *n)) {
+    let chosen_cases = |kernel: &str| -> Vec<&Case> {
+        let of_kernel: Vec<&Case> = all.iter().filter(|c| c.kernel == kernel).collect();
+        let n = if quick { of_kernel.len().min(QUICK_CASES) } else { of_kernel.len() };
+        of_kernel[..n].to_vec()
+    };
+    let kernels: Vec<&'static str> = names.into_iter().filter(|n| only.is_none_or(|k| k == *n)).collect();
+    // Every pipeline the checks will run, compiled first on every core (on llvmpipe; elsewhere this
+    // does nothing).
+    let mut calls = Vec::new();
+    for &kernel in &kernels {
         let variants: &[&'static str] =
             if uses_matmul_variants(kernel) { crate::gpu::kernels::MATMUL_VARIANTS } else { &[""] };
-        let of_kernel: Vec<&Case> = all.iter().filter(|c| c.kernel == kernel).collect();
-        let chosen = &of_kernel[..if quick { of_kernel.len().min(QUICK_CASES) } else { of_kernel.len() }];
+        for variant in variants.iter().filter(|v| ctx.kernel_unavailable(kernel, v).is_none()) {
+            let mut gpu = crate::gpu::GpuBackend::with_context(ctx.clone());
+            if !variant.is_empty() && gpu.set_matmul_variant(variant).is_err() {
+                continue;
+            }
+            for case in chosen_cases(kernel) {
+                let mut cpu = crate::cpu::CpuBackend::new();
+                if let Ok(ops) = case_ops(case, &mut cpu) {
+                    calls.extend(gpu.planned_calls(&ops));
+                }
+            }
+        }
+    }
+    ctx.precompile(&calls)?;
+    let (mut rows, mut failures) = (Vec::new(), Vec::new());
+    for kernel in kernels {
+        let variants: &[&'static str] =
+            if uses_matmul_variants(kernel) { crate::gpu::kernels::MATMUL_VARIANTS } else { &[""] };
+        let chosen = chosen_cases(kernel);
         for variant in variants {
             let mut row = Row {
                 kernel: kernel.to_string(),
@@ -1021,7 +1046,7 @@ pub fn check_adapter(
                 skipped: ctx.kernel_unavailable(kernel, variant),
             };
             if row.skipped.is_none() {
-                for case in chosen {
+                for case in &chosen {
                     let mut gpu = crate::gpu::GpuBackend::with_context(ctx.clone());
                     let chosen = if variant.is_empty() { Ok(()) } else { gpu.set_matmul_variant(variant) };
                     let outcome = match chosen {

@@ -205,6 +205,14 @@ struct PipelineCache {
 }
 
 /// An open device on the chosen adapter. Shared (`Arc`) by the backends that run on it.
+/// The most devices [`GpuContext::precompile`] compiles on at once (this one and its helpers).
+pub const PRECOMPILE_WORKERS: usize = 4;
+
+/// What tells one pipeline from another: entry point, source variant and override constants.
+fn pipeline_key(call: &Call) -> String {
+    format!("{}[{}]{:?}", call.entry, call.source, call.constants)
+}
+
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -216,6 +224,8 @@ pub struct GpuContext {
     pipelines_built: AtomicUsize,
     /// A matmul kernel loaded at run time, compiled for calls whose source is "custom".
     custom: Mutex<Option<Arc<kernels::CustomMatmul>>>,
+    /// What opened this device (a helper device of [`GpuContext::precompile`] opens the same adapter).
+    choice: DeviceChoice,
 }
 
 impl GpuContext {
@@ -294,7 +304,136 @@ impl GpuContext {
             cache: Mutex::new(PipelineCache::default()),
             pipelines_built: AtomicUsize::new(0),
             custom: Mutex::new(None),
+            choice: choice.clone(),
         })
+    }
+
+    /// Whether this adapter compiles a pipeline only at its first dispatch, one at a time on its queue
+    /// thread, and keeps what it compiled in Mesa's on-disk shader cache: llvmpipe, under Vulkan
+    /// (lavapipe) and GL. [`GpuContext::precompile`] spreads such compiles over the CPU's cores; unless
+    /// `MESA_SHADER_CACHE_DISABLE` turns that cache off, which the spreading relies on.
+    fn compiles_lazily_with_a_disk_cache(&self) -> bool {
+        let disabled = std::env::var("MESA_SHADER_CACHE_DISABLE")
+            .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
+        self.adapter.info.device_type == wgpu::DeviceType::Cpu && !disabled
+    }
+
+    /// Compiles the pipelines of `calls` that this device has not built yet, before their first real
+    /// dispatch, on as many cores as there are (at most [`PRECOMPILE_WORKERS`]).
+    ///
+    /// llvmpipe compiles a pipeline at its first dispatch, on the one queue thread, so the pipelines
+    /// of a new program compile one after another while the other core idles: most of a cold start.
+    /// Here, this device and helper devices on the same adapter, one per further core, take the
+    /// pipelines from one list and dispatch each once, over no workgroups, on placeholder buffers
+    /// ([`GpuContext::dispatch_once`]). What a helper compiles lands in Mesa's on-disk
+    /// shader cache, from which this device loads it at the pipeline's first real dispatch instead of
+    /// compiling it again. Elsewhere (a GPU driver compiles when the pipeline is built, and one core or
+    /// a disabled cache leaves nothing to gain) the pipelines are built as the program needs them.
+    /// A helper that fails only costs time: this device compiles what it left.
+    pub fn precompile(&self, calls: &[Call]) -> Result<()> {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(PRECOMPILE_WORKERS);
+        if workers < 2 || !self.compiles_lazily_with_a_disk_cache() {
+            return Ok(());
+        }
+        let mut todo: Vec<&Call> = Vec::new();
+        {
+            let cache = self.cache.lock().unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for call in calls {
+                let key = pipeline_key(call);
+                if !cache.pipelines.contains_key(&key) && seen.insert(key) {
+                    todo.push(call);
+                }
+            }
+        }
+        if todo.len() < 2 {
+            return Ok(());
+        }
+        // The slowest compiles first, so that none is left to run alone at the end: `matmul_rows`
+        // (its 16x32 tile, f32 or f16) takes 20-45 s on llvmpipe, most kernels a second or two.
+        todo.sort_by_key(|call| call.entry != "matmul_rows");
+        let started = std::time::Instant::now();
+        let next = AtomicUsize::new(0);
+        let take = || todo.get(next.fetch_add(1, Ordering::Relaxed)).copied();
+        std::thread::scope(|scope| -> Result<()> {
+            for _ in 1..workers.min(todo.len()) {
+                scope.spawn(|| {
+                    let helper = match GpuContext::new(&self.choice) {
+                        Ok(helper) => helper,
+                        Err(e) => return log::warn!("precompiling: no helper device ({e})"),
+                    };
+                    while let Some(call) = take() {
+                        // A kernel loaded at run time exists on this device only.
+                        if call.source == "custom" {
+                            continue;
+                        }
+                        if let Err(e) = helper.dispatch_once(call) {
+                            log::warn!("precompiling {} on a helper device: {e}", call.entry);
+                        }
+                    }
+                });
+            }
+            while let Some(call) = take() {
+                self.dispatch_once(call)?;
+            }
+            Ok(())
+        })?;
+        log::info!("precompiled {} pipelines on {workers} devices in {:.1?}", todo.len(), started.elapsed());
+        Ok(())
+    }
+
+    /// Builds `call`'s pipeline and dispatches it with its own parameters over no workgroups, on
+    /// placeholder buffers: on llvmpipe, what makes the pipeline compile, as its first real dispatch
+    /// would. (The parameters matter: dispatched with all of them zero, `matmul_rows` took 20 ms and
+    /// its first real dispatch still compiled for 17 s; lavapipe can inline uniform values.)
+    fn dispatch_once(&self, call: &Call) -> Result<()> {
+        let pipeline = self.pipeline(call)?;
+        let layout = pipeline.get_bind_group_layout(0);
+        let buffer = |usage, label| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 256,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let params = buffer(wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, "precompile params");
+        let mut bytes = [0u8; 256];
+        let words: &[u8] = bytemuck::cast_slice(&call.params);
+        bytes[..words.len()].copy_from_slice(words);
+        self.queue.write_buffer(&params, 0, &bytes);
+        // One buffer per binding: a buffer bound read-only and read-write in one dispatch is refused.
+        let storage: Vec<wgpu::Buffer> = call
+            .views
+            .iter()
+            .map(|_| buffer(wgpu::BufferUsages::STORAGE, "precompile placeholder"))
+            .collect();
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() }];
+        entries.extend(
+            storage.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.as_entire_binding(),
+            }),
+        );
+        self.scoped(&format!("precompiling {}", call.entry), || {
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("precompile"),
+                layout: &layout,
+                entries: &entries,
+            });
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(0, 0, 0);
+            }
+            self.queue.submit([encoder.finish()]);
+        })?;
+        let started = std::time::Instant::now();
+        self.wait(&format!("precompiling {}", call.entry))?;
+        log::debug!("precompiled {} in {:.1?}", pipeline_key(call), started.elapsed());
+        Ok(())
     }
 
     /// Why matmul `variant` cannot run on this device (a feature it needs is missing), if it cannot.
@@ -429,7 +568,7 @@ impl GpuContext {
 
     /// The pipeline for a call's entry point and constants, built on first use.
     pub fn pipeline(&self, call: &Call) -> Result<wgpu::ComputePipeline> {
-        let key = format!("{}[{}]{:?}", call.entry, call.source, call.constants);
+        let key = pipeline_key(call);
         let mut cache = self.cache.lock().unwrap();
         if let Some(p) = cache.pipelines.get(&key) {
             return Ok(p.clone());

@@ -105,6 +105,30 @@ impl GpuBackend {
         self.matmul = "custom";
     }
 
+    /// What maps this backend's ops to dispatches, with `dummy` and `scratch` as its spare views.
+    fn env(&self, dummy: View, scratch: View) -> kernels::Env {
+        kernels::Env {
+            choices: Arc::new(self.choices.clone()),
+            custom: self.custom.clone(),
+            matmul: self.matmul,
+            subgroup_lanes: self.ctx.subgroup_lanes(),
+            dummy,
+            scratch,
+            max_binding: self.max_binding,
+            k_chunk: kernels::k_chunk(self.ctx.adapter.info.device_type),
+        }
+    }
+
+    /// The dispatches a program of `ops` would make here, with the variants chosen so far: what
+    /// [`GpuContext::precompile`] needs ahead of the program (pipelines, parameters, binding count;
+    /// the views are the ops' own, or placeholders, and are never bound).
+    pub fn planned_calls(&self, ops: &[Op]) -> Vec<kernels::Call> {
+        let placeholder = |len| View::new(BufId(usize::MAX), 0, len);
+        let scratch = ops.iter().map(|op| kernels::scratch_len(op, self.max_binding)).max().unwrap_or(0);
+        let env = self.env(placeholder(1), placeholder(scratch.max(1)));
+        ops.iter().filter(|op| op.check().is_ok()).flat_map(|op| kernels::calls(op, &env)).collect()
+    }
+
     /// Uses matmul variant `name` (one of `kernels::MATMUL_VARIANTS`) in programs prepared from now on.
     pub fn set_matmul_variant(&mut self, name: &str) -> Result<()> {
         self.matmul = kernels::MATMUL_VARIANTS.iter().find(|v| **v == name).copied().ok_or_else(|| {
@@ -510,32 +534,32 @@ impl Backend for GpuBackend {
         } else {
             dummy
         };
+        for op in ops {
+            op.check().map_err(Error::Invalid)?;
+            if let Some(why) = self.ctx.kernel_unavailable(op.name(), "") {
+                return Err(Error::Invalid(why));
+            }
+        }
         if let Some(budget) = self.tuning {
             let mut shapes: Vec<tune::GemmShape> = ops.iter().flat_map(kernels::gemm_shapes).collect();
             shapes.sort();
             shapes.dedup();
             shapes.retain(|s| !self.choices.contains_key(s));
             if !shapes.is_empty() {
-                let chosen = tune::choose(&self.ctx, &shapes, self.matmul, budget);
+                // The program's other kernels compile beside the matmul candidates.
+                let env = self.env(dummy, scratch);
+                let others: Vec<kernels::Call> = ops
+                    .iter()
+                    .filter(|op| kernels::gemm_shapes(op).is_empty())
+                    .flat_map(|op| kernels::calls(op, &env))
+                    .collect();
+                let chosen = tune::choose(&self.ctx, &shapes, self.matmul, budget, &others);
                 self.choices.extend(chosen);
             }
         }
-        let env = kernels::Env {
-            choices: Arc::new(self.choices.clone()),
-            custom: self.custom.clone(),
-            matmul: self.matmul,
-            subgroup_lanes: self.ctx.subgroup_lanes(),
-            dummy,
-            scratch,
-            max_binding: self.max_binding,
-            k_chunk: kernels::k_chunk(self.ctx.adapter.info.device_type),
-        };
+        let env = self.env(dummy, scratch);
         let mut calls = Vec::new();
         for op in ops {
-            op.check().map_err(Error::Invalid)?;
-            if let Some(why) = self.ctx.kernel_unavailable(op.name(), "") {
-                return Err(Error::Invalid(why));
-            }
             for call in kernels::calls(op, &env) {
                 for (i, v) in call.views.iter().enumerate() {
                     self.check_view(op.name(), i, v)?;
@@ -551,6 +575,8 @@ impl Backend for GpuBackend {
                 calls.push(call);
             }
         }
+        // On llvmpipe, compile the program's new pipelines on every core before the first dispatch.
+        self.ctx.precompile(&calls)?;
         let params = if calls.is_empty() {
             None
         } else {

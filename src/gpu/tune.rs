@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::kernels::Call;
 use super::{GpuBackend, GpuContext};
 use crate::backend::{Backend, DType, Op, View};
 use crate::{fsutil, Result};
@@ -72,7 +74,7 @@ fn store(entries: &BTreeMap<String, String>) {
 /// Seconds one run of `shape` takes with `variant` on inputs `a` and `b` (the first run compiles and is
 /// not counted), and the product that run computed.
 fn time_variant(
-    ctx: &std::sync::Arc<GpuContext>,
+    ctx: &Arc<GpuContext>,
     variant: &str,
     (m, k, n, ta, tb): GemmShape,
     (a_data, b_data): (&[f32], &[f32]),
@@ -101,10 +103,32 @@ fn time_variant(
     Ok((gpu.time(plan, 2)?.0, product))
 }
 
+/// The dispatches of one matmul of `shape` under `variant` (none if the variant cannot run here).
+fn matmul_calls(ctx: &Arc<GpuContext>, variant: &str, (m, k, n, ta, tb): GemmShape) -> Vec<Call> {
+    let mut gpu = GpuBackend::with_context(ctx.clone());
+    if gpu.set_matmul_variant(variant).is_err() {
+        return Vec::new();
+    }
+    let view = |len| View::new(crate::backend::BufId(usize::MAX), 0, len);
+    let (out, a, b) = (view(m * n), view(m * k), view(k * n));
+    gpu.planned_calls(&[Op::Matmul {
+        out,
+        a,
+        b,
+        m,
+        k,
+        n,
+        trans_a: ta,
+        trans_b: tb,
+        accumulate: false,
+        half: false,
+    }])
+}
+
 /// Checks that `variant` computes the product the CPU twin computes, on random data at an awkward
 /// shape in all four transpose layouts: what a variant pinned by the user must pass before it runs
 /// (the autotuner applies the same kind of check to every candidate).
-pub fn check_variant(ctx: &std::sync::Arc<GpuContext>, variant: &str) -> Result<()> {
+pub fn check_variant(ctx: &Arc<GpuContext>, variant: &str) -> Result<()> {
     let (m, k, n) = (67, 129, 71);
     let mut rng = crate::rng::Rng::new(0x7069_6e73);
     let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
@@ -144,15 +168,29 @@ fn bounded((m, k, n, ta, tb): GemmShape) -> GemmShape {
 
 /// Chooses a variant for every shape: from the cache where it has one, else by timing the variants,
 /// as long as `budget` lasts (shapes left when it runs out keep `fallback` and are not cached).
+/// `others` are the rest of the program's dispatches, compiled beside the candidates.
 pub fn choose(
-    ctx: &std::sync::Arc<GpuContext>,
+    ctx: &Arc<GpuContext>,
     shapes: &[GemmShape],
     fallback: &'static str,
     budget: Duration,
+    others: &[Call],
 ) -> BTreeMap<GemmShape, &'static str> {
     let variants = ctx.tuning_candidates();
     let mut cache = load();
     let started = Instant::now();
+    // Every candidate's pipelines for the shapes to be timed, and the program's other kernels,
+    // compiled on every core first.
+    let untimed: Vec<GemmShape> =
+        shapes.iter().copied().filter(|&s| !cache.contains_key(&key(ctx, s))).collect();
+    let mut calls: Vec<Call> = variants
+        .iter()
+        .flat_map(|&v| untimed.iter().flat_map(move |&s| matmul_calls(ctx, v, bounded(s))))
+        .collect();
+    calls.extend_from_slice(others);
+    if let Err(e) = ctx.precompile(&calls) {
+        log::warn!("precompiling the matmul candidates: {e}");
+    }
     let mut chosen = BTreeMap::new();
     let mut changed = false;
     for &shape in shapes {
