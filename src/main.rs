@@ -211,7 +211,8 @@ enum BenchCommand {
         /// `wgslm verify` lists (at its test shapes).
         #[arg(long, default_value = "matmul")]
         kernel: String,
-        /// A matmul variant (blocked4x4, vec4, tiled64, rows16x32, subgroup, f16), or `all` (repeatable).
+        /// A matmul variant (blocked4x4, vec4, tiled64, tiled128, rows16x32, subgroup, gemv, f16), or
+        /// `all` (repeatable).
         #[arg(long, default_value = "all")]
         variant: Vec<String>,
         /// A matmul shape MxKxN (repeatable); default the four of docs/BENCHMARKS.md.
