@@ -1011,7 +1011,7 @@ pub fn check_adapter(
         of_kernel[..n].to_vec()
     };
     let kernels: Vec<&'static str> = names.into_iter().filter(|n| only.is_none_or(|k| k == *n)).collect();
-    // Every pipeline the checks will run, compiled first on every core (on llvmpipe; elsewhere this
+    // Every pipeline the checks will run, compiled first on every core (on lavapipe; elsewhere this
     // does nothing).
     let mut calls = Vec::new();
     for &kernel in &kernels {

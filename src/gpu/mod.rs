@@ -575,7 +575,7 @@ impl Backend for GpuBackend {
                 calls.push(call);
             }
         }
-        // On llvmpipe, compile the program's new pipelines on every core before the first dispatch.
+        // On lavapipe, compile the program's new pipelines on every core before the first dispatch.
         self.ctx.precompile(&calls)?;
         let params = if calls.is_empty() {
             None
