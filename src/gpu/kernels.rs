@@ -944,24 +944,19 @@ mod tests {
         }
     }
 
+    /// `out = op(a)·op(b)` on placeholder views.
+    fn matmul_op((m, k, n): (usize, usize, usize), trans_a: bool, trans_b: bool) -> Op {
+        let v = |len| View::new(crate::backend::BufId(0), 0, len);
+        let (out, a, b) = (v(m * n), v(m * k), v(k * n));
+        Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate: false, half: false }
+    }
+
     /// Issue 12, item 4: K is split only on an adapter that limits loops; each chunk of a split sums
     /// its own stretch of K and every one but the first accumulates.
     #[test]
     fn matmuls_split_k_only_where_the_adapter_limits_loops() {
-        let (m, k, n) = (4, 40_000, 12);
-        let v = |len| View::new(crate::backend::BufId(0), 0, len);
-        let op = Op::Matmul {
-            out: v(m * n),
-            a: v(m * k),
-            b: v(k * n),
-            m,
-            k,
-            n,
-            trans_a: false,
-            trans_b: true,
-            accumulate: false,
-            half: false,
-        };
+        let k = 40_000;
+        let op = matmul_op((4, k, 12), false, true);
         for variant in MATMUL_VARIANTS {
             let whole = calls(&op, &env(variant, k_chunk(wgpu::DeviceType::DiscreteGpu)));
             assert_eq!(whole.len(), 1, "{variant}");
@@ -977,7 +972,6 @@ mod tests {
     /// layout from flags bits 2 and 3.
     #[test]
     fn tiled_matmuls_pick_vec4_loads_by_row_length() {
-        let v = |len| View::new(crate::backend::BufId(0), 0, len);
         for (variant, tile) in [("tiled64", 64), ("tiled128", 128)] {
             for (m, k, n, ta, tb, vec4) in [
                 (8, 12, 16, false, false, true),
@@ -988,19 +982,7 @@ mod tests {
                 (8, 12, 18, false, true, true),
                 (6, 12, 18, true, true, false),
             ] {
-                let op = Op::Matmul {
-                    out: v(m * n),
-                    a: v(m * k),
-                    b: v(k * n),
-                    m,
-                    k,
-                    n,
-                    trans_a: ta,
-                    trans_b: tb,
-                    accumulate: false,
-                    half: false,
-                };
-                let call = &calls(&op, &env(variant, usize::MAX))[0];
+                let call = &calls(&matmul_op((m, k, n), ta, tb), &env(variant, usize::MAX))[0];
                 assert_eq!(call.entry, "matmul_tiled");
                 assert_eq!(call.source.ends_with(".vec4"), vec4, "{variant} {m}x{k}x{n} {ta} {tb}");
                 assert_eq!(call.params[3] >> 2, u32::from(ta) | (u32::from(tb) << 1));
