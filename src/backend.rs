@@ -711,6 +711,13 @@ pub trait Backend {
     }
     /// Checks and plans a program of ops.
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId>;
+    /// Gets ready for programs made of `ops` before any of them is prepared: on the GPU, tunes their
+    /// matmul shapes and compiles their kernels together, so a cold start compiles them all at once
+    /// (on every core, on lavapipe) instead of program by program. Nothing elsewhere.
+    fn warm(&mut self, ops: &[Op]) -> Result<()> {
+        let _ = ops;
+        Ok(())
+    }
     /// Executes a prepared program. On the GPU this records one command encoder and submits it.
     fn run(&mut self, plan: PlanId) -> Result<()>;
     /// Waits until all submitted work has finished (and reports any fault it raised).

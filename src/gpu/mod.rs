@@ -105,6 +105,32 @@ impl GpuBackend {
         self.matmul = "custom";
     }
 
+    /// Chooses a variant for each matmul shape of `ops` not chosen yet, when autotuning; the other
+    /// kernels of `ops` (mapped by `env`) compile beside the candidates.
+    fn tune(&mut self, ops: &[Op], env: &kernels::Env) {
+        let Some(budget) = self.tuning else { return };
+        let mut shapes: Vec<tune::GemmShape> = ops.iter().flat_map(kernels::gemm_shapes).collect();
+        shapes.sort();
+        shapes.dedup();
+        shapes.retain(|s| !self.choices.contains_key(s));
+        if !shapes.is_empty() {
+            let others: Vec<kernels::Call> = ops
+                .iter()
+                .filter(|op| kernels::gemm_shapes(op).is_empty())
+                .flat_map(|op| kernels::calls(op, env))
+                .collect();
+            let chosen = tune::choose(&self.ctx, &shapes, self.matmul, budget, &others);
+            self.choices.extend(chosen);
+        }
+    }
+
+    /// [`GpuBackend::env`] with placeholders for the spare views (for planning, never for binding).
+    fn placeholder_env(&self, ops: &[Op]) -> kernels::Env {
+        let placeholder = |len| View::new(BufId(usize::MAX), 0, len);
+        let scratch = ops.iter().map(|op| kernels::scratch_len(op, self.max_binding)).max().unwrap_or(0);
+        self.env(placeholder(1), placeholder(scratch.max(1)))
+    }
+
     /// What maps this backend's ops to dispatches, with `dummy` and `scratch` as its spare views.
     fn env(&self, dummy: View, scratch: View) -> kernels::Env {
         kernels::Env {
@@ -123,10 +149,15 @@ impl GpuBackend {
     /// [`GpuContext::precompile`] needs ahead of the program (pipelines, parameters, binding count;
     /// the views are the ops' own, or placeholders, and are never bound).
     pub fn planned_calls(&self, ops: &[Op]) -> Vec<kernels::Call> {
-        let placeholder = |len| View::new(BufId(usize::MAX), 0, len);
-        let scratch = ops.iter().map(|op| kernels::scratch_len(op, self.max_binding)).max().unwrap_or(0);
-        let env = self.env(placeholder(1), placeholder(scratch.max(1)));
-        ops.iter().filter(|op| op.check().is_ok()).flat_map(|op| kernels::calls(op, &env)).collect()
+        let env = self.placeholder_env(ops);
+        let valid = ops.iter().filter(|op| match op.check() {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("not precompiled: {e}");
+                false
+            }
+        });
+        valid.flat_map(|op| kernels::calls(op, &env)).collect()
     }
 
     /// Uses matmul variant `name` (one of `kernels::MATMUL_VARIANTS`) in programs prepared from now on.
@@ -540,23 +571,8 @@ impl Backend for GpuBackend {
                 return Err(Error::Invalid(why));
             }
         }
-        if let Some(budget) = self.tuning {
-            let mut shapes: Vec<tune::GemmShape> = ops.iter().flat_map(kernels::gemm_shapes).collect();
-            shapes.sort();
-            shapes.dedup();
-            shapes.retain(|s| !self.choices.contains_key(s));
-            if !shapes.is_empty() {
-                // The program's other kernels compile beside the matmul candidates.
-                let env = self.env(dummy, scratch);
-                let others: Vec<kernels::Call> = ops
-                    .iter()
-                    .filter(|op| kernels::gemm_shapes(op).is_empty())
-                    .flat_map(|op| kernels::calls(op, &env))
-                    .collect();
-                let chosen = tune::choose(&self.ctx, &shapes, self.matmul, budget, &others);
-                self.choices.extend(chosen);
-            }
-        }
+        self.tune(ops, &self.env(dummy, scratch));
+        // With the choices just made.
         let env = self.env(dummy, scratch);
         let mut calls = Vec::new();
         for op in ops {
@@ -667,6 +683,16 @@ impl Backend for GpuBackend {
 
     fn live_buffers(&self) -> Option<(usize, u64)> {
         Some(self.ctx.live_buffers())
+    }
+
+    fn warm(&mut self, ops: &[Op]) -> Result<()> {
+        for op in ops {
+            op.check().map_err(Error::Invalid)?;
+        }
+        let env = self.placeholder_env(ops);
+        self.tune(ops, &env);
+        // Without tuning (or with every shape chosen already), the kernels as they will run.
+        self.ctx.precompile(&self.planned_calls(ops))
     }
 
     fn max_binding(&self) -> usize {

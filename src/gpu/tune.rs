@@ -109,8 +109,9 @@ fn matmul_calls(ctx: &Arc<GpuContext>, variant: &str, (m, k, n, ta, tb): GemmSha
     if gpu.set_matmul_variant(variant).is_err() {
         return Vec::new();
     }
-    let view = |len| View::new(crate::backend::BufId(usize::MAX), 0, len);
-    let (out, a, b) = (view(m * n), view(m * k), view(k * n));
+    // Three placeholder buffers: an output that overlapped an input would not be a valid op.
+    let view = |buf, len| View::new(crate::backend::BufId(usize::MAX - buf), 0, len);
+    let (out, a, b) = (view(0, m * n), view(1, m * k), view(2, k * n));
     gpu.planned_calls(&[Op::Matmul {
         out,
         a,

@@ -537,9 +537,7 @@ impl Model {
         let scalar = View::new(be.alloc(DType::F32, 1, "unused statistics")?, 0, 1);
         let grad_scale = View::new(be.alloc(DType::F32, 1, "loss-gradient multiplier")?, 0, 1);
         be.write_f32(grad_scale, &[1.0])?;
-        let mut main = Frame::new(be, net.as_mut(), &config, shape, scalar, "")?;
-        let weights = Weights { buf: params, layout: &layout };
-        main.prepare_logits(be, net.as_ref(), weights, config.n_embd, config.vocab_size)?;
+        let main = Frame::new(be, net.as_mut(), &config, shape, scalar, "")?;
         let mut model = Model {
             config,
             layout,
@@ -561,13 +559,9 @@ impl Model {
             train: None,
             last_submit: 0.0,
         };
-        let stats = model.stats;
-        let mut loss_ops = vec![Op::Zero { out: stats }];
-        for micro in 0..shape.accum {
-            loss_ops.extend(model.forward_ops(&model.main, micro, true, None));
-        }
-        model.loss_plan = model.backend.prepare(&loss_ops)?;
-
+        // The training step first: its program holds every kernel the others use, so on the GPU its
+        // shapes are tuned and its kernels compiled at once (`Backend::warm`) before any program is
+        // prepared.
         if let Mode::Train { weight_decay, dropout } = mode {
             if !(0.0..1.0).contains(&dropout) {
                 return Err(Error::Invalid(format!("dropout {dropout} must be in [0, 1)")));
@@ -586,11 +580,22 @@ impl Model {
                 Train { grads, m, v, weight_decay, grad_plan: PlanId(0), step_plan: PlanId(0), split: None };
             let (mut ops, norm, update) = model.training_ops(&train);
             ops.extend(norm);
-            train.grad_plan = model.backend.prepare(&ops)?;
+            let grad_len = ops.len();
             ops.extend(update);
+            model.backend.warm(&ops)?;
+            train.grad_plan = model.backend.prepare(&ops[..grad_len])?;
             train.step_plan = model.backend.prepare(&ops)?;
             model.train = Some(train);
         }
+        let weights = Weights { buf: model.params, layout: &model.layout };
+        let (c, v) = (model.config.n_embd, model.config.vocab_size);
+        model.main.prepare_logits(model.backend.as_mut(), model.net.as_ref(), weights, c, v)?;
+        let stats = model.stats;
+        let mut loss_ops = vec![Op::Zero { out: stats }];
+        for micro in 0..shape.accum {
+            loss_ops.extend(model.forward_ops(&model.main, micro, true, None));
+        }
+        model.loss_plan = model.backend.prepare(&loss_ops)?;
         Ok(model)
     }
 
