@@ -204,7 +204,6 @@ struct PipelineCache {
     pipelines: HashMap<String, wgpu::ComputePipeline>,
 }
 
-/// An open device on the chosen adapter. Shared (`Arc`) by the backends that run on it.
 /// The most devices [`GpuContext::precompile`] compiles on at once (this one and its helpers).
 pub const PRECOMPILE_WORKERS: usize = 4;
 
@@ -213,6 +212,7 @@ fn pipeline_key(call: &Call) -> String {
     format!("{}[{}]{:?}", call.entry, call.source, call.constants)
 }
 
+/// An open device on the chosen adapter. Shared (`Arc`) by the backends that run on it.
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -315,7 +315,7 @@ impl GpuContext {
     /// the spreading relies on. llvmpipe under GL compiles lazily too, but an empty dispatch does not
     /// make it compile (measured: `verify --quick --device gl` precompiled 48 pipelines in 0.2 s and
     /// then compiled each at its first real dispatch), so GL is left as it was.
-    fn compiles_lazily_with_a_disk_cache(&self) -> bool {
+    pub fn compiles_lazily_with_a_disk_cache(&self) -> bool {
         let disabled = std::env::var("MESA_SHADER_CACHE_DISABLE")
             .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
         let info = &self.adapter.info;
@@ -378,10 +378,19 @@ impl GpuContext {
                 });
             }
             while let Some(call) = take() {
-                self.dispatch_once(call)?;
+                if let Err(e) = self.dispatch_once(call) {
+                    // The helpers stop at their next pipeline instead of compiling the rest.
+                    next.store(todo.len(), Ordering::Relaxed);
+                    return Err(e);
+                }
             }
             Ok(())
         })?;
+        // What the helpers compiled is in the disk cache; building the pipelines here (cheap: lavapipe
+        // compiles at the first dispatch) keeps a later call from handing them out again.
+        for call in &todo {
+            self.pipeline(call)?;
+        }
         log::info!("precompiled {} pipelines on {workers} devices in {:.1?}", todo.len(), started.elapsed());
         Ok(())
     }

@@ -180,6 +180,24 @@ impl GpuBackend {
     /// lavapipe (Mesa's gallivm, on CPU-type adapters) silently ends an invocation's loops after 65,535
     /// iterations in all, which would truncate the flash kernels' walk over the keys at long
     /// sequences with large heads: refused here, with what to do.
+    /// What `prepare` refuses before it tunes, compiles or allocates anything: an index past u32, a
+    /// loop past lavapipe's budget, an op whose shapes do not fit, a kernel the adapter cannot run.
+    fn check_ops(&self, ops: &[Op]) -> Result<()> {
+        for op in ops {
+            if let Some((view, elements)) = kernels::index_range(op) {
+                return Err(Error::IndexRange { op: op.name(), view: view + 1, elements: elements as u64 });
+            }
+        }
+        self.check_loop_budget(ops)?;
+        for op in ops {
+            op.check().map_err(Error::Invalid)?;
+            if let Some(why) = self.ctx.kernel_unavailable(op.name(), "") {
+                return Err(Error::Invalid(why));
+            }
+        }
+        Ok(())
+    }
+
     fn check_loop_budget(&self, ops: &[Op]) -> Result<()> {
         for op in ops {
             if let Op::AttentionDecode { t, c, nh, .. } = *op {
@@ -550,12 +568,7 @@ impl Backend for GpuBackend {
     }
 
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {
-        for op in ops {
-            if let Some((view, elements)) = kernels::index_range(op) {
-                return Err(Error::IndexRange { op: op.name(), view: view + 1, elements: elements as u64 });
-            }
-        }
-        self.check_loop_budget(ops)?;
+        self.check_ops(ops)?;
         let dummy = self.dummy()?;
         // One scratch buffer serves every op of the program: ops run one after another, and each
         // uses its scratch only within its own dispatches.
@@ -565,12 +578,6 @@ impl Backend for GpuBackend {
         } else {
             dummy
         };
-        for op in ops {
-            op.check().map_err(Error::Invalid)?;
-            if let Some(why) = self.ctx.kernel_unavailable(op.name(), "") {
-                return Err(Error::Invalid(why));
-            }
-        }
         self.tune(ops, &self.env(dummy, scratch));
         // With the choices just made.
         let env = self.env(dummy, scratch);
@@ -686,9 +693,7 @@ impl Backend for GpuBackend {
     }
 
     fn warm(&mut self, ops: &[Op]) -> Result<()> {
-        for op in ops {
-            op.check().map_err(Error::Invalid)?;
-        }
+        self.check_ops(ops)?;
         let env = self.placeholder_env(ops);
         self.tune(ops, &env);
         // Without tuning (or with every shape chosen already), the kernels as they will run.
