@@ -49,6 +49,8 @@ pub struct GpuBackend {
     max_binding: usize,
     /// The matmul variant used where it applies.
     matmul: &'static str,
+    /// The kernel family of the fused attention ops (`kernels::FLASH_FAMILIES`).
+    flash: &'static str,
     /// A matmul kernel loaded at run time (variant "custom").
     custom: Option<Arc<kernels::CustomMatmul>>,
     /// The autotuner's time budget per `prepare`; None leaves every shape to `matmul`.
@@ -70,6 +72,7 @@ impl GpuBackend {
         GpuBackend {
             max_binding,
             matmul,
+            flash: kernels::flash_family(ctx.adapter.info.device_type),
             custom: None,
             tuning: None,
             choices: Default::default(),
@@ -142,22 +145,40 @@ impl GpuBackend {
             scratch,
             max_binding: self.max_binding,
             k_chunk: kernels::k_chunk(self.ctx.adapter.info.device_type),
+            flash: self.flash,
         }
     }
 
     /// The dispatches a program of `ops` would make here, with the variants chosen so far: what
     /// [`GpuContext::precompile`] needs ahead of the program (pipelines, parameters, binding count;
     /// the views are the ops' own, or placeholders, and are never bound).
+    /// `ops` must pass [`Op::check`] (`warm` checks them; the autotuner's and `verify`'s are valid by
+    /// construction).
     pub fn planned_calls(&self, ops: &[Op]) -> Vec<kernels::Call> {
         let env = self.placeholder_env(ops);
-        let valid = ops.iter().filter(|op| match op.check() {
-            Ok(()) => true,
-            Err(e) => {
-                log::warn!("not precompiled: {e}");
-                false
-            }
-        });
-        valid.flat_map(|op| kernels::calls(op, &env)).collect()
+        ops.iter().flat_map(|op| kernels::calls(op, &env)).collect()
+    }
+
+    /// Uses flash-attention kernel family `name` (one of `kernels::FLASH_FAMILIES`) in programs
+    /// prepared from now on, instead of the adapter's (`kernels::flash_family`).
+    pub fn set_flash_family(&mut self, name: &str) -> Result<()> {
+        self.flash = kernels::FLASH_FAMILIES.iter().find(|f| **f == name).copied().ok_or_else(|| {
+            Error::Invalid(format!(
+                "flash kernel family {name:?}: expected one of {}",
+                kernels::FLASH_FAMILIES.join(", ")
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// Pins `variant` of `kernel` as `wgslm verify` and the kernel tests run it: a matmul variant for
+    /// the matmul kernels, a flash family for the fused attention kernels; "" leaves the defaults.
+    pub fn set_variant(&mut self, kernel: &str, variant: &str) -> Result<()> {
+        match variant {
+            "" => Ok(()),
+            _ if kernel.starts_with("flash_attention") => self.set_flash_family(variant),
+            _ => self.set_matmul_variant(variant),
+        }
     }
 
     /// Uses matmul variant `name` (one of `kernels::MATMUL_VARIANTS`) in programs prepared from now on.
@@ -177,9 +198,6 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// lavapipe (Mesa's gallivm, on CPU-type adapters) silently ends an invocation's loops after 65,535
-    /// iterations in all, which would truncate the flash kernels' walk over the keys at long
-    /// sequences with large heads: refused here, with what to do.
     /// What `prepare` refuses before it tunes, compiles or allocates anything: an index past u32, a
     /// loop past lavapipe's budget, an op whose shapes do not fit, a kernel the adapter cannot run.
     fn check_ops(&self, ops: &[Op]) -> Result<()> {
@@ -198,6 +216,9 @@ impl GpuBackend {
         Ok(())
     }
 
+    /// lavapipe (Mesa's gallivm, on CPU-type adapters) silently ends an invocation's loops after 65,535
+    /// iterations in all, which would truncate the flash kernels' walk over the keys at long
+    /// sequences with large heads: refused here, with what to do.
     fn check_loop_budget(&self, ops: &[Op]) -> Result<()> {
         for op in ops {
             if let Op::AttentionDecode { t, c, nh, .. } = *op {
@@ -709,7 +730,11 @@ impl Backend for GpuBackend {
             return Some(why);
         }
         if self.ctx.adapter.info.device_type == wgpu::DeviceType::Cpu {
-            let iterations = kernels::flash_loop_iterations(t, hs);
+            let iterations = if self.flash == "rows" {
+                kernels::flash_rows_loop_iterations(t, hs)
+            } else {
+                kernels::flash_loop_iterations(t, hs)
+            };
             if iterations > 65_535 {
                 return Some(format!(
                     "at T = {t} with head size {hs} one invocation would loop {iterations} times, and {} stops \
