@@ -10,6 +10,9 @@
 // (b, h, t1, t2) is multiplied by the mask of element ((b*NH + h)*T + t1)*T + t2 of the stream (the
 // hash of dropout.wgsl), exactly as the naive path masks its (B,NH,T,T) tensor.
 //
+// Two kernel families compute these passes (kernels::FLASH_FAMILIES): the "tiled" kernels below,
+// shaped for GPUs, and the "rows" kernels at the end of the file, shaped for SIMD CPUs (lavapipe).
+//
 // Tiles. A workgroup owns WG = 64 rows (queries in the forward and dQ kernels, keys in the dK/dV
 // kernel), one per invocation, and walks the other side in tiles of BC rows staged in workgroup
 // memory, where every invocation reads them at the same (uniform) index: lavapipe turns loads whose
@@ -621,6 +624,314 @@ fn flash_attention_backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
             }
             if (col + 3u < hs) {
                 dqkv[o + col + 3u] += v.w;
+            }
+        }
+    }
+}
+
+// ---- the "rows" kernels: the same three passes for SIMD CPUs ----
+//
+// lavapipe runs a workgroup's invocations in SIMD lanes, eight at a time, and turns a workgroup with
+// barriers into coroutines that save every live value at each barrier. These kernels take one SIMD
+// vector per workgroup (LANES = 8), no workgroup memory and no barriers, and are built as
+// matmul_rows.wgsl is: an invocation owns RR rows (queries in the forward and dQ kernels, keys in the
+// dK/dV kernel) and the workgroup walks the other side in tiles of KT rows, one head column at a time.
+// Per column, the KT elements of the tile's rows are read at indices that are the same for every lane
+// (lavapipe loads each once and broadcasts it) and the RR elements of the invocation's own rows at
+// per-lane indices; they feed RR*KT multiply-adds into the RR x KT block of scores held in registers.
+// The outputs are accumulated in place, column by column (out, and dQ, dK, dV in dqkv), so no
+// register array depends on the head size: one pipeline serves every head size, and its loops over
+// the head run hs times per tile. Sums run in a fixed order, so a rerun gives the same bits. Same
+// params and bindings as the kernels above.
+
+const LANES: u32 = 8u;
+// Rows per invocation, and rows per tile of the other side.
+const RR: u32 = 8u;
+const KT: u32 = 16u;
+
+// The dropout factor (0 or 1/(1-p)) of mask element idx; 1 without dropout.
+fn factor(mix: u32, idx: u32) -> f32 {
+    if (p.drop == 0u) {
+        return 1.0;
+    }
+    return select(0.0, p.drop_scale, hash(idx + mix) >= p.threshold);
+}
+
+// flash_rows_forward: flash_attention_forward's function.
+// Grid: (ceil(T / (LANES*RR)), B*NH); lane i of workgroup (x, y) owns queries
+// x*LANES*RR + r*LANES + i, r < RR, of batch y / NH, head y % NH.
+// 1: out (read_write), 2: lse (read_write), 3: qkv, 4: seed (1) u32 (a dummy without dropout)
+@compute @workgroup_size(8)
+fn flash_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let hs = head_size();
+    let sc = scale();
+    let b = wid.y / p.nh;
+    let h = wid.y % p.nh;
+    let g = kv_head(h);
+    let q0 = wid.x * LANES * RR;
+    // Key tiles up to the workgroup's last query.
+    let n_kt = (min(q0 + LANES * RR, p.t) - 1u) / KT + 1u;
+    let mix = mask_mix(seed_f[0]);
+    // Rows past T read row T-1 and write nothing.
+    var row: array<u32, RR>;
+    var qb: array<u32, RR>;
+    var ob: array<u32, RR>;
+    var m: array<f32, RR>;
+    var l: array<f32, RR>;
+    var alpha: array<f32, RR>;
+    for (var r = 0u; r < RR; r += 1u) {
+        row[r] = min(q0 + r * LANES + lid, p.t - 1u);
+        qb[r] = qkv_at(b, row[r], 0u, h);
+        ob[r] = (b * p.t + row[r]) * p.c + h * hs;
+        m[r] = NEG_BIG;
+        l[r] = 0.0;
+    }
+    let live = q0 + lid < p.t;
+    for (var d = 0u; d < hs; d += 1u) {
+        for (var r = 0u; r < RR; r += 1u) {
+            if (q0 + r * LANES + lid < p.t) {
+                out[ob[r] + d] = 0.0;
+            }
+        }
+    }
+    var kb: array<u32, KT>;
+    var vb: array<u32, KT>;
+    var x: array<f32, KT>;
+    for (var j = 0u; j < n_kt; j += 1u) {
+        let k0 = j * KT;
+        for (var kk = 0u; kk < KT; kk += 1u) {
+            let key = min(k0 + kk, p.t - 1u);
+            kb[kk] = qkv_at(b, key, 1u, g);
+            vb[kk] = qkv_at(b, key, 2u, g);
+        }
+        var s: array<array<f32, KT>, RR>;
+        for (var d = 0u; d < hs; d += 1u) {
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                x[kk] = qkv[kb[kk] + d];
+            }
+            for (var r = 0u; r < RR; r += 1u) {
+                let qv = qkv[qb[r] + d];
+                for (var kk = 0u; kk < KT; kk += 1u) {
+                    s[r][kk] += qv * x[kk];
+                }
+            }
+        }
+        // Online softmax per row: the new running max, the factor that rescales what came before,
+        // and this tile's probabilities relative to the new max (zero above the diagonal).
+        for (var r = 0u; r < RR; r += 1u) {
+            var mt = m[r];
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                let sv = select(NEG_BIG, s[r][kk] * sc, k0 + kk <= row[r]);
+                s[r][kk] = sv;
+                mt = max(mt, sv);
+            }
+            alpha[r] = exp(m[r] - mt);
+            m[r] = mt;
+            var lt = 0.0;
+            let mrow = ((b * p.nh + h) * p.t + row[r]) * p.t + k0;
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                let e = select(0.0, exp(s[r][kk] - mt), k0 + kk <= row[r]);
+                // The sum is of the undropped probabilities; the values are weighted by the dropped ones.
+                lt += e;
+                s[r][kk] = e * factor(mix, mrow + kk);
+            }
+            l[r] = l[r] * alpha[r] + lt;
+        }
+        for (var d = 0u; d < hs; d += 1u) {
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                x[kk] = qkv[vb[kk] + d];
+            }
+            for (var r = 0u; r < RR; r += 1u) {
+                var o = 0.0;
+                for (var kk = 0u; kk < KT; kk += 1u) {
+                    o += s[r][kk] * x[kk];
+                }
+                if (q0 + r * LANES + lid < p.t) {
+                    out[ob[r] + d] = out[ob[r] + d] * alpha[r] + o;
+                }
+            }
+        }
+    }
+    for (var r = 0u; r < RR; r += 1u) {
+        l[r] = 1.0 / l[r];
+    }
+    for (var d = 0u; d < hs; d += 1u) {
+        for (var r = 0u; r < RR; r += 1u) {
+            if (q0 + r * LANES + lid < p.t) {
+                out[ob[r] + d] *= l[r];
+            }
+        }
+    }
+    for (var r = 0u; r < RR; r += 1u) {
+        let t1 = q0 + r * LANES + lid;
+        if (t1 < p.t) {
+            lse_out[(b * p.nh + h) * p.t + t1] = m[r] - log(l[r]);
+        }
+    }
+}
+
+// flash_rows_backward_kv: flash_attention_backward_kv's function, over the same (query head, query
+// tile) pairs u_begin..u_end but in tiles of KT queries (kernels::flash_rows_pairs).
+// Grid: (ceil(T / (LANES*RR)), B*NKV); lane i of workgroup (x, y) owns keys x*LANES*RR + r*LANES + i,
+// r < RR, of batch y / NKV, kv head y % NKV.
+// 1: dqkv (read_write), 2: dsum (B,NH,T), 3: qkv, 4: dout (B,T,C), 5: lse (B,NH,T), 6: seed u32
+@compute @workgroup_size(8)
+fn flash_rows_backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let hs = head_size();
+    let sc = scale();
+    let group = p.nh / p.nkv;
+    let b = wid.y / p.nkv;
+    let g = wid.y % p.nkv;
+    let k0 = wid.x * LANES * RR;
+    let n_qt = (p.t + KT - 1u) / KT;
+    let mix = mask_mix(seed_b[0]);
+    var key: array<u32, RR>;
+    var kb: array<u32, RR>;
+    var vb: array<u32, RR>;
+    for (var r = 0u; r < RR; r += 1u) {
+        key[r] = min(k0 + r * LANES + lid, p.t - 1u);
+        kb[r] = qkv_at(b, key[r], 1u, g);
+        vb[r] = qkv_at(b, key[r], 2u, g);
+    }
+    var qb: array<u32, KT>;
+    var ob: array<u32, KT>;
+    var x: array<f32, KT>;
+    var y: array<f32, KT>;
+    for (var u = p.u_begin; u < p.u_end; u += 1u) {
+        let h = g * group + u / n_qt;
+        let q0 = (u % n_qt) * KT;
+        // Every query of this tile comes before every key of the workgroup's: nothing to add.
+        if (q0 + KT <= k0) {
+            continue;
+        }
+        let bh = b * p.nh + h;
+        for (var kk = 0u; kk < KT; kk += 1u) {
+            let t1 = min(q0 + kk, p.t - 1u);
+            qb[kk] = qkv_at(b, t1, 0u, h);
+            ob[kk] = (b * p.t + t1) * p.c + h * hs;
+        }
+        // q.k, then dS; dout.v, then the dropped probabilities.
+        var s: array<array<f32, KT>, RR>;
+        var dp: array<array<f32, KT>, RR>;
+        for (var d = 0u; d < hs; d += 1u) {
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                x[kk] = qkv[qb[kk] + d];
+                y[kk] = dout[ob[kk] + d];
+            }
+            for (var r = 0u; r < RR; r += 1u) {
+                let kv = qkv[kb[r] + d];
+                let vv = qkv[vb[r] + d];
+                for (var kk = 0u; kk < KT; kk += 1u) {
+                    s[r][kk] += kv * x[kk];
+                    dp[r][kk] += vv * y[kk];
+                }
+            }
+        }
+        for (var kk = 0u; kk < KT; kk += 1u) {
+            let t1 = q0 + kk;
+            let tc = min(t1, p.t - 1u);
+            let lse_t = lse[bh * p.t + tc];
+            let d_t = dsum[bh * p.t + tc];
+            for (var r = 0u; r < RR; r += 1u) {
+                let pr = select(0.0, exp(s[r][kk] * sc - lse_t), t1 >= key[r] && t1 < p.t);
+                let f = factor(mix, (bh * p.t + tc) * p.t + key[r]);
+                s[r][kk] = pr * (dp[r][kk] * f - d_t) * sc;
+                dp[r][kk] = pr * f;
+            }
+        }
+        for (var d = 0u; d < hs; d += 1u) {
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                x[kk] = qkv[qb[kk] + d];
+                y[kk] = dout[ob[kk] + d];
+            }
+            for (var r = 0u; r < RR; r += 1u) {
+                var dk = 0.0;
+                var dv = 0.0;
+                for (var kk = 0u; kk < KT; kk += 1u) {
+                    dk += s[r][kk] * x[kk];
+                    dv += dp[r][kk] * y[kk];
+                }
+                if (k0 + r * LANES + lid < p.t) {
+                    dqkv[kb[r] + d] += dk;
+                    dqkv[vb[r] + d] += dv;
+                }
+            }
+        }
+    }
+}
+
+// flash_rows_backward_q: flash_attention_backward_q's function, in tiles of KT keys.
+// Grid and rows as flash_rows_forward.
+// 1: dqkv (read_write), 2: dsum (B,NH,T), 3: qkv, 4: dout (B,T,C), 5: lse (B,NH,T), 6: seed u32
+@compute @workgroup_size(8)
+fn flash_rows_backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let hs = head_size();
+    let sc = scale();
+    let b = wid.y / p.nh;
+    let h = wid.y % p.nh;
+    let g = kv_head(h);
+    let bh = wid.y;
+    let q0 = wid.x * LANES * RR;
+    let n_kt = (min(q0 + LANES * RR, p.t) - 1u) / KT + 1u;
+    let mix = mask_mix(seed_b[0]);
+    var row: array<u32, RR>;
+    var qb: array<u32, RR>;
+    var ob: array<u32, RR>;
+    var lse_r: array<f32, RR>;
+    var d_r: array<f32, RR>;
+    for (var r = 0u; r < RR; r += 1u) {
+        row[r] = min(q0 + r * LANES + lid, p.t - 1u);
+        qb[r] = qkv_at(b, row[r], 0u, h);
+        ob[r] = (b * p.t + row[r]) * p.c + h * hs;
+        lse_r[r] = lse[bh * p.t + row[r]];
+        d_r[r] = dsum[bh * p.t + row[r]];
+    }
+    var kb: array<u32, KT>;
+    var vb: array<u32, KT>;
+    var x: array<f32, KT>;
+    var y: array<f32, KT>;
+    for (var j = 0u; j < n_kt; j += 1u) {
+        let k0 = j * KT;
+        for (var kk = 0u; kk < KT; kk += 1u) {
+            let key = min(k0 + kk, p.t - 1u);
+            kb[kk] = qkv_at(b, key, 1u, g);
+            vb[kk] = qkv_at(b, key, 2u, g);
+        }
+        var s: array<array<f32, KT>, RR>;
+        var dp: array<array<f32, KT>, RR>;
+        for (var d = 0u; d < hs; d += 1u) {
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                x[kk] = qkv[kb[kk] + d];
+                y[kk] = qkv[vb[kk] + d];
+            }
+            for (var r = 0u; r < RR; r += 1u) {
+                let qv = qkv[qb[r] + d];
+                let ov = dout[ob[r] + d];
+                for (var kk = 0u; kk < KT; kk += 1u) {
+                    s[r][kk] += qv * x[kk];
+                    dp[r][kk] += ov * y[kk];
+                }
+            }
+        }
+        for (var r = 0u; r < RR; r += 1u) {
+            let mrow = (bh * p.t + row[r]) * p.t + k0;
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                let pr = select(0.0, exp(s[r][kk] * sc - lse_r[r]), k0 + kk <= row[r]);
+                s[r][kk] = pr * (dp[r][kk] * factor(mix, mrow + kk) - d_r[r]) * sc;
+            }
+        }
+        for (var d = 0u; d < hs; d += 1u) {
+            for (var kk = 0u; kk < KT; kk += 1u) {
+                x[kk] = qkv[kb[kk] + d];
+            }
+            for (var r = 0u; r < RR; r += 1u) {
+                var dq = 0.0;
+                for (var kk = 0u; kk < KT; kk += 1u) {
+                    dq += s[r][kk] * x[kk];
+                }
+                if (q0 + r * LANES + lid < p.t) {
+                    dqkv[qb[r] + d] += dq;
+                }
             }
         }
     }

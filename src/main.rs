@@ -211,8 +211,8 @@ enum BenchCommand {
         /// `wgslm verify` lists (at its test shapes).
         #[arg(long, default_value = "matmul")]
         kernel: String,
-        /// A matmul variant (blocked4x4, vec4, tiled64, tiled128, rows16x32, subgroup, gemv, f16), or
-        /// `all` (repeatable).
+        /// A matmul variant (blocked4x4, vec4, tiled64, tiled128, rows16x32, subgroup, gemv, f16), an
+        /// attention variant (naive, flash), or `all` (repeatable).
         #[arg(long, default_value = "all")]
         variant: Vec<String>,
         /// A matmul shape MxKxN (repeatable); default the four of docs/BENCHMARKS.md.
@@ -663,7 +663,7 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
                 if shader.is_some() {
                     bail!("--shader takes a drop-in matmul kernel; use it with --kernel matmul");
                 }
-                wgslm::bench::kernels::verified(&ctx, &kernel, reps)?
+                wgslm::bench::kernels::verified(&ctx, &kernel, &variant, reps)?
             };
             println!("{:<28} {:<20} {:>10} {:>10} {:>7}  check", "variant", "shape", "ms", "rate", "% best");
             for t in &rows {

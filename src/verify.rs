@@ -916,6 +916,19 @@ pub fn uses_matmul_variants(kernel: &str) -> bool {
     matches!(kernel, "matmul" | "matmul_forward" | "matmul_backward")
 }
 
+/// The variants `kernel` is checked under: every matmul variant for the matmul kernels, both kernel
+/// families for the fused attention ones, the one kernel ("") elsewhere
+/// (`GpuBackend::set_variant` pins each).
+pub fn variants(kernel: &str) -> &'static [&'static str] {
+    if uses_matmul_variants(kernel) {
+        crate::gpu::kernels::MATMUL_VARIANTS
+    } else if kernel.starts_with("flash_attention") {
+        &crate::gpu::kernels::FLASH_FAMILIES
+    } else {
+        &[""]
+    }
+}
+
 /// The kernels with cases, in schedule order.
 pub fn kernel_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
@@ -1015,11 +1028,9 @@ pub fn check_adapter(
     // pipelines compile when they are built). A kernel that fails here fails in its own row below.
     let mut calls = Vec::new();
     for &kernel in kernels.iter().filter(|_| ctx.compiles_lazily_with_a_disk_cache()) {
-        let variants: &[&'static str] =
-            if uses_matmul_variants(kernel) { crate::gpu::kernels::MATMUL_VARIANTS } else { &[""] };
-        for variant in variants.iter().filter(|v| ctx.kernel_unavailable(kernel, v).is_none()) {
+        for variant in variants(kernel).iter().filter(|v| ctx.kernel_unavailable(kernel, v).is_none()) {
             let mut gpu = crate::gpu::GpuBackend::with_context(ctx.clone());
-            if !variant.is_empty() && gpu.set_matmul_variant(variant).is_err() {
+            if gpu.set_variant(kernel, variant).is_err() {
                 continue;
             }
             for case in chosen_cases(kernel) {
@@ -1035,10 +1046,8 @@ pub fn check_adapter(
     }
     let (mut rows, mut failures) = (Vec::new(), Vec::new());
     for kernel in kernels {
-        let variants: &[&'static str] =
-            if uses_matmul_variants(kernel) { crate::gpu::kernels::MATMUL_VARIANTS } else { &[""] };
         let chosen = chosen_cases(kernel);
-        for variant in variants {
+        for variant in variants(kernel) {
             let mut row = Row {
                 kernel: kernel.to_string(),
                 variant: variant.to_string(),
@@ -1050,7 +1059,7 @@ pub fn check_adapter(
             if row.skipped.is_none() {
                 for case in &chosen {
                     let mut gpu = crate::gpu::GpuBackend::with_context(ctx.clone());
-                    let chosen = if variant.is_empty() { Ok(()) } else { gpu.set_matmul_variant(variant) };
+                    let chosen = gpu.set_variant(kernel, variant);
                     let outcome = match chosen {
                         Ok(()) => run_case(case, &mut gpu),
                         Err(e) => failed_outcome(case, e.to_string()),

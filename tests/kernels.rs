@@ -7,15 +7,14 @@ mod common;
 use std::io::Write;
 
 use wgslm::backend::Backend;
-use wgslm::gpu::kernels::MATMUL_VARIANTS;
 use wgslm::gpu::GpuBackend;
 use wgslm::verify;
 
 fn check(kernel: &str) {
     let Some(ctx) = common::gpu() else { return };
-    // Kernels built on matmul run once per matmul variant.
-    let variants: &[&str] = if verify::uses_matmul_variants(kernel) { MATMUL_VARIANTS } else { &["vec4"] };
-    for variant in variants {
+    // Kernels built on matmul run once per matmul variant, the fused attention kernels once per
+    // kernel family.
+    for variant in verify::variants(kernel) {
         if let Some(why) = ctx.kernel_unavailable(kernel, variant) {
             // Straight to the stderr handle: the harness would swallow eprintln! of a passing test, and
             // a skipped variant must show in CI's output with its reason.
@@ -25,7 +24,7 @@ fn check(kernel: &str) {
         }
         let outcomes = verify::check_kernel(kernel, &mut || {
             let mut gpu = GpuBackend::with_context(ctx.clone());
-            gpu.set_matmul_variant(variant)?;
+            gpu.set_variant(kernel, variant)?;
             Ok(Box::new(gpu) as Box<dyn Backend>)
         });
         assert!(!outcomes.is_empty(), "no cases for {kernel}");
@@ -139,6 +138,7 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
                 scratch: view(&mut backend, scratch_len(&op, max_binding).max(1)),
                 max_binding,
                 k_chunk: wgslm::gpu::kernels::MATMUL_K_CHUNK,
+                flash: "tiled",
             };
             for call in calls(&op, &env) {
                 let e = entries.entry(call.entry).or_insert((true, false));

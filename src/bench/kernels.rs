@@ -139,9 +139,27 @@ fn rank(rows: &mut [Timing]) {
 
 /// Any other kernel, at the shapes of its `wgslm verify` cases, in GB/s of bytes read and written;
 /// `attention` compares the naive and the fused kernels instead (see [`attention`]).
-pub fn verified(ctx: &Arc<GpuContext>, kernel: &str, reps: usize) -> Result<Vec<Timing>> {
+pub fn verified(
+    ctx: &Arc<GpuContext>,
+    kernel: &str,
+    variants: &[String],
+    reps: usize,
+) -> Result<Vec<Timing>> {
     if kernel == "attention" {
-        return attention(ctx, reps);
+        let all = variants.iter().any(|v| v == "all");
+        let mut chosen = Vec::new();
+        for v in variants.iter().filter(|v| *v != "all") {
+            match ATTENTION_VARIANTS.iter().find(|a| **a == v.as_str()) {
+                Some(a) => chosen.push(*a),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "--variant {v}: attention's variants are {}",
+                        ATTENTION_VARIANTS.join(", ")
+                    )))
+                }
+            }
+        }
+        return attention(ctx, if all { &ATTENTION_VARIANTS } else { &chosen }, reps);
     }
     let cases: Vec<verify::Case> = verify::cases().into_iter().filter(|c| c.kernel == kernel).collect();
     if cases.is_empty() {
@@ -193,17 +211,28 @@ pub fn all_matmul_variants(ctx: &GpuContext) -> Vec<String> {
 }
 
 /// (B, T, C, NH, NKV) of the attention bench: multi-head with head size 64, and grouped-query with
-/// one kv head for four query heads, at T = 256 and 1024.
-pub const ATTENTION_SHAPES: [(usize, usize, usize, usize, usize); 4] =
-    [(2, 256, 256, 4, 4), (2, 256, 256, 4, 1), (2, 1024, 256, 4, 4), (2, 1024, 256, 4, 1)];
+/// one kv head for four query heads, at T = 256 and 1024; and the attention of configs/stories-llama.toml
+/// (8 heads of 8 on 4 kv heads, B 16), where the kernels' bookkeeping weighs most.
+pub const ATTENTION_SHAPES: [(usize, usize, usize, usize, usize); 5] = [
+    (2, 256, 256, 4, 4),
+    (2, 256, 256, 4, 1),
+    (2, 1024, 256, 4, 4),
+    (2, 1024, 256, 4, 1),
+    (16, 256, 64, 8, 4),
+];
+
+/// The attention implementations the bench compares: the naive kernels, and the fused ones in each
+/// kernel family (`kernels::FLASH_FAMILIES`).
+pub const ATTENTION_VARIANTS: [&str; 3] = ["naive", "flash-tiled", "flash-rows"];
 
 /// The two attention implementations, forward and backward separately, at [`ATTENTION_SHAPES`]:
 /// "naive" (`AttentionForward` / `AttentionBackward`, which store the (B,NH,T,T) probabilities) and
-/// "flash" (`FlashAttentionForward` / `FlashAttentionBackward`). Each is first checked against its CPU
+/// "flash-tiled" and "flash-rows" (`FlashAttentionForward` / `FlashAttentionBackward` in each kernel
+/// family). Each is first checked against its CPU
 /// twin and timed only when it agrees. The rate is effective GFLOP/s of the causal products a plain
 /// implementation does, the same count for both variants: 2·B·NH·T²·hs forward (q·kᵀ and p·v over
 /// the lower triangle), twice that backward (dp, dq, dk, dv); flash's recomputation is not counted.
-pub fn attention(ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<Timing>> {
+pub fn attention(ctx: &Arc<GpuContext>, variants: &[&str], reps: usize) -> Result<Vec<Timing>> {
     use crate::backend::qkv_width;
     use crate::cpu::CpuBackend;
     let mut out = Vec::new();
@@ -223,7 +252,7 @@ pub fn attention(ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<Timing>> {
         for (direction, work) in [("fwd", flops), ("bwd", 2.0 * flops)] {
             let shape = format!("B={b} T={t} NH={nh}{kv} hs={hs} {direction}");
             let first = out.len();
-            for variant in ["naive", "flash"] {
+            for &variant in variants {
                 // Builds the op on a backend, with its inputs written, and names the checked output.
                 let build = |be: &mut dyn Backend| -> Result<(Op, View)> {
                     let mut buf = |data: &[f32]| -> Result<View> {
@@ -232,7 +261,7 @@ pub fn attention(ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<Timing>> {
                         Ok(v)
                     };
                     let (q, zeros) = (buf(&qkv)?, |n: usize| vec![0f32; n]);
-                    Ok(match (variant, direction) {
+                    Ok(match (if variant == "naive" { "naive" } else { "flash" }, direction) {
                         ("naive", "fwd") => {
                             let (o, a) = (buf(&zeros(b * t * c))?, buf(&zeros(att_len))?);
                             let op = Op::AttentionForward {
@@ -322,6 +351,9 @@ pub fn attention(ctx: &Arc<GpuContext>, reps: usize) -> Result<Vec<Timing>> {
                     cpu.run(plan)?;
                     let want = cpu.read_f32(view)?;
                     let mut gpu = GpuBackend::with_context(ctx.clone());
+                    if let Some(family) = variant.strip_prefix("flash-") {
+                        gpu.set_flash_family(family)?;
+                    }
                     let (op, view) = build(&mut gpu)?;
                     let plan = gpu.prepare(&[op])?;
                     gpu.run(plan)?;

@@ -67,7 +67,7 @@ pub fn run(ctx: &Arc<GpuContext>, quick: bool, progress: &mut dyn FnMut(Progress
     let mut kernels = super::kernels::matmul(ctx, &variants, None, shapes, reps)?;
     if !quick {
         progress(Progress::Stage("kernels: attention, naive and fused"));
-        kernels.extend(super::kernels::attention(ctx, reps)?);
+        kernels.extend(super::kernels::attention(ctx, &super::kernels::ATTENTION_VARIANTS, reps)?);
     }
     for t in &kernels {
         progress(Progress::Timed(t));

@@ -474,9 +474,8 @@ impl GpuContext {
     /// none) cannot run on this device, if it cannot: `matmul_f16` needs shader-f16 whatever the variant.
     pub fn kernel_unavailable(&self, kernel: &str, variant: &str) -> Option<String> {
         if kernel.starts_with("flash_attention") {
-            if let Some(why) = self.flash_unavailable() {
-                return Some(why);
-            }
+            // Its variants are kernel families, not matmul variants.
+            return self.flash_unavailable();
         }
         self.variant_unavailable(if kernel == "matmul_f16" { kernels::F16_SOURCE } else { variant })
     }

@@ -32,7 +32,7 @@ pub const SHADERS: &[(&str, &str)] = &[
 /// or guarded in the source, and the kernel tests prove it at edge shapes. The checks matter on
 /// lavapipe: a checked load is never recognised as uniform across lanes, which costs this kernel
 /// family about 4x.
-pub const TRUSTED: &[&str] = &["matmul_rows.wgsl"];
+pub const TRUSTED: &[&str] = &["matmul_rows.wgsl", "flash_attention.wgsl"];
 
 /// The source of one of [`SHADERS`].
 pub fn shader_source(file: &str) -> &'static str {
@@ -86,7 +86,10 @@ pub fn shader_file(entry: &str) -> &'static str {
         "flash_attention_forward"
         | "flash_attention_backward_dsum"
         | "flash_attention_backward_kv"
-        | "flash_attention_backward_q" => "flash_attention.wgsl",
+        | "flash_attention_backward_q"
+        | "flash_rows_forward"
+        | "flash_rows_backward_kv"
+        | "flash_rows_backward_q" => "flash_attention.wgsl",
         "crossentropy_forward" | "crossentropy_backward" | "crossentropy_backward_inplace" => {
             "crossentropy.wgsl"
         }
@@ -268,6 +271,8 @@ pub struct Env {
     /// The longest stretch of K one matmul dispatch sums: [`MATMUL_K_CHUNK`] on an adapter that limits
     /// an invocation's loop iterations ([`k_chunk`]), unbounded elsewhere.
     pub k_chunk: usize,
+    /// The kernel family of the fused attention ops (one of [`FLASH_FAMILIES`]).
+    pub flash: &'static str,
 }
 
 /// The `k_chunk` of [`Env`]: only an adapter that stops long loops (lavapipe's and llvmpipe GL's
@@ -542,6 +547,50 @@ fn flash_kv_pairs_per_dispatch(c4: usize, bc: usize, nch: usize) -> usize {
     (FLASH_LOOP_BUDGET / flash_iterations_per_tile(c4, bc, nch).1).max(1)
 }
 
+/// The two kernel families of the fused attention ops (flash_attention.wgsl): "tiled" (workgroups of
+/// 64 invocations staging key/value tiles in workgroup memory: the shape GPUs want) and "rows" (one
+/// SIMD vector per workgroup, no workgroup memory, RR x KT register blocks: the shape lavapipe wants,
+/// 3-6x faster there). [`flash_family`] picks by adapter type; `GpuBackend::set_flash_family` pins one
+/// (the tests run both).
+pub const FLASH_FAMILIES: [&str; 2] = ["tiled", "rows"];
+
+/// The flash family for an adapter of `device_type`: "rows" on CPU-type adapters (lavapipe,
+/// SwiftShader), "tiled" on GPUs.
+pub fn flash_family(device_type: wgpu::DeviceType) -> &'static str {
+    if device_type == wgpu::DeviceType::Cpu {
+        "rows"
+    } else {
+        "tiled"
+    }
+}
+
+/// Rows one workgroup of the "rows" flash kernels owns (LANES * RR in flash_attention.wgsl).
+pub const FLASH_ROWS_ROWS: usize = 64;
+
+/// Rows of the other side per tile of the "rows" flash kernels (KT in flash_attention.wgsl).
+pub const FLASH_ROWS_TILE: usize = 16;
+
+/// Loop iterations of a "rows" flash kernel per tile of [`FLASH_ROWS_TILE`] rows at head size `hd`:
+/// two loops over the head's columns (their bodies, over RR rows and KT tile rows, are constant-length
+/// loops over registers, which Mesa unrolls: a test at a length that would pass the budget if they
+/// were not proves it), plus the tile loop's own step.
+fn flash_rows_iterations_per_tile(hd: usize) -> usize {
+    2 * hd + 1
+}
+
+/// (query head, query tile) pairs one "rows" dK/dV dispatch walks.
+fn flash_rows_pairs_per_dispatch(hd: usize) -> usize {
+    (FLASH_LOOP_BUDGET / flash_rows_iterations_per_tile(hd)).max(1)
+}
+
+/// As [`flash_loop_iterations`], for the "rows" family: the forward kernel's zeroing and scaling
+/// passes and its walk over key tiles, or one dK/dV dispatch.
+pub fn flash_rows_loop_iterations(t: usize, hd: usize) -> usize {
+    let per = flash_rows_iterations_per_tile(hd);
+    let walk = t.div_ceil(FLASH_ROWS_TILE) * per + 2 * hd + 4;
+    walk.max(flash_rows_pairs_per_dispatch(hd) * per + 4)
+}
+
 /// The most loop iterations any invocation of the flash kernels runs for sequence length `t` and head
 /// size `hd`: the forward and dQ kernels walk every key tile up to the diagonal in one dispatch (the
 /// dK/dV kernel is split to stay within [`FLASH_LOOP_BUDGET`]).
@@ -595,6 +644,14 @@ fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize
 pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
     let (dummy, scratch) = (env.dummy, env.scratch);
     match *op {
+        Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } if env.flash == "rows" => {
+            vec![call(
+                "flash_rows_forward",
+                vec![out, lse, qkv, dropout.map_or(dummy, |d| d.seed)],
+                flash_params(b, t, c, nh, nkv, dropout.as_ref(), 0, 0),
+                [u(t.div_ceil(FLASH_ROWS_ROWS)), u(b * nh), 1],
+            )]
+        }
         Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } => {
             let (c4, bc, nch) = flash_tile(c / nh);
             let params = flash_params(b, t, c, nh, nkv, dropout.as_ref(), 0, 0);
@@ -606,6 +663,39 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 params,
                 groups: [u(t.div_ceil(FLASH_ROWS)), u(b * nh), u(nch)],
             }]
+        }
+        Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout }
+            if env.flash == "rows" =>
+        {
+            let views = vec![dqkv, dsum, qkv, dout, lse, dropout.map_or(dummy, |d| d.seed)];
+            let mut v = vec![call(
+                "flash_attention_backward_dsum",
+                vec![dsum, out, dout],
+                flash_params(b, t, c, nh, nkv, None, 0, 0),
+                per_item(b * nh * t),
+            )];
+            // As the tiled dK/dV kernel: (query head, query tile) pairs in dispatches within the loop
+            // budget, each adding after the one before.
+            let pairs = nh / nkv * t.div_ceil(FLASH_ROWS_TILE);
+            let per = flash_rows_pairs_per_dispatch(c / nh);
+            v.extend((0..pairs).step_by(per).map(|begin| {
+                let params =
+                    flash_params(b, t, c, nh, nkv, dropout.as_ref(), begin, (begin + per).min(pairs));
+                call(
+                    "flash_rows_backward_kv",
+                    views.clone(),
+                    params,
+                    [u(t.div_ceil(FLASH_ROWS_ROWS)), u(b * nkv), 1],
+                )
+            }));
+            let params = flash_params(b, t, c, nh, nkv, dropout.as_ref(), 0, 0);
+            v.push(call(
+                "flash_rows_backward_q",
+                views,
+                params,
+                [u(t.div_ceil(FLASH_ROWS_ROWS)), u(b * nh), 1],
+            ));
+            v
         }
         Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout } => {
             let (c4, bc, nch) = flash_tile(c / nh);
@@ -925,6 +1015,17 @@ mod tests {
             }
         }
         assert_eq!(flash_tile(64), (16, 32, 1));
+        // The "rows" family: within the budget at T = 2048 for heads up to 128, and each dK/dV
+        // dispatch within it at every head size.
+        for hd in 1..=512 {
+            let per = flash_rows_iterations_per_tile(hd);
+            assert!(flash_rows_pairs_per_dispatch(hd) * per <= FLASH_LOOP_BUDGET || per > FLASH_LOOP_BUDGET);
+            if hd <= 128 {
+                assert!(flash_rows_loop_iterations(2048, hd) <= 65_535, "hd {hd}");
+            }
+        }
+        assert_eq!(flash_family(wgpu::DeviceType::Cpu), "rows");
+        assert_eq!(flash_family(wgpu::DeviceType::DiscreteGpu), "tiled");
         assert_eq!(flash_tile(128), (32, 16, 1));
         assert_eq!(flash_tile(132), (32, 16, 2));
     }
@@ -941,6 +1042,7 @@ mod tests {
             scratch: view,
             max_binding: 1 << 30,
             k_chunk,
+            flash: "tiled",
         }
     }
 
