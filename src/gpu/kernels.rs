@@ -611,6 +611,17 @@ pub fn decode_loop_iterations(t: usize, hd: usize) -> usize {
     t.div_ceil(256) * (4 * hd + 4 + 63 + 4 + 256 + owned * (256 + 1)) + 2 * owned
 }
 
+/// `D = rowsum(dout ∘ out)` (B,NH,T), the first pass of either flash family's backward.
+fn flash_dsum(
+    dsum: View,
+    out: View,
+    dout: View,
+    (b, t, c, nh, nkv): (usize, usize, usize, usize, usize),
+) -> Call {
+    let params = flash_params(b, t, c, nh, nkv, None, 0, 0);
+    call("flash_attention_backward_dsum", vec![dsum, out, dout], params, per_item(b * nh * t))
+}
+
 /// The uniform params of the flash-attention kernels (see `Params` in flash_attention.wgsl).
 #[allow(clippy::too_many_arguments)]
 fn flash_params(
@@ -668,12 +679,7 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             if env.flash == "rows" =>
         {
             let views = vec![dqkv, dsum, qkv, dout, lse, dropout.map_or(dummy, |d| d.seed)];
-            let mut v = vec![call(
-                "flash_attention_backward_dsum",
-                vec![dsum, out, dout],
-                flash_params(b, t, c, nh, nkv, None, 0, 0),
-                per_item(b * nh * t),
-            )];
+            let mut v = vec![flash_dsum(dsum, out, dout, (b, t, c, nh, nkv))];
             // As the tiled dK/dV kernel: (query head, query tile) pairs in dispatches within the loop
             // budget, each adding after the one before.
             let pairs = nh / nkv * t.div_ceil(FLASH_ROWS_TILE);
@@ -702,12 +708,7 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             let constants = vec![("C4", c4 as f64), ("BC", bc as f64)];
             let seed = dropout.map_or(dummy, |d| d.seed);
             let views = vec![dqkv, dsum, qkv, dout, lse, seed];
-            let mut v = vec![call(
-                "flash_attention_backward_dsum",
-                vec![dsum, out, dout],
-                flash_params(b, t, c, nh, nkv, None, 0, 0),
-                per_item(b * nh * t),
-            )];
+            let mut v = vec![flash_dsum(dsum, out, dout, (b, t, c, nh, nkv))];
             // The group's (query head, query tile) pairs, in dispatches short enough for the loop
             // budget; each adds to dK and dV after the one before, so the order stays fixed.
             let pairs = nh / nkv * t.div_ceil(bc);
