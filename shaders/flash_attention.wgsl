@@ -686,7 +686,6 @@ fn flash_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         m[r] = NEG_BIG;
         l[r] = 0.0;
     }
-    let live = q0 + lid < p.t;
     for (var d = 0u; d < hs; d += 1u) {
         for (var r = 0u; r < RR; r += 1u) {
             if (q0 + r * LANES + lid < p.t) {
@@ -752,20 +751,21 @@ fn flash_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
             }
         }
     }
+    var inv: array<f32, RR>;
     for (var r = 0u; r < RR; r += 1u) {
-        l[r] = 1.0 / l[r];
+        inv[r] = 1.0 / l[r];
     }
     for (var d = 0u; d < hs; d += 1u) {
         for (var r = 0u; r < RR; r += 1u) {
             if (q0 + r * LANES + lid < p.t) {
-                out[ob[r] + d] *= l[r];
+                out[ob[r] + d] *= inv[r];
             }
         }
     }
     for (var r = 0u; r < RR; r += 1u) {
         let t1 = q0 + r * LANES + lid;
         if (t1 < p.t) {
-            lse_out[(b * p.nh + h) * p.t + t1] = m[r] - log(l[r]);
+            lse_out[(b * p.nh + h) * p.t + t1] = m[r] + log(l[r]);
         }
     }
 }

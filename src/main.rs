@@ -212,7 +212,7 @@ enum BenchCommand {
         #[arg(long, default_value = "matmul")]
         kernel: String,
         /// A matmul variant (blocked4x4, vec4, tiled64, tiled128, rows16x32, subgroup, gemv, f16), an
-        /// attention variant (naive, flash), or `all` (repeatable).
+        /// attention variant (naive, flash-tiled, flash-rows), or `all` (repeatable).
         #[arg(long, default_value = "all")]
         variant: Vec<String>,
         /// A matmul shape MxKxN (repeatable); default the four of docs/BENCHMARKS.md.

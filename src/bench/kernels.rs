@@ -228,9 +228,9 @@ pub const ATTENTION_VARIANTS: [&str; 3] = ["naive", "flash-tiled", "flash-rows"]
 /// The two attention implementations, forward and backward separately, at [`ATTENTION_SHAPES`]:
 /// "naive" (`AttentionForward` / `AttentionBackward`, which store the (B,NH,T,T) probabilities) and
 /// "flash-tiled" and "flash-rows" (`FlashAttentionForward` / `FlashAttentionBackward` in each kernel
-/// family). Each is first checked against its CPU
-/// twin and timed only when it agrees. The rate is effective GFLOP/s of the causal products a plain
-/// implementation does, the same count for both variants: 2·B·NH·T²·hs forward (q·kᵀ and p·v over
+/// family). Each is first checked against its CPU twin and timed only when it agrees. The rate is
+/// effective GFLOP/s of the causal products a plain implementation does, the same count for every
+/// variant: 2·B·NH·T²·hs forward (q·kᵀ and p·v over
 /// the lower triangle), twice that backward (dp, dq, dk, dv); flash's recomputation is not counted.
 pub fn attention(ctx: &Arc<GpuContext>, variants: &[&str], reps: usize) -> Result<Vec<Timing>> {
     use crate::backend::qkv_width;

@@ -30,8 +30,10 @@ pub const SHADERS: &[(&str, &str)] = &[
 
 /// Files compiled without wgpu's runtime bounds checks. Each index they compute is clamped into range
 /// or guarded in the source, and the kernel tests prove it at edge shapes. The checks matter on
-/// lavapipe: a checked load is never recognised as uniform across lanes, which costs this kernel
-/// family about 4x.
+/// lavapipe: a checked load is never recognised as uniform across lanes, which costs `matmul_rows`
+/// and the "rows" flash kernels about 4x; and with them Mesa no longer unrolls the rows kernels'
+/// register loops, whose trip counts the loop budget assumes (`flash_rows_iterations_per_tile`):
+/// checked, they loop past lavapipe's limit at T 1024 and the `verify` cases there fail.
 pub const TRUSTED: &[&str] = &["matmul_rows.wgsl", "flash_attention.wgsl"];
 
 /// The source of one of [`SHADERS`].

@@ -59,6 +59,14 @@ pub struct GpuBackend {
     choices: std::collections::BTreeMap<tune::GemmShape, &'static str>,
 }
 
+/// `name` as the `&'static str` of `list` that equals it, or an error naming `what` and the choices.
+fn one_of(name: &str, list: &[&'static str], what: &str) -> Result<&'static str> {
+    list.iter()
+        .find(|v| **v == name)
+        .copied()
+        .ok_or_else(|| Error::Invalid(format!("{what} {name:?}: expected one of {}", list.join(", "))))
+}
+
 impl GpuBackend {
     pub fn new(choice: &DeviceChoice) -> Result<Self> {
         Ok(Self::with_context(Arc::new(GpuContext::new(choice)?)))
@@ -162,12 +170,7 @@ impl GpuBackend {
     /// Uses flash-attention kernel family `name` (one of `kernels::FLASH_FAMILIES`) in programs
     /// prepared from now on, instead of the adapter's (`kernels::flash_family`).
     pub fn set_flash_family(&mut self, name: &str) -> Result<()> {
-        self.flash = kernels::FLASH_FAMILIES.iter().find(|f| **f == name).copied().ok_or_else(|| {
-            Error::Invalid(format!(
-                "flash kernel family {name:?}: expected one of {}",
-                kernels::FLASH_FAMILIES.join(", ")
-            ))
-        })?;
+        self.flash = one_of(name, &kernels::FLASH_FAMILIES, "flash kernel family")?;
         Ok(())
     }
 
@@ -183,12 +186,7 @@ impl GpuBackend {
 
     /// Uses matmul variant `name` (one of `kernels::MATMUL_VARIANTS`) in programs prepared from now on.
     pub fn set_matmul_variant(&mut self, name: &str) -> Result<()> {
-        self.matmul = kernels::MATMUL_VARIANTS.iter().find(|v| **v == name).copied().ok_or_else(|| {
-            Error::Invalid(format!(
-                "matmul variant {name:?}: expected one of {}",
-                kernels::MATMUL_VARIANTS.join(", ")
-            ))
-        })?;
+        self.matmul = one_of(name, kernels::MATMUL_VARIANTS, "matmul variant")?;
         if let Some(why) = self.ctx.variant_unavailable(name) {
             return Err(Error::Invalid(format!(
                 "{why}; use one of {}",
