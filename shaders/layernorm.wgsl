@@ -133,3 +133,69 @@ fn layernorm_backward_params_partial(@builtin(workgroup_id) wid: vec3<u32>,
     partial[wid.y * p.c + i] = dw;
     partial[(nwg.y + wid.y) * p.c + i] = db;
 }
+
+// The "rows" family (kernels::FAMILIES; chosen on CPU-type adapters such as lavapipe): the same
+// functions with the same bindings and params, one row per invocation and 8 invocations (one SIMD
+// vector on lavapipe) per workgroup, summing each row in order with no workgroup memory and no
+// barriers (which lavapipe runs as coroutines that save every live value at each barrier). Rows past
+// N compute row N - 1 and store nothing; the loads sit outside the store's test, so the loads of
+// weight and bias stay uniform across the lanes. Grid: ceil(N / 8) workgroups (folded into y past
+// 65,535). A row is walked 3 (forward) or 2 (backward) times: the host takes these kernels only while
+// that stays inside lavapipe's loop limit.
+const RW: u32 = 8u;
+
+@compute @workgroup_size(8)
+fn layernorm_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let at = (wid.y * nwg.x + wid.x) * RW + lid;
+    let row = min(at, p.n - 1u);
+    let base = row * p.c;
+    var s = 0.0;
+    for (var i = 0u; i < p.c; i += 1u) {
+        s += inp[base + i];
+    }
+    let m = s / f32(p.c);
+    var v = 0.0;
+    for (var i = 0u; i < p.c; i += 1u) {
+        let d = inp[base + i] - m;
+        v += d * d;
+    }
+    let r = 1.0 / sqrt(v / f32(p.c) + EPS);
+    for (var i = 0u; i < p.c; i += 1u) {
+        let y = (inp[base + i] - m) * r * weight[i] + bias[i];
+        if (at < p.n) {
+            out[base + i] = y;
+        }
+    }
+    if (at < p.n) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+@compute @workgroup_size(8)
+fn layernorm_rows_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let at = (wid.y * nwg.x + wid.x) * RW + lid;
+    let row = min(at, p.n - 1u);
+    let base = row * p.c;
+    let m = mean_in[row];
+    let r = rstd_in[row];
+    var a = 0.0;
+    var b = 0.0;
+    for (var i = 0u; i < p.c; i += 1u) {
+        let dn = weight[i] * dout[base + i];
+        a += dn;
+        b += dn * (inp[base + i] - m) * r;
+    }
+    let dn_mean = a / f32(p.c);
+    let dn_norm_mean = b / f32(p.c);
+    for (var i = 0u; i < p.c; i += 1u) {
+        let norm = (inp[base + i] - m) * r;
+        let dn = weight[i] * dout[base + i];
+        let y = dinp[base + i] + (dn - dn_mean - norm * dn_norm_mean) * r;
+        if (at < p.n) {
+            dinp[base + i] = y;
+        }
+    }
+}

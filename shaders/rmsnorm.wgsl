@@ -114,3 +114,52 @@ fn rmsnorm_backward_weight_partial(@builtin(workgroup_id) wid: vec3<u32>,
     }
     partial[wid.y * p.c + i] = dw;
 }
+
+// The "rows" family: as in layernorm.wgsl, one row per invocation, 8 invocations per workgroup, no
+// barriers; rows past N compute row N - 1 and store nothing. Grid: ceil(N / 8) workgroups (folded).
+const RW: u32 = 8u;
+
+@compute @workgroup_size(8)
+fn rmsnorm_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let at = (wid.y * nwg.x + wid.x) * RW + lid;
+    let row = min(at, p.n - 1u);
+    let base = row * p.c;
+    var s = 0.0;
+    for (var i = 0u; i < p.c; i += 1u) {
+        let x = inp[base + i];
+        s += x * x;
+    }
+    let r = 1.0 / sqrt(s / f32(p.c) + p.eps);
+    for (var i = 0u; i < p.c; i += 1u) {
+        let y = inp[base + i] * r * weight[i];
+        if (at < p.n) {
+            out[base + i] = y;
+        }
+    }
+    if (at < p.n) {
+        rstd[row] = r;
+    }
+}
+
+@compute @workgroup_size(8)
+fn rmsnorm_rows_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let at = (wid.y * nwg.x + wid.x) * RW + lid;
+    let row = min(at, p.n - 1u);
+    let base = row * p.c;
+    let r = rstd_in[row];
+    var b = 0.0;
+    for (var i = 0u; i < p.c; i += 1u) {
+        b += weight[i] * dout[base + i] * inp[base + i] * r;
+    }
+    let dn_norm_mean = b / f32(p.c);
+    for (var i = 0u; i < p.c; i += 1u) {
+        let norm = inp[base + i] * r;
+        let dn = weight[i] * dout[base + i];
+        let y = dinp[base + i] + (dn - norm * dn_norm_mean) * r;
+        if (at < p.n) {
+            dinp[base + i] = y;
+        }
+    }
+}

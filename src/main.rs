@@ -211,8 +211,8 @@ enum BenchCommand {
         /// `wgslm verify` lists (at its test shapes).
         #[arg(long, default_value = "matmul")]
         kernel: String,
-        /// A matmul variant (blocked4x4, vec4, tiled64, tiled128, rows16x32, subgroup, gemv, f16), an
-        /// attention variant (naive, flash-tiled, flash-rows), or `all` (repeatable).
+        /// A matmul variant (blocked4x4, vec4, tiled64, tiled128, rows16x32, rows32x16k4, subgroup, gemv,
+        /// f16), an attention variant (naive, flash-tiled, flash-rows), or `all` (repeatable).
         #[arg(long, default_value = "all")]
         variant: Vec<String>,
         /// A matmul shape MxKxN (repeatable); default the four of docs/BENCHMARKS.md.
@@ -221,6 +221,11 @@ enum BenchCommand {
         /// A drop-in matmul kernel to check and rank beside ours (docs/KERNELS.md, "Drop-in kernels").
         #[arg(long)]
         shader: Option<PathBuf>,
+        /// Compile the --shader kernel without wgpu's runtime bounds checks, as wgslm's own rows
+        /// kernels are (on lavapipe the checks cost such kernels about 4x). Only for a kernel whose
+        /// every index is clamped or guarded: an out-of-range access is then undefined behaviour.
+        #[arg(long, requires = "shader")]
+        unchecked: bool,
         /// Runs per timing.
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -632,7 +637,7 @@ fn print_kernels(title: &str, kernels: &[(String, usize, f64)]) {
 
 fn bench(what: BenchCommand) -> anyhow::Result<()> {
     match what {
-        BenchCommand::Kernels { kernel, variant, shape, shader, reps, json, device } => {
+        BenchCommand::Kernels { kernel, variant, shape, shader, unchecked, reps, json, device } => {
             let choice: DeviceChoice = device.parse()?;
             if choice == DeviceChoice::Cpu {
                 bail!("bench kernels times GPU kernels; name a GPU adapter");
@@ -654,7 +659,8 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
                     Some(p) => {
                         let text = String::from_utf8(wgslm::fsutil::read(p)?)
                             .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", p.display()))?;
-                        Some(wgslm::gpu::kernels::CustomMatmul::parse(&p.display().to_string(), text)?)
+                        let c = wgslm::gpu::kernels::CustomMatmul::parse(&p.display().to_string(), text)?;
+                        Some(wgslm::gpu::kernels::CustomMatmul { unchecked, ..c })
                     }
                     None => None,
                 };

@@ -275,11 +275,14 @@ fn case(
 const ELEMENTWISE: [usize; 5] = [1, 7, 37, 129, 65_537 * 64 + 3];
 /// (rows, channels) for row kernels; the last has more rows than one grid dimension holds.
 const ROWS: [(usize, usize); 5] = [(1, 4), (7, 24), (37, 68), (129, 200), (65_600, 4)];
+/// (N, C) for the row norms: [`ROWS`], and rows past 8 · 65,535, where the "rows" family's grid (8 rows
+/// per workgroup) folds into y.
+const NORM_ROWS: [(usize, usize); 6] = [ROWS[0], ROWS[1], ROWS[2], ROWS[3], ROWS[4], (524_300, 2)];
 /// (M, K, N) for matrix products: edges of every tile size; K long enough to be split into chunks;
 /// M long enough for several row blocks in the bias gradient and chunks in the weight gradient.
 /// Some have every dimension a multiple of 4, the condition of the vec4 variants. Those with M <= 8 run
-/// the matrix-vector variant; the last has more columns than one dispatch row of its NT kernel holds.
-const GEMM: [(usize, usize, usize); 11] = [
+/// the matrix-vector variant; (2, 3, 65_600) has more columns than one dispatch row of its NT kernel holds.
+const GEMM: [(usize, usize, usize); 12] = [
     (1, 1, 1),
     (7, 24, 37),
     (37, 68, 65),
@@ -292,6 +295,9 @@ const GEMM: [(usize, usize, usize); 11] = [
     // Long enough that inner tile loops, if the loop limiter counted them, would cut the sum short.
     (300, 2048, 72),
     (2, 3, 65_600),
+    // Rows that are whole vec4s and a K that is not, past one K chunk: rows32x16k4 reads a stored (K,M)
+    // as vec4s and stops three steps into its last step of four.
+    (12, 16_387, 20),
 ];
 /// (B, T, C, NH, NKV) for attention: multi-head (NKV = NH) with head sizes 4, 6, 17, 25, 128 (none a
 /// power of two but the first and last; the last has rows long enough that a row-per-invocation kernel
@@ -403,7 +409,7 @@ pub fn cases() -> Vec<Case> {
             }));
         }
     }
-    for (n, c) in ROWS {
+    for (n, c) in NORM_ROWS {
         let shape = format!("N={n} C={c}");
         all.push(case("layernorm_forward", shape.clone(), move |s| {
             let out = s.normal(n * c, 1.0, 0.0)?;
@@ -449,7 +455,7 @@ pub fn cases() -> Vec<Case> {
             })
         }));
     }
-    for (row, (n, c)) in ROWS.into_iter().enumerate() {
+    for (row, (n, c)) in NORM_ROWS.into_iter().enumerate() {
         let eps = [1e-5f32, 1e-6][row % 2];
         let shape = format!("N={n} C={c} eps={eps}");
         all.push(case("rmsnorm_forward", shape.clone(), move |s| {
@@ -916,14 +922,20 @@ pub fn uses_matmul_variants(kernel: &str) -> bool {
     matches!(kernel, "matmul" | "matmul_forward" | "matmul_backward")
 }
 
+/// Whether `kernel` has a kernel of each family (`kernels::FAMILIES`): the fused attention and the
+/// row norms' forward and backward.
+pub fn uses_families(kernel: &str) -> bool {
+    kernel.starts_with("flash_attention") || kernel.starts_with("layernorm") || kernel.starts_with("rmsnorm")
+}
+
 /// The variants `kernel` is checked under: every matmul variant for the matmul kernels, both kernel
-/// families for the fused attention ones, the one kernel ("") elsewhere
+/// families for the fused attention and norm ones, the one kernel ("") elsewhere
 /// (`GpuBackend::set_variant` pins each).
 pub fn variants(kernel: &str) -> &'static [&'static str] {
     if uses_matmul_variants(kernel) {
         crate::gpu::kernels::MATMUL_VARIANTS
-    } else if kernel.starts_with("flash_attention") {
-        &crate::gpu::kernels::FLASH_FAMILIES
+    } else if uses_families(kernel) {
+        &crate::gpu::kernels::FAMILIES
     } else {
         &[""]
     }

@@ -115,7 +115,7 @@ fn chunked_whole_buffer_ops_match_cpu() {
 
 /// docs/KERNELS.md: every kernel that runs on a 1-D grid folded into (x, y) past 65,535 workgroups has
 /// a case whose grid is folded, so the fold is tested for each of them (kernels on 2-D grids of tiles
-/// never fold). Needs no GPU: it maps the cases' ops to their dispatches.
+/// never fold), in both kernel families. Needs no GPU: it maps the cases' ops to their dispatches.
 #[test]
 fn every_folded_kernel_is_tested_past_65535_workgroups() {
     use std::collections::BTreeMap;
@@ -125,9 +125,9 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
     let view = |cpu: &mut CpuBackend, len| View::new(cpu.alloc(DType::F32, len, "env").unwrap(), 0, len);
     // Per entry point: whether every dispatch of it is 1-D, and whether one is folded.
     let mut entries: BTreeMap<&'static str, (bool, bool)> = BTreeMap::new();
-    for case in verify::cases() {
+    for (case, family) in verify::cases().iter().flat_map(|c| wgslm::gpu::kernels::FAMILIES.map(|f| (c, f))) {
         let mut backend = CpuBackend::new();
-        for op in verify::case_ops(&case, &mut backend).unwrap() {
+        for op in verify::case_ops(case, &mut backend).unwrap() {
             let max_binding = usize::MAX / 2;
             let env = Env {
                 choices: Default::default(),
@@ -138,7 +138,7 @@ fn every_folded_kernel_is_tested_past_65535_workgroups() {
                 scratch: view(&mut backend, scratch_len(&op, max_binding).max(1)),
                 max_binding,
                 k_chunk: wgslm::gpu::kernels::MATMUL_K_CHUNK,
-                flash: "tiled",
+                family,
             };
             for call in calls(&op, &env) {
                 let e = entries.entry(call.entry).or_insert((true, false));

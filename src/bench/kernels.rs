@@ -222,7 +222,7 @@ pub const ATTENTION_SHAPES: [(usize, usize, usize, usize, usize); 5] = [
 ];
 
 /// The attention implementations the bench compares: the naive kernels, and the fused ones in each
-/// kernel family (`kernels::FLASH_FAMILIES`).
+/// kernel family (`kernels::FAMILIES`).
 pub const ATTENTION_VARIANTS: [&str; 3] = ["naive", "flash-tiled", "flash-rows"];
 
 /// The two attention implementations, forward and backward separately, at [`ATTENTION_SHAPES`]:
@@ -352,7 +352,7 @@ pub fn attention(ctx: &Arc<GpuContext>, variants: &[&str], reps: usize) -> Resul
                     let want = cpu.read_f32(view)?;
                     let mut gpu = GpuBackend::with_context(ctx.clone());
                     if let Some(family) = variant.strip_prefix("flash-") {
-                        gpu.set_flash_family(family)?;
+                        gpu.set_family(family)?;
                     }
                     let (op, view) = build(&mut gpu)?;
                     let plan = gpu.prepare(&[op])?;

@@ -44,6 +44,8 @@ pub fn layernorm_backward<F: Real>(
     n: usize,
     c: usize,
 ) {
+    // The parameters' gradients sum over every row in f64, added once.
+    let (mut dw, mut db) = (vec![0f64; c], vec![0f64; c]);
     for row in 0..n {
         let (m, s) = (mean[row].get(), rstd[row].get());
         let at = |i: usize| row * c + i;
@@ -52,9 +54,15 @@ pub fn layernorm_backward<F: Real>(
         let dnorm_mean = (0..c).map(dnorm).sum::<f64>() / c as f64;
         let dnorm_norm_mean = (0..c).map(|i| dnorm(i) * norm(i)).sum::<f64>() / c as f64;
         for i in 0..c {
-            add(&mut dbias[i], dout[at(i)].get());
-            add(&mut dweight[i], norm(i) * dout[at(i)].get());
+            db[i] += dout[at(i)].get();
+            dw[i] += norm(i) * dout[at(i)].get();
             add(&mut dinp[at(i)], (dnorm(i) - dnorm_mean - norm(i) * dnorm_norm_mean) * s);
         }
+    }
+    for (d, x) in dweight.iter_mut().zip(dw) {
+        add(d, x);
+    }
+    for (d, x) in dbias.iter_mut().zip(db) {
+        add(d, x);
     }
 }

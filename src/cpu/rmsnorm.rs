@@ -38,6 +38,8 @@ pub fn rmsnorm_backward<F: Real>(
     n: usize,
     c: usize,
 ) {
+    // The weight's gradient sums over every row in f64, added once.
+    let mut dw = vec![0f64; c];
     for (row, s) in rstd.iter().enumerate().take(n) {
         let s = s.get();
         let at = |i: usize| row * c + i;
@@ -45,8 +47,11 @@ pub fn rmsnorm_backward<F: Real>(
         let dnorm = |i: usize| weight[i].get() * dout[at(i)].get();
         let dnorm_norm_mean = (0..c).map(|i| dnorm(i) * norm(i)).sum::<f64>() / c as f64;
         for i in 0..c {
-            add(&mut dweight[i], norm(i) * dout[at(i)].get());
+            dw[i] += norm(i) * dout[at(i)].get();
             add(&mut dinp[at(i)], (dnorm(i) - norm(i) * dnorm_norm_mean) * s);
         }
+    }
+    for (d, x) in dweight.iter_mut().zip(dw) {
+        add(d, x);
     }
 }

@@ -18,6 +18,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_rows.wgsl", include_str!("../../shaders/matmul_rows.wgsl")),
+    ("matmul_rows4.wgsl", include_str!("../../shaders/matmul_rows4.wgsl")),
     ("matmul_subgroup.wgsl", include_str!("../../shaders/matmul_subgroup.wgsl")),
     ("matmul_tiled.wgsl", include_str!("../../shaders/matmul_tiled.wgsl")),
     ("matmul_gemv.wgsl", include_str!("../../shaders/matmul_gemv.wgsl")),
@@ -30,11 +31,11 @@ pub const SHADERS: &[(&str, &str)] = &[
 
 /// Files compiled without wgpu's runtime bounds checks. Each index they compute is clamped into range
 /// or guarded in the source, and the kernel tests prove it at edge shapes. The checks matter on
-/// lavapipe: a checked load is never recognised as uniform across lanes, which costs `matmul_rows`
-/// and the "rows" flash kernels about 4x; and with them Mesa no longer unrolls the rows kernels'
+/// lavapipe: a checked load is never recognised as uniform across lanes, which costs the `matmul_rows`
+/// kernels and the "rows" flash kernels about 4x; and with them Mesa no longer unrolls the rows kernels'
 /// register loops, whose trip counts the loop budget assumes (`flash_rows_iterations_per_tile`):
 /// checked, they loop past lavapipe's limit at T 1024 and the `verify` cases there fail.
-pub const TRUSTED: &[&str] = &["matmul_rows.wgsl", "flash_attention.wgsl"];
+pub const TRUSTED: &[&str] = &["matmul_rows.wgsl", "matmul_rows4.wgsl", "flash_attention.wgsl"];
 
 /// The source of one of [`SHADERS`].
 pub fn shader_source(file: &str) -> &'static str {
@@ -68,13 +69,22 @@ pub fn shader_file(entry: &str) -> &'static str {
         "zero" | "gelu_forward" | "gelu_backward" | "residual_forward" | "residual_backward"
         | "swiglu_forward" | "swiglu_backward" => "elementwise.wgsl",
         "encoder_forward" | "encoder_backward_wte" | "encoder_backward_wpe" => "encoder.wgsl",
-        "layernorm_forward" | "layernorm_backward" | "layernorm_backward_params_partial" => "layernorm.wgsl",
-        "rmsnorm_forward" | "rmsnorm_backward" | "rmsnorm_backward_weight_partial" => "rmsnorm.wgsl",
+        "layernorm_forward"
+        | "layernorm_backward"
+        | "layernorm_backward_params_partial"
+        | "layernorm_rows_forward"
+        | "layernorm_rows_backward" => "layernorm.wgsl",
+        "rmsnorm_forward"
+        | "rmsnorm_backward"
+        | "rmsnorm_backward_weight_partial"
+        | "rmsnorm_rows_forward"
+        | "rmsnorm_rows_backward" => "rmsnorm.wgsl",
         "rope_forward" | "rope_backward" => "rope.wgsl",
         "gather_row" | "scatter_row" | "attention_decode" => "decode.wgsl",
         "matmul" | "matmul_backward_bias_partial" => "matmul.wgsl",
         "matmul_vec4_rows" | "matmul_vec4_dot" => "matmul_vec4.wgsl",
         "matmul_rows" => "matmul_rows.wgsl",
+        "matmul_rows4" => "matmul_rows4.wgsl",
         "matmul_subgroup" => "matmul_subgroup.wgsl",
         "matmul_tiled" => "matmul_tiled.wgsl",
         "matmul_gemv_nn" | "matmul_gemv_nt" => "matmul_gemv.wgsl",
@@ -121,7 +131,7 @@ pub const NORM_PARTIALS: usize = 256;
 /// The matmul kernel variants, by name. `blocked4x4` (matmul.wgsl) handles every shape; the others
 /// handle the shapes their header comment names and fall back to it elsewhere.
 pub const MATMUL_VARIANTS: &[&str] =
-    &["blocked4x4", "vec4", "tiled64", "tiled128", "rows16x32", "subgroup", "gemv"];
+    &["blocked4x4", "vec4", "tiled64", "tiled128", "rows16x32", "rows32x16k4", "subgroup", "gemv"];
 
 /// The variants made for GPUs, which the autotuner does not time on a CPU adapter (lavapipe, llvmpipe
 /// GL): there they stage through workgroup memory between barriers, which a CPU runs as loop splits,
@@ -144,6 +154,10 @@ pub fn variant_feature(variant: &str) -> Option<(wgpu::Features, &'static str)> 
 
 /// The source variant of matmul_rows.wgsl that reads a and b as f16 (`Op::Matmul` with `half`).
 pub const F16_SOURCE: &str = "f16";
+
+/// The output tile of one workgroup of `rows32x16k4` (matmul_rows4.wgsl): 8 invocations of R = 32
+/// rows, 4·C4 = 16 columns.
+const ROWS4_TILE: (usize, usize) = (256, 16);
 
 /// The tile of a `rows` variant: (rows per invocation R, columns per workgroup 4·C4).
 fn rows_tile(variant: &str) -> Option<(usize, usize)> {
@@ -206,6 +220,9 @@ pub struct CustomMatmul {
     pub tile_m: u32,
     pub tile_n: u32,
     pub transposes: bool,
+    /// Compiled without wgpu's runtime bounds checks, as ours in [`TRUSTED`] are (`bench kernels
+    /// --unchecked`): its author vouches that every index stays in range.
+    pub unchecked: bool,
 }
 
 impl CustomMatmul {
@@ -248,6 +265,7 @@ impl CustomMatmul {
             tile_m,
             tile_n,
             transposes: has("TRANS_A") && has("TRANS_B"),
+            unchecked: false,
         })
     }
 }
@@ -273,8 +291,8 @@ pub struct Env {
     /// The longest stretch of K one matmul dispatch sums: [`MATMUL_K_CHUNK`] on an adapter that limits
     /// an invocation's loop iterations ([`k_chunk`]), unbounded elsewhere.
     pub k_chunk: usize,
-    /// The kernel family of the fused attention ops (one of [`FLASH_FAMILIES`]).
-    pub flash: &'static str,
+    /// The kernel family of the fused attention and row-norm ops (one of [`FAMILIES`]).
+    pub family: &'static str,
 }
 
 /// The `k_chunk` of [`Env`]: only an adapter that stops long loops (lavapipe's and llvmpipe GL's
@@ -387,6 +405,21 @@ fn matmul_entry(
         ("vec4", _) if trans_b && !trans_a && k % 4 == 0 => with("matmul_vec4_dot", "", vec![], tiles32),
         ("gemv", _) if m <= GEMV_ROWS && !trans_a && trans_b => with("matmul_gemv_nt", "", vec![], fold(n)),
         ("gemv", _) if m <= GEMV_ROWS && !trans_a => with("matmul_gemv_nn", "", vec![], per_item(n)),
+        // a read as vec4s along its stored rows (see matmul_rows4.wgsl); rows16x32 where they are not
+        // whole vec4s.
+        ("rows32x16k4", _) => {
+            if (trans_a && m % 4 == 0) || (!trans_a && k % 4 == 0) {
+                MatmulEntry {
+                    entry: "matmul_rows4",
+                    source: "",
+                    constants: vec![],
+                    groups: [u(n.div_ceil(ROWS4_TILE.1)), u(m.div_ceil(ROWS4_TILE.0)), 1],
+                    flags: (u32::from(trans_a) << 2) | (u32::from(trans_b) << 3),
+                }
+            } else {
+                matmul_entry("rows16x32", custom, subgroup_lanes, (m, k, n), trans_a, trans_b)
+            }
+        }
         // One pipeline for every layout: the kernel reads it from flags bits 2 and 3.
         (v, Some((r, c4))) => MatmulEntry {
             entry: "matmul_rows",
@@ -549,20 +582,44 @@ fn flash_kv_pairs_per_dispatch(c4: usize, bc: usize, nch: usize) -> usize {
     (FLASH_LOOP_BUDGET / flash_iterations_per_tile(c4, bc, nch).1).max(1)
 }
 
-/// The two kernel families of the fused attention ops (flash_attention.wgsl): "tiled" (workgroups of
-/// 64 invocations staging key/value tiles in workgroup memory: the shape GPUs want) and "rows" (one
-/// SIMD vector per workgroup, no workgroup memory, RR x KT register blocks: the shape lavapipe wants,
-/// 3-6x faster there). [`flash_family`] picks by adapter type; `GpuBackend::set_flash_family` pins one
-/// (the tests run both).
-pub const FLASH_FAMILIES: [&str; 2] = ["tiled", "rows"];
+/// The two kernel families of the fused attention ops (flash_attention.wgsl) and the row norms
+/// (layernorm.wgsl, rmsnorm.wgsl): "tiled" (workgroups of 64 invocations sharing work through
+/// workgroup memory and barriers: the shape GPUs want) and "rows" (one SIMD vector per workgroup, no
+/// workgroup memory, no barriers; flash attention in RR x KT register blocks, a norm one row per
+/// invocation: the shape lavapipe wants, 3-6x faster there). [`family`] picks by adapter type;
+/// `GpuBackend::set_family` pins one (the tests run both).
+pub const FAMILIES: [&str; 2] = ["tiled", "rows"];
 
-/// The flash family for an adapter of `device_type`: "rows" on CPU-type adapters (lavapipe,
+/// The kernel family for an adapter of `device_type`: "rows" on CPU-type adapters (lavapipe,
 /// SwiftShader), "tiled" on GPUs.
-pub fn flash_family(device_type: wgpu::DeviceType) -> &'static str {
+pub fn family(device_type: wgpu::DeviceType) -> &'static str {
     if device_type == wgpu::DeviceType::Cpu {
         "rows"
     } else {
         "tiled"
+    }
+}
+
+/// Rows one workgroup of the "rows" norm kernels owns (RW in layernorm.wgsl and rmsnorm.wgsl).
+const NORM_ROWS_ROWS: usize = 8;
+
+/// The widest row the "rows" norm kernels take: they walk a row up to three times in one invocation,
+/// and lavapipe ends an invocation's loops after 65,535 iterations; wider rows take the "tiled" kernel.
+pub const NORM_ROWS_MAX_C: usize = FLASH_LOOP_BUDGET / 3;
+
+/// The entry point and grid of a row-norm op: the "rows" family's kernel (8 rows per workgroup) where
+/// the family is "rows" and the row fits [`NORM_ROWS_MAX_C`], else the "tiled" one (a row per workgroup).
+fn norm_entry(
+    env: &Env,
+    tiled: &'static str,
+    rows: &'static str,
+    n: usize,
+    c: usize,
+) -> (&'static str, [u32; 3]) {
+    if env.family == "rows" && c <= NORM_ROWS_MAX_C {
+        (rows, fold(n.div_ceil(NORM_ROWS_ROWS)))
+    } else {
+        (tiled, fold(n))
     }
 }
 
@@ -657,7 +714,7 @@ fn colsum_final(out: View, partial: View, blocks: usize, c: usize, offset: usize
 pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
     let (dummy, scratch) = (env.dummy, env.scratch);
     match *op {
-        Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } if env.flash == "rows" => {
+        Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } if env.family == "rows" => {
             vec![call(
                 "flash_rows_forward",
                 vec![out, lse, qkv, dropout.map_or(dummy, |d| d.seed)],
@@ -678,7 +735,7 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             }]
         }
         Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout }
-            if env.flash == "rows" =>
+            if env.family == "rows" =>
         {
             let views = vec![dqkv, dsum, qkv, dout, lse, dropout.map_or(dummy, |d| d.seed)];
             let mut v = vec![flash_dsum(dsum, out, dout, (b, t, c, nh, nkv))];
@@ -755,21 +812,15 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             }));
             v
         }
-        Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => vec![call(
-            "layernorm_forward",
-            vec![out, mean, rstd, inp, weight, bias],
-            vec![u(n), u(c)],
-            fold(n),
-        )],
+        Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => {
+            let (entry, groups) = norm_entry(env, "layernorm_forward", "layernorm_rows_forward", n, c);
+            vec![call(entry, vec![out, mean, rstd, inp, weight, bias], vec![u(n), u(c)], groups)]
+        }
         Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c } => {
             let blocks = row_blocks(n);
+            let (entry, groups) = norm_entry(env, "layernorm_backward", "layernorm_rows_backward", n, c);
             vec![
-                call(
-                    "layernorm_backward",
-                    vec![dinp, mean, rstd, inp, weight, dout],
-                    vec![u(n), u(c)],
-                    fold(n),
-                ),
+                call(entry, vec![dinp, mean, rstd, inp, weight, dout], vec![u(n), u(c)], groups),
                 call(
                     "layernorm_backward_params_partial",
                     vec![scratch, mean, rstd, inp, dout],
@@ -781,12 +832,14 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
             ]
         }
         Op::RmsnormForward { out, rstd, inp, weight, n, c, eps } => {
-            vec![call("rmsnorm_forward", vec![out, rstd, inp, weight], vec![u(n), u(c), f(eps)], fold(n))]
+            let (entry, groups) = norm_entry(env, "rmsnorm_forward", "rmsnorm_rows_forward", n, c);
+            vec![call(entry, vec![out, rstd, inp, weight], vec![u(n), u(c), f(eps)], groups)]
         }
         Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c } => {
             let blocks = row_blocks(n);
+            let (entry, groups) = norm_entry(env, "rmsnorm_backward", "rmsnorm_rows_backward", n, c);
             vec![
-                call("rmsnorm_backward", vec![dinp, rstd, inp, weight, dout], vec![u(n), u(c), 0], fold(n)),
+                call(entry, vec![dinp, rstd, inp, weight, dout], vec![u(n), u(c), 0], groups),
                 call(
                     "rmsnorm_backward_weight_partial",
                     vec![scratch, rstd, inp, dout],
@@ -1027,8 +1080,8 @@ mod tests {
                 assert!(flash_rows_loop_iterations(2048, hd) <= 65_535, "hd {hd}");
             }
         }
-        assert_eq!(flash_family(wgpu::DeviceType::Cpu), "rows");
-        assert_eq!(flash_family(wgpu::DeviceType::DiscreteGpu), "tiled");
+        assert_eq!(family(wgpu::DeviceType::Cpu), "rows");
+        assert_eq!(family(wgpu::DeviceType::DiscreteGpu), "tiled");
         assert_eq!(flash_tile(128), (32, 16, 1));
         assert_eq!(flash_tile(132), (32, 16, 2));
     }
@@ -1045,7 +1098,7 @@ mod tests {
             scratch: view,
             max_binding: 1 << 30,
             k_chunk,
-            flash: "tiled",
+            family: "tiled",
         }
     }
 
@@ -1070,6 +1123,66 @@ mod tests {
             let ranges: Vec<(u32, u32, u32)> =
                 split.iter().map(|c| (c.params[4], c.params[5], c.params[3] & 1)).collect();
             assert_eq!(ranges, vec![(0, 16_384, 0), (16_384, 32_768, 1), (32_768, 40_000, 1)], "{variant}");
+        }
+    }
+
+    /// rows32x16k4 runs its vec4 kernel exactly where a's stored rows are whole vec4s (K with a stored
+    /// (M,K), M with a stored (K,M)), and rows16x32 elsewhere; both take the layout from flags.
+    #[test]
+    fn rows4_matmul_reads_vec4s_only_where_a_rows_are_whole_vec4s() {
+        for (m, k, n, ta, tb, rows4) in [
+            (7, 12, 5, false, false, true),
+            (7, 13, 5, false, true, false),
+            (8, 13, 5, true, false, true),
+            (6, 12, 5, true, true, false),
+            (1, 4, 1, false, true, true),
+        ] {
+            let call = &calls(&matmul_op((m, k, n), ta, tb), &env("rows32x16k4", usize::MAX))[0];
+            let want = if rows4 { "matmul_rows4" } else { "matmul_rows" };
+            assert_eq!(call.entry, want, "{m}x{k}x{n} {ta} {tb}");
+            assert_eq!(call.params[3] >> 2, u32::from(ta) | (u32::from(tb) << 1));
+            let (rows, cols) = if rows4 { ROWS4_TILE } else { (128, 32) };
+            assert_eq!(call.groups, [n.div_ceil(cols) as u32, m.div_ceil(rows) as u32, 1]);
+        }
+    }
+
+    /// The "rows" norm kernels take 8 rows per workgroup (the grid folds past 65,535 workgroups) up to
+    /// rows of `NORM_ROWS_MAX_C`; the "tiled" ones a row per workgroup.
+    #[test]
+    fn row_norms_follow_the_family_and_the_row_length() {
+        let view = View::new(crate::backend::BufId(0), 0, 1);
+        for (n, c, family, entry, groups) in [
+            (37, 68, "rows", "layernorm_rows_forward", [5, 1, 1]),
+            (600_000, 4, "rows", "layernorm_rows_forward", [65_535, 2, 1]),
+            (7, NORM_ROWS_MAX_C + 1, "rows", "layernorm_forward", [7, 1, 1]),
+            (37, 68, "tiled", "layernorm_forward", [37, 1, 1]),
+        ] {
+            let op = Op::LayernormForward {
+                out: view,
+                mean: view,
+                rstd: view,
+                inp: view,
+                weight: view,
+                bias: view,
+                n,
+                c,
+            };
+            let env = Env { family, ..env("rows16x32", usize::MAX) };
+            let call = &calls(&op, &env)[0];
+            assert_eq!((call.entry, call.groups), (entry, groups), "{n}x{c} {family}");
+            let op = Op::RmsnormBackward {
+                dinp: view,
+                dweight: view,
+                dout: view,
+                inp: view,
+                weight: view,
+                rstd: view,
+                n,
+                c,
+            };
+            let call = &calls(&op, &env)[0];
+            assert_eq!(call.entry, entry.replace("layernorm", "rmsnorm").replace("forward", "backward"));
+            assert_eq!(call.groups, groups);
         }
     }
 

@@ -49,8 +49,8 @@ pub struct GpuBackend {
     max_binding: usize,
     /// The matmul variant used where it applies.
     matmul: &'static str,
-    /// The kernel family of the fused attention ops (`kernels::FLASH_FAMILIES`).
-    flash: &'static str,
+    /// The kernel family of the fused attention and row-norm ops (`kernels::FAMILIES`).
+    family: &'static str,
     /// A matmul kernel loaded at run time (variant "custom").
     custom: Option<Arc<kernels::CustomMatmul>>,
     /// The autotuner's time budget per `prepare`; None leaves every shape to `matmul`.
@@ -75,12 +75,14 @@ impl GpuBackend {
     pub fn with_context(ctx: Arc<GpuContext>) -> Self {
         let max_binding = (ctx.adapter.limits.max_storage_buffer_binding_size / 4) as usize / 64 * 64;
         // Until the autotuner measures, a CPU-type adapter (lavapipe, SwiftShader) gets the variant
-        // written for SIMD CPUs and a GPU the register-blocked vec4 one.
-        let matmul = if ctx.adapter.info.device_type == wgpu::DeviceType::Cpu { "rows16x32" } else { "vec4" };
+        // written for SIMD CPUs (rows32x16k4, which runs rows16x32 where a's rows are not whole vec4s)
+        // and a GPU the register-blocked vec4 one.
+        let matmul =
+            if ctx.adapter.info.device_type == wgpu::DeviceType::Cpu { "rows32x16k4" } else { "vec4" };
         GpuBackend {
             max_binding,
             matmul,
-            flash: kernels::flash_family(ctx.adapter.info.device_type),
+            family: kernels::family(ctx.adapter.info.device_type),
             custom: None,
             tuning: None,
             choices: Default::default(),
@@ -153,7 +155,7 @@ impl GpuBackend {
             scratch,
             max_binding: self.max_binding,
             k_chunk: kernels::k_chunk(self.ctx.adapter.info.device_type),
-            flash: self.flash,
+            family: self.family,
         }
     }
 
@@ -167,19 +169,20 @@ impl GpuBackend {
         ops.iter().flat_map(|op| kernels::calls(op, &env)).collect()
     }
 
-    /// Uses flash-attention kernel family `name` (one of `kernels::FLASH_FAMILIES`) in programs
-    /// prepared from now on, instead of the adapter's (`kernels::flash_family`).
-    pub fn set_flash_family(&mut self, name: &str) -> Result<()> {
-        self.flash = one_of(name, &kernels::FLASH_FAMILIES, "flash kernel family")?;
+    /// Uses kernel family `name` (one of `kernels::FAMILIES`) for the fused attention and row-norm ops
+    /// in programs prepared from now on, instead of the adapter's (`kernels::family`).
+    pub fn set_family(&mut self, name: &str) -> Result<()> {
+        self.family = one_of(name, &kernels::FAMILIES, "kernel family")?;
         Ok(())
     }
 
     /// Pins `variant` of `kernel` as `wgslm verify` and the kernel tests run it: a matmul variant for
-    /// the matmul kernels, a flash family for the fused attention kernels; "" leaves the defaults.
+    /// the matmul kernels, a kernel family for the fused attention and row-norm kernels; "" leaves the
+    /// defaults.
     pub fn set_variant(&mut self, kernel: &str, variant: &str) -> Result<()> {
         match variant {
             "" => Ok(()),
-            _ if kernel.starts_with("flash_attention") => self.set_flash_family(variant),
+            _ if crate::verify::uses_families(kernel) => self.set_family(variant),
             _ => self.set_matmul_variant(variant),
         }
     }
@@ -728,7 +731,7 @@ impl Backend for GpuBackend {
             return Some(why);
         }
         if self.ctx.adapter.info.device_type == wgpu::DeviceType::Cpu {
-            let iterations = if self.flash == "rows" {
+            let iterations = if self.family == "rows" {
                 kernels::flash_rows_loop_iterations(t, hs)
             } else {
                 kernels::flash_loop_iterations(t, hs)
