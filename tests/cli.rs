@@ -180,6 +180,22 @@ fn bench_kernels_checks_then_times_drop_in_kernels() {
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(results["adapter"]["name"].is_string() && results["results"].as_array().unwrap().len() == 2);
 
+    // Without wgpu's bounds checks on request (its indices are guarded), as ours run; never alone.
+    let args = [
+        "--shader",
+        s(&naive),
+        "--unchecked",
+        "--variant",
+        "blocked4x4",
+        "--shape",
+        "37x20x45",
+        "--reps",
+        "1",
+    ];
+    let out = ok(&[&["bench", "kernels"][..], &args].concat());
+    assert!(out.contains("custom (naive_matmul.wgsl)") && !out.contains("FAIL"), "{out}");
+    assert!(!wgslm(&["bench", "kernels", "--unchecked"]).status.success(), "--unchecked needs --shader");
+
     let wrong = fixtures.join("wrong_matmul.wgsl");
     let run =
         wgslm(&["bench", "kernels", "--shader", s(&wrong), "--variant", "blocked4x4", "--shape", "37x20x45"]);

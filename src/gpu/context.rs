@@ -502,7 +502,8 @@ impl GpuContext {
     }
 
     /// The variants the autotuner times here: every available one, less the GPU-only ones
-    /// ([`kernels::GPU_ONLY_VARIANTS`]) on a CPU adapter.
+    /// ([`kernels::GPU_ONLY_VARIANTS`]) on a CPU adapter. (Per shape it may leave out more:
+    /// [`kernels::superseded`].)
     pub fn tuning_candidates(&self) -> Vec<&'static str> {
         let cpu = self.adapter.info.device_type == wgpu::DeviceType::Cpu;
         self.matmul_variants()

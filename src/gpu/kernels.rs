@@ -139,6 +139,21 @@ pub const MATMUL_VARIANTS: &[&str] =
 /// only delays the first step. They stay available when pinned, and every test runs them.
 pub const GPU_ONLY_VARIANTS: &[&str] = &["tiled64", "tiled128", "subgroup"];
 
+/// Whether the autotuner can skip timing `variant` at shape (M, K, N, trans_a, trans_b) on an adapter of
+/// `device_type`, because another candidate covers it: on a CPU adapter, `rows16x32` where
+/// `rows32x16k4` runs it itself (a's rows not whole vec4s) or where M fills `rows32x16k4`'s 256-row
+/// tile (there `rows32x16k4` beat it on every shape of configs A and B, docs/BENCHMARKS.md). Where M
+/// is smaller, `rows16x32`'s 128-row tile can win, and it is timed. Skipping it saves its 12-45 s
+/// compile on a first run whose shapes are all large; pinned, it still runs, and every test runs it.
+pub fn superseded(
+    variant: &str,
+    device_type: wgpu::DeviceType,
+    (m, k, _, trans_a, _): (usize, usize, usize, bool, bool),
+) -> bool {
+    let rows4 = if trans_a { m % 4 == 0 } else { k % 4 == 0 };
+    device_type == wgpu::DeviceType::Cpu && variant == "rows16x32" && (!rows4 || m >= ROWS4_TILE.0)
+}
+
 /// The most rows of `a` the matrix-vector variant ("gemv") takes; above, it runs the blocked kernel.
 pub const GEMV_ROWS: usize = 8;
 

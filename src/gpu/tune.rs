@@ -185,7 +185,12 @@ pub fn choose(
         shapes.iter().copied().filter(|&s| !cache.contains_key(&key(ctx, s))).collect();
     let mut calls: Vec<Call> = variants
         .iter()
-        .flat_map(|&v| untimed.iter().flat_map(move |&s| matmul_calls(ctx, v, bounded(s))))
+        .flat_map(|&v| {
+            untimed
+                .iter()
+                .filter(move |&&s| !super::kernels::superseded(v, ctx.adapter.info.device_type, s))
+                .flat_map(move |&s| matmul_calls(ctx, v, bounded(s)))
+        })
         .collect();
     calls.extend_from_slice(others);
     if let Err(e) = ctx.precompile(&calls) {
@@ -219,7 +224,8 @@ pub fn choose(
         let b: Vec<f32> = (0..depth * n).map(|_| rng.normal() as f32).collect();
         let mut reference: Option<Vec<f32>> = None;
         let mut best: Option<(&'static str, f64)> = None;
-        for &variant in &variants {
+        let device_type = ctx.adapter.info.device_type;
+        for &variant in variants.iter().filter(|v| !super::kernels::superseded(v, device_type, shape)) {
             match time_variant(ctx, variant, timed, (&a, &b)) {
                 Ok((_, product))
                     if reference.as_ref().is_some_and(|r| {
