@@ -10,7 +10,7 @@
 // (b, h, t1, t2) is multiplied by the mask of element ((b*NH + h)*T + t1)*T + t2 of the stream (the
 // hash of dropout.wgsl), exactly as the naive path masks its (B,NH,T,T) tensor.
 //
-// Two kernel families compute these passes (kernels::FLASH_FAMILIES): the "tiled" kernels below,
+// Two kernel families compute these passes (kernels::FAMILIES): the "tiled" kernels below,
 // shaped for GPUs, and the "rows" kernels at the end of the file, shaped for SIMD CPUs (lavapipe).
 //
 // Tiles. A workgroup owns WG = 64 rows (queries in the forward and dQ kernels, keys in the dK/dV

@@ -2,9 +2,10 @@
 // parameters.
 //
 // Binding 0 of every entry is the uniform `Params { n, c }`; bindings 1, 2, ... are the entry's buffers
-// in the order listed beside it. Row kernels run one workgroup of 64 per row (the flat workgroup id
-// wid.y * nwg.x + wid.x is the row, so more than 65,535 rows fold into y); reductions use a fixed tree,
-// so results are bit-reproducible.
+// in the order listed beside it. The "tiled" row kernels run one workgroup of 64 per row (the flat
+// workgroup id wid.y * nwg.x + wid.x is the row, so more than 65,535 rows fold into y) and reduce in a
+// fixed tree; the "rows" family at the end of the file runs a row per invocation and sums it in
+// order. Either way the results are bit-reproducible.
 
 struct Params {
     n: u32,
@@ -138,8 +139,8 @@ fn layernorm_backward_params_partial(@builtin(workgroup_id) wid: vec3<u32>,
 // functions with the same bindings and params, one row per invocation and 8 invocations (one SIMD
 // vector on lavapipe) per workgroup, summing each row in order with no workgroup memory and no
 // barriers (which lavapipe runs as coroutines that save every live value at each barrier). Rows past
-// N compute row N - 1 and store nothing; the loads sit outside the store's test, so the loads of
-// weight and bias stay uniform across the lanes. Grid: ceil(N / 8) workgroups (folded into y past
+// N compute row N - 1 and store nothing; only the stores (and the read of dinp they update) sit in
+// the test, so no other load is under divergent control flow. Grid: ceil(N / 8) workgroups (folded into y past
 // 65,535). A row is walked 3 (forward) or 2 (backward) times: the host takes these kernels only while
 // that stays inside lavapipe's loop limit.
 const RW: u32 = 8u;
@@ -193,9 +194,9 @@ fn layernorm_rows_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     for (var i = 0u; i < p.c; i += 1u) {
         let norm = (inp[base + i] - m) * r;
         let dn = weight[i] * dout[base + i];
-        let y = dinp[base + i] + (dn - dn_mean - norm * dn_norm_mean) * r;
+        let d = (dn - dn_mean - norm * dn_norm_mean) * r;
         if (at < p.n) {
-            dinp[base + i] = y;
+            dinp[base + i] += d;
         }
     }
 }

@@ -5,8 +5,8 @@
 // across the SIMD lanes), walking K four deep: each step reads a vec4 of a per row of the invocation
 // (op(a)[row, k..k+4]) and four rows of b, and adds a four-term dot product to each sum. On lavapipe
 // this takes a quarter of the per-lane loads of a and a quarter of the read-modify-writes of the sums
-// (which live in memory: R x 4·C4 of them per lane is more than a CPU's registers), and runs 1.3–2x
-// as fast as rows16x32 (docs/BENCHMARKS.md).
+// (which live in memory: R x 4·C4 of them per lane is more than a CPU's registers), and runs 1.0–2.2x
+// as fast as rows16x32, about 1.5x at the median (docs/BENCHMARKS.md).
 //
 // a is read as vec4s, so a's rows along its stored dimension must be whole vec4s: with a stored
 // (M,K) (flags bit 2 clear), K % 4 == 0, and the vec4 holds four steps of K; with a stored (K,M)

@@ -2,9 +2,10 @@
 // the input, backward to the weight.
 //
 // Binding 0 of every entry is the uniform `Params { n, c, eps }` (eps an f32, from the op); bindings
-// 1, 2, ... are the entry's buffers in the order listed beside it. Row kernels run one workgroup of 64
-// per row (the flat workgroup id wid.y * nwg.x + wid.x is the row, so more than 65,535 rows fold into
-// y); reductions use a fixed tree, so results are bit-reproducible.
+// 1, 2, ... are the entry's buffers in the order listed beside it. The "tiled" row kernels run one
+// workgroup of 64 per row (the flat workgroup id wid.y * nwg.x + wid.x is the row, so more than 65,535
+// rows fold into y) and reduce in a fixed tree; the "rows" family at the end of the file runs a row per
+// invocation and sums it in order. Either way the results are bit-reproducible.
 
 struct Params {
     n: u32,
@@ -157,9 +158,9 @@ fn rmsnorm_rows_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     for (var i = 0u; i < p.c; i += 1u) {
         let norm = inp[base + i] * r;
         let dn = weight[i] * dout[base + i];
-        let y = dinp[base + i] + (dn - norm * dn_norm_mean) * r;
+        let d = (dn - norm * dn_norm_mean) * r;
         if (at < p.n) {
-            dinp[base + i] = y;
+            dinp[base + i] += d;
         }
     }
 }

@@ -12,8 +12,8 @@ use wgslm::verify;
 
 fn check(kernel: &str) {
     let Some(ctx) = common::gpu() else { return };
-    // Kernels built on matmul run once per matmul variant, the fused attention kernels once per
-    // kernel family.
+    // Kernels built on matmul run once per matmul variant, the fused attention and row-norm kernels
+    // once per kernel family.
     for variant in verify::variants(kernel) {
         if let Some(why) = ctx.kernel_unavailable(kernel, variant) {
             // Straight to the stderr handle: the harness would swallow eprintln! of a passing test, and

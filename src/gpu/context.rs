@@ -655,8 +655,9 @@ impl GpuContext {
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             };
             if trusted {
-                // SAFETY: every index these kernels compute is clamped or guarded in the source, and
-                // tests/kernels.rs checks them at edge shapes against the CPU twins.
+                // SAFETY: every index the kernels of `kernels::TRUSTED` compute is clamped or guarded in
+                // the source, and tests/kernels.rs checks them at edge shapes against the CPU twins; a
+                // drop-in is compiled so only on its author's word (`bench kernels --unchecked`).
                 unsafe {
                     self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
                 }

@@ -1161,6 +1161,27 @@ mod tests {
         }
     }
 
+    /// On CPU adapters the autotuner skips rows16x32 where rows32x16k4 runs it itself or fills its
+    /// 256-row tile, and times it where M is smaller; it skips nothing else, and nothing on a GPU.
+    #[test]
+    fn rows16x32_is_timed_on_cpus_only_where_it_can_win() {
+        let cpu = wgpu::DeviceType::Cpu;
+        for (shape, skipped) in [
+            ((256, 128, 64, false, false), true),
+            ((255, 128, 64, false, false), false),
+            ((128, 1024, 384, true, false), false),
+            ((256, 1024, 384, true, false), true),
+            ((64, 13, 8, false, true), true),
+            ((126, 1024, 8, true, false), true),
+        ] {
+            assert_eq!(superseded("rows16x32", cpu, shape), skipped, "{shape:?}");
+            assert!(!superseded("rows16x32", wgpu::DeviceType::DiscreteGpu, shape));
+            for v in MATMUL_VARIANTS.iter().filter(|v| **v != "rows16x32") {
+                assert!(!superseded(v, cpu, shape), "{v}");
+            }
+        }
+    }
+
     /// The "rows" norm kernels take 8 rows per workgroup (the grid folds past 65,535 workgroups) up to
     /// rows of `NORM_ROWS_MAX_C`; the "tiled" ones a row per workgroup.
     #[test]
