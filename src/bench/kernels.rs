@@ -146,20 +146,13 @@ pub fn verified(
     reps: usize,
 ) -> Result<Vec<Timing>> {
     if kernel == "attention" {
-        let all = variants.iter().any(|v| v == "all");
-        let mut chosen = Vec::new();
-        for v in variants.iter().filter(|v| *v != "all") {
-            match ATTENTION_VARIANTS.iter().find(|a| **a == v.as_str()) {
-                Some(a) => chosen.push(*a),
-                None => {
-                    return Err(Error::Invalid(format!(
-                        "--variant {v}: attention's variants are {}",
-                        ATTENTION_VARIANTS.join(", ")
-                    )))
-                }
-            }
-        }
-        return attention(ctx, if all { &ATTENTION_VARIANTS } else { &chosen }, reps);
+        let chosen: Vec<&'static str> = if variants.iter().any(|v| v == "all") {
+            ATTENTION_VARIANTS.to_vec()
+        } else {
+            let pick = |v: &String| crate::gpu::one_of(v, &ATTENTION_VARIANTS, "attention variant");
+            variants.iter().map(pick).collect::<Result<_>>()?
+        };
+        return attention(ctx, &chosen, reps);
     }
     let cases: Vec<verify::Case> = verify::cases().into_iter().filter(|c| c.kernel == kernel).collect();
     if cases.is_empty() {

@@ -150,8 +150,20 @@ pub fn superseded(
     device_type: wgpu::DeviceType,
     (m, k, _, trans_a, _): (usize, usize, usize, bool, bool),
 ) -> bool {
-    let rows4 = if trans_a { m % 4 == 0 } else { k % 4 == 0 };
-    device_type == wgpu::DeviceType::Cpu && variant == "rows16x32" && (!rows4 || m >= ROWS4_TILE.0)
+    device_type == wgpu::DeviceType::Cpu
+        && variant == "rows16x32"
+        && (!rows4_applies(m, k, trans_a) || m >= ROWS4_TILE.0)
+}
+
+/// Whether `rows32x16k4` runs its own kernel (matmul_rows4.wgsl) at this shape: a's stored rows are
+/// whole vec4s (K % 4 = 0 with a stored (M,K), M % 4 = 0 with a stored (K,M)); elsewhere it runs
+/// rows16x32.
+fn rows4_applies(m: usize, k: usize, trans_a: bool) -> bool {
+    if trans_a {
+        m % 4 == 0
+    } else {
+        k % 4 == 0
+    }
 }
 
 /// The most rows of `a` the matrix-vector variant ("gemv") takes; above, it runs the blocked kernel.
@@ -423,7 +435,7 @@ fn matmul_entry(
         // a read as vec4s along its stored rows (see matmul_rows4.wgsl); rows16x32 where they are not
         // whole vec4s.
         ("rows32x16k4", _) => {
-            if (trans_a && m % 4 == 0) || (!trans_a && k % 4 == 0) {
+            if rows4_applies(m, k, trans_a) {
                 MatmulEntry {
                     entry: "matmul_rows4",
                     source: "",

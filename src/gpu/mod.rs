@@ -60,7 +60,7 @@ pub struct GpuBackend {
 }
 
 /// `name` as the `&'static str` of `list` that equals it, or an error naming `what` and the choices.
-fn one_of(name: &str, list: &[&'static str], what: &str) -> Result<&'static str> {
+pub(crate) fn one_of(name: &str, list: &[&'static str], what: &str) -> Result<&'static str> {
     list.iter()
         .find(|v| **v == name)
         .copied()
