@@ -12,7 +12,9 @@ struct Params {
 // adamw_update: PyTorch's AdamW on n elements, after scaling grads by the clip factor
 // min(1, clip / (norm + 1e-6)). A non-finite norm (a NaN or Inf anywhere in the gradients) skips the
 // update, so one bad batch cannot poison the weights. The weight decay is decoupled.
-// hyper (8 f32): lr, beta1, beta2, eps, 1 - beta1^t, 1 - beta2^t, clip (0: off), unused.
+// hyper (8 f32): lr, beta1, beta2, eps, 1 - beta1^t, 1 - beta2^t, clip (0: off), unscale (1 / the
+// loss scale of f16 training, a power of two; 1 otherwise: the gradients and their norm are
+// multiplied by it first, exactly).
 // Grid: ceil(n / 64) workgroups of 64, folded into (x, y).
 // 1: params (read_write), 2: m (read_write), 3: v (read_write), 4: grads, 5: hyper (8), 6: norm (1)
 @group(0) @binding(1) var<storage, read_write> params: array<f32>;
@@ -30,7 +32,8 @@ fn is_finite(x: f32) -> bool {
 fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = (wid.y * nwg.x + wid.x) * 64u + lid;
-    let gn = norm[0];
+    let unscale = hyper[7];
+    let gn = norm[0] * unscale;
     if (i >= p.n || !is_finite(gn)) {
         return;
     }
@@ -45,7 +48,7 @@ fn adamw_update(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (clip > 0.0) {
         s = min(1.0, clip / (gn + 1e-6));
     }
-    let g = grads[i] * s;
+    let g = grads[i] * unscale * s;
     let mi = b1 * m[i] + (1.0 - b1) * g;
     let vi = b2 * v[i] + (1.0 - b2) * g * g;
     m[i] = mi;

@@ -19,6 +19,37 @@ use crate::Result;
 pub enum DType {
     F32,
     U32,
+    /// 16-bit floats ([`HalfFormat`]) packed two per u32 word, the even element in the low half:
+    /// `alloc(DType::Half, len)` holds `len` elements in `len.div_ceil(2)` words. Only
+    /// [`Op::Round`] and [`Op::Widen`] touch such a buffer, through word views (see
+    /// `model::mixed`, which moves a schedule's activations into them).
+    Half,
+}
+
+/// A 16-bit float format of mixed-precision training (`precision = "bf16" | "f16"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HalfFormat {
+    /// bfloat16: the top half of an f32 (8 exponent bits, 7 mantissa bits); f32's range.
+    Bf16,
+    /// IEEE binary16 (5 exponent bits, 10 mantissa bits): largest finite 65,504.
+    F16,
+}
+
+impl HalfFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HalfFormat::Bf16 => "bf16",
+            HalfFormat::F16 => "f16",
+        }
+    }
+
+    /// The format's number in a kernel's params (0 bf16, 1 f16).
+    pub fn code(&self) -> u32 {
+        match self {
+            HalfFormat::Bf16 => 0,
+            HalfFormat::F16 => 1,
+        }
+    }
 }
 
 /// A buffer allocated by a backend.
@@ -78,6 +109,16 @@ pub struct AttnDropout {
 pub enum Op {
     /// `out[i] = 0`.
     Zero { out: View },
+    /// Rounds f32 to a 16-bit format, to nearest with ties to even (overflow to ±inf, NaN stays
+    /// NaN): elements `first..first + n` of the packed words `out` (see [`DType::Half`]) become
+    /// `round(inp[0..n])`; the other half of a word that is shared with an element outside the range
+    /// is left as it was. `out` holds `(first + n).div_ceil(2)` words.
+    Round { out: View, inp: View, first: usize, n: usize, format: HalfFormat },
+    /// `out[i] = inp element first + i` of the packed words `inp`, widened to f32 (exact).
+    Widen { out: View, inp: View, first: usize, n: usize, format: HalfFormat },
+    /// `out[i] = widen(round(inp[i]))`: f32 values rounded to the format and kept in f32 (a matmul
+    /// operand that lives in an f32 buffer, such as an accumulated activation gradient).
+    Quantize { out: View, inp: View, n: usize, format: HalfFormat },
     /// `out (B,T,C) = wte[tokens[b,t]] + wpe[t]`; tokens (B,T) u32, wte (V,C), wpe (>=T,C). Without
     /// `wpe` (models whose positions come from RoPE), `out = wte[tokens[b,t]]`.
     EncoderForward { out: View, tokens: View, wte: View, wpe: Option<View>, b: usize, t: usize, c: usize },
@@ -342,6 +383,9 @@ pub struct AdamwHyper {
     pub bias_correction2: f32,
     /// Clip the global gradient norm to this; 0 disables clipping.
     pub grad_clip: f32,
+    /// What the gradients are multiplied by before anything else: 1 / the loss scale of f16
+    /// training (a power of two, so exact), 1 otherwise. The clip compares the unscaled norm.
+    pub grad_unscale: f32,
 }
 
 impl AdamwHyper {
@@ -358,6 +402,7 @@ impl AdamwHyper {
             bias_correction1: (1.0 - (beta1 as f64).powi(t)) as f32,
             bias_correction2: (1.0 - (beta2 as f64).powi(t)) as f32,
             grad_clip,
+            grad_unscale: 1.0,
         }
     }
 
@@ -370,7 +415,7 @@ impl AdamwHyper {
             self.bias_correction1,
             self.bias_correction2,
             self.grad_clip,
-            0.0,
+            self.grad_unscale,
         ]
     }
 
@@ -383,6 +428,7 @@ impl AdamwHyper {
             bias_correction1: w[4],
             bias_correction2: w[5],
             grad_clip: w[6],
+            grad_unscale: w[7],
         }
     }
 }
@@ -437,6 +483,9 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Zero { .. } => "zero",
+            Op::Round { .. } => "round_half",
+            Op::Widen { .. } => "widen_half",
+            Op::Quantize { .. } => "quantize_half",
             Op::EncoderForward { .. } => "encoder_forward",
             Op::EncoderBackward { .. } => "encoder_backward",
             Op::LayernormForward { .. } => "layernorm_forward",
@@ -472,10 +521,243 @@ impl Op {
         }
     }
 
+    /// The same op with every view `v` replaced by `f(v)` (shapes and flags unchanged).
+    pub fn map_views(&self, f: &mut dyn FnMut(View) -> View) -> Op {
+        match *self {
+            Op::Zero { out } => Op::Zero { out: f(out) },
+            Op::Round { out, inp, first, n, format } => {
+                Op::Round { out: f(out), inp: f(inp), first, n, format }
+            }
+            Op::Widen { out, inp, first, n, format } => {
+                Op::Widen { out: f(out), inp: f(inp), first, n, format }
+            }
+            Op::Quantize { out, inp, n, format } => Op::Quantize { out: f(out), inp: f(inp), n, format },
+            Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => Op::EncoderForward {
+                out: f(out),
+                tokens: f(tokens),
+                wte: f(wte),
+                wpe: wpe.map(&mut *f),
+                b,
+                t,
+                c,
+            },
+            Op::EncoderBackward { dwte, dwpe, dout, tokens, order, b, t, c } => Op::EncoderBackward {
+                dwte: f(dwte),
+                dwpe: dwpe.map(&mut *f),
+                dout: f(dout),
+                tokens: f(tokens),
+                order: f(order),
+                b,
+                t,
+                c,
+            },
+            Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => Op::LayernormForward {
+                out: f(out),
+                mean: f(mean),
+                rstd: f(rstd),
+                inp: f(inp),
+                weight: f(weight),
+                bias: f(bias),
+                n,
+                c,
+            },
+            Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c } => {
+                Op::LayernormBackward {
+                    dinp: f(dinp),
+                    dweight: f(dweight),
+                    dbias: f(dbias),
+                    dout: f(dout),
+                    inp: f(inp),
+                    weight: f(weight),
+                    mean: f(mean),
+                    rstd: f(rstd),
+                    n,
+                    c,
+                }
+            }
+            Op::RmsnormForward { out, rstd, inp, weight, n, c, eps } => {
+                Op::RmsnormForward { out: f(out), rstd: f(rstd), inp: f(inp), weight: f(weight), n, c, eps }
+            }
+            Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c } => Op::RmsnormBackward {
+                dinp: f(dinp),
+                dweight: f(dweight),
+                dout: f(dout),
+                inp: f(inp),
+                weight: f(weight),
+                rstd: f(rstd),
+                n,
+                c,
+            },
+            Op::RopeForward { out, inp, positions, table, n, width, heads, hd } => Op::RopeForward {
+                out: f(out),
+                inp: f(inp),
+                positions: f(positions),
+                table: f(table),
+                n,
+                width,
+                heads,
+                hd,
+            },
+            Op::RopeBackward { dinp, dout, positions, table, n, width, heads, hd } => Op::RopeBackward {
+                dinp: f(dinp),
+                dout: f(dout),
+                positions: f(positions),
+                table: f(table),
+                n,
+                width,
+                heads,
+                hd,
+            },
+            Op::SwigluForward { out, inp, n, i } => Op::SwigluForward { out: f(out), inp: f(inp), n, i },
+            Op::SwigluBackward { dinp, inp, dout, n, i } => {
+                Op::SwigluBackward { dinp: f(dinp), inp: f(inp), dout: f(dout), n, i }
+            }
+            Op::Matmul { out, a, b, m, k, n, trans_a, trans_b, accumulate, half } => {
+                Op::Matmul { out: f(out), a: f(a), b: f(b), m, k, n, trans_a, trans_b, accumulate, half }
+            }
+            Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => Op::MatmulForward {
+                out: f(out),
+                inp: f(inp),
+                weight: f(weight),
+                bias: bias.map(&mut *f),
+                m,
+                k,
+                n,
+                layout,
+            },
+            Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m, k, n, layout } => {
+                Op::MatmulBackward {
+                    dinp: f(dinp),
+                    dweight: f(dweight),
+                    dbias: dbias.map(&mut *f),
+                    dout: f(dout),
+                    inp: f(inp),
+                    weight: f(weight),
+                    m,
+                    k,
+                    n,
+                    layout,
+                }
+            }
+            Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout } => Op::AttentionForward {
+                out: f(out),
+                att: f(att),
+                qkv: f(qkv),
+                b,
+                t,
+                c,
+                nh,
+                nkv,
+                dropout: dropout.map(|d| AttnDropout { probs: f(d.probs), seed: f(d.seed), ..d }),
+            },
+            Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, nkv, dropout } => {
+                Op::AttentionBackward {
+                    dqkv: f(dqkv),
+                    datt: f(datt),
+                    dout: f(dout),
+                    qkv: f(qkv),
+                    att: f(att),
+                    b,
+                    t,
+                    c,
+                    nh,
+                    nkv,
+                    dropout: dropout.map(|d| AttnDropout { probs: f(d.probs), seed: f(d.seed), ..d }),
+                }
+            }
+            Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } => {
+                Op::FlashAttentionForward {
+                    out: f(out),
+                    lse: f(lse),
+                    qkv: f(qkv),
+                    b,
+                    t,
+                    c,
+                    nh,
+                    nkv,
+                    dropout: dropout.map(|d| AttnDropout { probs: f(d.probs), seed: f(d.seed), ..d }),
+                }
+            }
+            Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout } => {
+                Op::FlashAttentionBackward {
+                    dqkv: f(dqkv),
+                    dsum: f(dsum),
+                    dout: f(dout),
+                    qkv: f(qkv),
+                    out: f(out),
+                    lse: f(lse),
+                    b,
+                    t,
+                    c,
+                    nh,
+                    nkv,
+                    dropout: dropout.map(|d| AttnDropout { probs: f(d.probs), seed: f(d.seed), ..d }),
+                }
+            }
+            Op::GatherRow { out, inp, row, w } => Op::GatherRow { out: f(out), inp: f(inp), row: f(row), w },
+            Op::ScatterRow { out, inp, row, w } => {
+                Op::ScatterRow { out: f(out), inp: f(inp), row: f(row), w }
+            }
+            Op::AttentionDecode { out, qkv, row, t, c, nh, nkv } => {
+                Op::AttentionDecode { out: f(out), qkv: f(qkv), row: f(row), t, c, nh, nkv }
+            }
+            Op::DropoutForward { out, inp, seed, n, p, stream } => {
+                Op::DropoutForward { out: f(out), inp: f(inp), seed: f(seed), n, p, stream }
+            }
+            Op::DropoutBackward { dinp, dout, seed, n, p, stream } => {
+                Op::DropoutBackward { dinp: f(dinp), dout: f(dout), seed: f(seed), n, p, stream }
+            }
+            Op::GeluForward { out, inp, n } => Op::GeluForward { out: f(out), inp: f(inp), n },
+            Op::GeluBackward { dinp, inp, dout, n } => {
+                Op::GeluBackward { dinp: f(dinp), inp: f(inp), dout: f(dout), n }
+            }
+            Op::ResidualForward { out, inp1, inp2, n } => {
+                Op::ResidualForward { out: f(out), inp1: f(inp1), inp2: f(inp2), n }
+            }
+            Op::ResidualBackward { dinp1, dinp2, dout, n } => {
+                Op::ResidualBackward { dinp1: f(dinp1), dinp2: f(dinp2), dout: f(dout), n }
+            }
+            Op::CrossentropyForward { losses, lse, logits, targets, n, v } => Op::CrossentropyForward {
+                losses: f(losses),
+                lse: f(lse),
+                logits: f(logits),
+                targets: f(targets),
+                n,
+                v,
+            },
+            Op::CrossentropyBackward { dlogits, logits, lse, targets, grad_scale, n, v, scale } => {
+                Op::CrossentropyBackward {
+                    dlogits: f(dlogits),
+                    logits: f(logits),
+                    lse: f(lse),
+                    targets: f(targets),
+                    grad_scale: f(grad_scale),
+                    n,
+                    v,
+                    scale,
+                }
+            }
+            Op::ReduceSum { out, inp, n, scale } => Op::ReduceSum { out: f(out), inp: f(inp), n, scale },
+            Op::GlobalNorm { out, inp, n } => Op::GlobalNorm { out: f(out), inp: f(inp), n },
+            Op::AdamwUpdate { params, grads, m, v, hyper, norm, n, weight_decay } => Op::AdamwUpdate {
+                params: f(params),
+                grads: f(grads),
+                m: f(m),
+                v: f(v),
+                hyper: f(hyper),
+                norm: f(norm),
+                n,
+                weight_decay,
+            },
+        }
+    }
+
     /// Every view the op reads, with the element count its shape requires.
     pub fn inputs(&self) -> Vec<(View, usize)> {
         match *self {
             Op::Zero { .. } => vec![],
+            Op::Round { inp, n, .. } | Op::Quantize { inp, n, .. } => vec![(inp, n)],
+            Op::Widen { inp, first, n, .. } => vec![(inp, (first + n).div_ceil(2))],
             Op::EncoderForward { tokens, wte, wpe, b, t, c, .. } => {
                 let mut v = vec![(tokens, b * t), (wte, wte.len / c.max(1) * c)];
                 v.extend(wpe.map(|wpe| (wpe, wpe.len.max(t * c))));
@@ -563,6 +845,8 @@ impl Op {
     pub fn outputs(&self) -> Vec<(View, usize)> {
         match *self {
             Op::Zero { out } => vec![(out, out.len)],
+            Op::Round { out, first, n, .. } => vec![(out, (first + n).div_ceil(2))],
+            Op::Widen { out, n, .. } | Op::Quantize { out, n, .. } => vec![(out, n)],
             Op::EncoderForward { out, b, t, c, .. } => vec![(out, b * t * c)],
             Op::EncoderBackward { dwte, dwpe, t, c, .. } => {
                 let mut v = vec![(dwte, dwte.len / c.max(1) * c)];
@@ -697,7 +981,7 @@ pub struct Created {
 pub trait Backend {
     /// One line: the backend and the adapter it runs on.
     fn describe(&self) -> String;
-    /// A zero-initialised buffer of `len` elements.
+    /// A zero-initialised buffer of `len` elements (for `DType::Half`, `len.div_ceil(2)` words).
     fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId>;
     fn write_f32(&mut self, view: View, data: &[f32]) -> Result<()>;
     fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()>;
@@ -724,6 +1008,8 @@ pub trait Backend {
     fn sync(&mut self) -> Result<()>;
     /// Objects created so far.
     fn created(&self) -> Created;
+    /// The element type `buf` was allocated with.
+    fn dtype(&self, buf: BufId) -> DType;
     /// The matmul variant chosen for each shape (GPU backends), as "MxKxN NT" → variant: what a
     /// checkpoint records so that a resumed run uses the same kernels.
     fn kernel_choices(&self) -> std::collections::BTreeMap<String, String> {

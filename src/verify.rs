@@ -5,7 +5,7 @@
 //! so the reference and the backend under test see the same numbers; it passes when every checked
 //! output is within `tolerance` (relative L2) of the twin's and a second run gives the same bits.
 
-use crate::backend::{AdamwHyper, AttnDropout, Backend, DType, Op, View, WeightLayout};
+use crate::backend::{AdamwHyper, AttnDropout, Backend, DType, HalfFormat, Op, View, WeightLayout};
 use crate::cpu;
 use crate::cpu::CpuBackend;
 use crate::rng::Rng;
@@ -801,6 +801,51 @@ pub fn cases() -> Vec<Case> {
                 checked: vec![("dinp", dinp)],
             })
         }));
+    }
+    // The conversions are exact or correctly rounded, so the twin and the kernel must agree to the
+    // bit; the tolerance still applies (special values are checked bit for bit in tests/mixed.rs).
+    for n in ELEMENTWISE {
+        for format in [HalfFormat::Bf16, HalfFormat::F16] {
+            // Packed words of finite values (f16's range), so that an untouched half widens finitely.
+            let halves = move |s: &mut Setup, len: usize| -> Result<View> {
+                let bits: Vec<u16> =
+                    (0..len).map(|_| cpu::to_half_bits((s.rng().normal() * 50.0) as f32, format)).collect();
+                let words = bits.chunks(2).map(|p| p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16);
+                s.ids_with(words.collect())
+            };
+            for first in [0, 1] {
+                let shape = format!("n={n} first={first} {}", format.name());
+                all.push(case("round_half", shape.clone(), move |s| {
+                    let packed = halves(s, first + n + 1)?;
+                    let inp = s.normal(n, 30.0, 0.0)?;
+                    let back = s.normal(first + n + 1, 1.0, 0.0)?;
+                    let words = packed.slice(0, (first + n).div_ceil(2));
+                    let all_words = packed;
+                    Ok(Built {
+                        ops: vec![
+                            Op::Round { out: words, inp, first, n, format },
+                            // The packed result (and the halves around it, which must keep their
+                            // bits), read back through the exact widening.
+                            Op::Widen { out: back, inp: all_words, first: 0, n: first + n + 1, format },
+                        ],
+                        checked: vec![("halves", back)],
+                    })
+                }));
+                all.push(case("widen_half", shape.clone(), move |s| {
+                    let packed = halves(s, first + n)?;
+                    let out = s.normal(n, 1.0, 0.0)?;
+                    Ok(Built {
+                        ops: vec![Op::Widen { out, inp: packed, first, n, format }],
+                        checked: vec![("out", out)],
+                    })
+                }));
+            }
+            all.push(case("quantize_half", format!("n={n} {}", format.name()), move |s| {
+                let inp = s.normal(n, 30.0, 0.0)?;
+                let out = s.normal(n, 1.0, 0.0)?;
+                Ok(Built { ops: vec![Op::Quantize { out, inp, n, format }], checked: vec![("out", out)] })
+            }));
+        }
     }
     for n in ELEMENTWISE {
         let shape = format!("n={n}");

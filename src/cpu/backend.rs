@@ -7,6 +7,8 @@ use crate::{Error, Result};
 enum Buf {
     F32(Vec<f32>),
     U32(Vec<u32>),
+    /// Packed 16-bit floats (`DType::Half`), as words.
+    Half(Vec<u32>),
 }
 
 /// The reference backend. Buffers are host vectors; `run` executes ops one after another.
@@ -24,13 +26,13 @@ impl CpuBackend {
     fn f32s(&self, v: View) -> &[f32] {
         match &self.bufs[v.buf.0] {
             Buf::F32(d) => &d[v.offset..v.end()],
-            Buf::U32(_) => panic!("{v:?} is a u32 buffer where f32 was expected"),
+            Buf::U32(_) | Buf::Half(_) => panic!("{v:?} is a u32 buffer where f32 was expected"),
         }
     }
 
     fn u32s(&self, v: View) -> &[u32] {
         match &self.bufs[v.buf.0] {
-            Buf::U32(d) => &d[v.offset..v.end()],
+            Buf::U32(d) | Buf::Half(d) => &d[v.offset..v.end()],
             Buf::F32(_) => panic!("{v:?} is an f32 buffer where u32 was expected"),
         }
     }
@@ -50,7 +52,7 @@ impl CpuBackend {
             .iter()
             .map(|&id| match std::mem::replace(&mut self.bufs[id.0], Buf::F32(Vec::new())) {
                 Buf::F32(d) => (id, d),
-                Buf::U32(_) => panic!("buffer {id:?} is u32 where an f32 output was expected"),
+                Buf::U32(_) | Buf::Half(_) => panic!("buffer {id:?} is u32 where an f32 output was expected"),
             })
             .collect();
         let mut slots: Vec<Option<&mut [f32]>> = (0..views.len()).map(|_| None).collect();
@@ -84,6 +86,23 @@ impl CpuBackend {
     fn exec(&mut self, op: &Op) {
         match *op {
             Op::Zero { out } => self.with_outputs(&[out], |o| zero(o[0])),
+            Op::Round { out, inp, first, n, format } => {
+                let x = self.f32s(inp).to_vec();
+                match &mut self.bufs[out.buf.0] {
+                    Buf::Half(d) | Buf::U32(d) => {
+                        round_half(&mut d[out.offset..out.end()], &x, first, n, format)
+                    }
+                    Buf::F32(_) => panic!("round_half into the f32 buffer {:?}", out.buf),
+                }
+            }
+            Op::Widen { out, inp, first, n, format } => {
+                let words = self.u32s(inp).to_vec();
+                self.with_outputs(&[out], |o| widen_half(o[0], &words, first, n, format))
+            }
+            Op::Quantize { out, inp, n, format } => {
+                let i = self.inputs(&[inp]);
+                self.with_outputs(&[out], |o| quantize_half(o[0], &i[0], n, format))
+            }
             Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout } => {
                 let i = self.inputs(&[qkv]);
                 let mask = dropout.map(|d| self.mask(&d));
@@ -309,6 +328,7 @@ impl Backend for CpuBackend {
         self.bufs.push(match dtype {
             DType::F32 => Buf::F32(vec![0.0; len]),
             DType::U32 => Buf::U32(vec![0; len]),
+            DType::Half => Buf::Half(vec![0; len.div_ceil(2)]),
         });
         Ok(BufId(self.bufs.len() - 1))
     }
@@ -317,7 +337,7 @@ impl Backend for CpuBackend {
         assert_eq!(view.len, data.len(), "write_f32: view and data lengths differ");
         match &mut self.bufs[view.buf.0] {
             Buf::F32(d) => d[view.offset..view.end()].copy_from_slice(data),
-            Buf::U32(_) => panic!("write_f32 into the u32 buffer {:?}", view.buf),
+            Buf::U32(_) | Buf::Half(_) => panic!("write_f32 into the u32 buffer {:?}", view.buf),
         }
         Ok(())
     }
@@ -325,7 +345,7 @@ impl Backend for CpuBackend {
     fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()> {
         assert_eq!(view.len, data.len(), "write_u32: view and data lengths differ");
         match &mut self.bufs[view.buf.0] {
-            Buf::U32(d) => d[view.offset..view.end()].copy_from_slice(data),
+            Buf::U32(d) | Buf::Half(d) => d[view.offset..view.end()].copy_from_slice(data),
             Buf::F32(_) => panic!("write_u32 into the f32 buffer {:?}", view.buf),
         }
         Ok(())
@@ -359,5 +379,13 @@ impl Backend for CpuBackend {
 
     fn created(&self) -> Created {
         Created { buffers: self.bufs.len(), ..Created::default() }
+    }
+
+    fn dtype(&self, buf: BufId) -> DType {
+        match self.bufs[buf.0] {
+            Buf::F32(_) => DType::F32,
+            Buf::U32(_) => DType::U32,
+            Buf::Half(_) => DType::Half,
+        }
     }
 }

@@ -14,6 +14,7 @@ mod encoder;
 mod layernorm;
 mod matmul;
 mod optim;
+mod precision;
 mod rmsnorm;
 mod rope;
 
@@ -32,6 +33,7 @@ pub use encoder::{encoder_backward, encoder_forward};
 pub use layernorm::{layernorm_backward, layernorm_forward, LAYERNORM_EPS};
 pub use matmul::{matmul, matmul_backward, matmul_f16, matmul_forward, pack_f16, unpack_f16};
 pub use optim::{adamw_update, global_norm, reduce_sum};
+pub use precision::{from_half_bits, quantize_half, round_half, to_half_bits, widen_half};
 pub use rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 pub use rope::{rope_backward, rope_forward};
 

@@ -30,11 +30,13 @@ pub fn adamw_update<F: Real>(
         return;
     }
     let h = hyper;
+    // Exact: the unscale is a power of two (1 unless f16 loss scaling is on).
+    let (unscale, norm) = (h.grad_unscale as f64, (norm as f32 * h.grad_unscale) as f64);
     let (lr, b1, b2, eps) = (h.lr as f64, h.beta1 as f64, h.beta2 as f64, h.eps as f64);
     let (bc1, bc2) = (h.bias_correction1 as f64, h.bias_correction2 as f64);
     let s = clip_scale(norm as f32, h.grad_clip) as f64;
     for i in 0..n {
-        let g = grads[i].get() * s;
+        let g = grads[i].get() * unscale * s;
         let mi = b1 * m[i].get() + (1.0 - b1) * g;
         let vi = b2 * v[i].get() + (1.0 - b2) * g * g;
         let p = params[i].get() * (1.0 - lr * weight_decay);

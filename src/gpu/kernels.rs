@@ -14,6 +14,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("decode.wgsl", include_str!("../../shaders/decode.wgsl")),
     ("dropout.wgsl", include_str!("../../shaders/dropout.wgsl")),
     ("encoder.wgsl", include_str!("../../shaders/encoder.wgsl")),
+    ("half.wgsl", include_str!("../../shaders/half.wgsl")),
     ("flash_attention.wgsl", include_str!("../../shaders/flash_attention.wgsl")),
     ("layernorm.wgsl", include_str!("../../shaders/layernorm.wgsl")),
     ("matmul.wgsl", include_str!("../../shaders/matmul.wgsl")),
@@ -108,6 +109,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         "dropout_forward" | "dropout_backward" | "dropout_mask_inplace" => "dropout.wgsl",
         "reduce_sum" | "global_norm_partial" | "global_norm_final" | "colsum_final" => "reduce.wgsl",
         "adamw_update" => "adamw.wgsl",
+        "round_half" | "widen_half" | "quantize_half" => "half.wgsl",
         other => panic!("no shader file holds the entry point {other}"),
     }
 }
@@ -816,6 +818,16 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
                 groups: [u(t.div_ceil(FLASH_ROWS)), u(b * nh), u(nch)],
             });
             v
+        }
+        Op::Round { out, inp, first, n, format } => {
+            let words = (first + n).div_ceil(2) - first / 2;
+            vec![call("round_half", vec![out, inp], vec![u(n), u(first), format.code(), 0], per_item(words))]
+        }
+        Op::Widen { out, inp, first, n, format } => {
+            vec![call("widen_half", vec![out, inp], vec![u(n), u(first), format.code(), 0], per_item(n))]
+        }
+        Op::Quantize { out, inp, n, format } => {
+            vec![call("quantize_half", vec![out, inp], vec![u(n), 0, format.code(), 0], per_item(n))]
         }
         Op::Zero { out } => chunks(out.len, env.max_binding)
             .map(|(at, len)| call("zero", vec![out.slice(at, len)], vec![u(len)], per_item(len)))

@@ -525,6 +525,8 @@ impl Backend for GpuBackend {
     }
 
     fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId> {
+        // A half buffer is its words from here on (only word views of it are ever bound).
+        let len = if dtype == DType::Half { len.div_ceil(2) } else { len };
         let size = (len.max(1) as u64) * 4;
         let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let buffer = self.create_buffer(label, size, usage)?;
@@ -546,7 +548,7 @@ impl Backend for GpuBackend {
     fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()> {
         assert_eq!(view.len, data.len(), "write_u32: view and data lengths differ");
         let buf = &self.bufs[view.buf.0];
-        assert_eq!(buf.dtype, DType::U32, "write_u32 into the f32 buffer `{}`", buf.label);
+        assert_ne!(buf.dtype, DType::F32, "write_u32 into the f32 buffer `{}`", buf.label);
         assert!(view.end() <= buf.len, "write_u32 past the end of `{}`", buf.label);
         if !data.is_empty() {
             self.ctx.queue.write_buffer(&buf.buffer, view.offset as u64 * 4, bytemuck::cast_slice(data));
@@ -700,6 +702,10 @@ impl Backend for GpuBackend {
 
     fn created(&self) -> Created {
         Created { pipelines: self.ctx.pipelines_built(), ..self.stats }
+    }
+
+    fn dtype(&self, buf: BufId) -> DType {
+        self.bufs[buf.0].dtype
     }
 
     fn profile(&mut self, plan: PlanId) -> Result<Vec<(&'static str, f64)>> {

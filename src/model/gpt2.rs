@@ -119,6 +119,7 @@ struct Acts {
 /// Allocates one buffer per activation tensor (separate buffers let a kernel read one activation and
 /// write another without binding one buffer both read-only and writable), or, with `grads`, the
 /// shared activation gradients described at `Acts`.
+#[allow(clippy::too_many_arguments)]
 fn alloc_acts(
     be: &mut dyn Backend,
     cfg: &ModelConfig,
@@ -127,10 +128,11 @@ fn alloc_acts(
     grads: bool,
     scalar: View,
     label: &str,
+    acts: DType,
 ) -> Result<Acts> {
     let (n, c) = (s.tokens(), cfg.n_embd);
     let att_len = attention.saved_len(s, cfg.n_head);
-    let mut a = ActAlloc::new(be, grads, scalar, label);
+    let mut a = ActAlloc::new(be, grads, scalar, label, acts);
     let mut layers: Vec<LayerActs> = Vec::new();
     for l in 0..cfg.n_layer {
         if grads {
@@ -261,6 +263,8 @@ impl Dropout {
 pub struct Gpt2Net {
     config: ModelConfig,
     attention: Attention,
+    /// The element type of forward activations.
+    acts: DType,
     index: Index,
     frames: Vec<Acts>,
     grads: Option<Acts>,
@@ -268,8 +272,10 @@ pub struct Gpt2Net {
 }
 
 impl Gpt2Net {
-    pub fn new(config: &ModelConfig, attention: Attention) -> Self {
+    /// `acts` is the element type of the forward activations (`DType::Half` in mixed precision).
+    pub fn new(config: &ModelConfig, attention: Attention, acts: DType) -> Self {
         Gpt2Net {
+            acts,
             config: *config,
             attention,
             index: params(config).1,
@@ -292,7 +298,16 @@ impl Network for Gpt2Net {
         scalar: View,
         label: &str,
     ) -> Result<usize> {
-        self.frames.push(alloc_acts(be, &self.config, self.attention, shape, false, scalar, label)?);
+        self.frames.push(alloc_acts(
+            be,
+            &self.config,
+            self.attention,
+            shape,
+            false,
+            scalar,
+            label,
+            self.acts,
+        )?);
         Ok(self.frames.len() - 1)
     }
 
@@ -306,7 +321,7 @@ impl Network for Gpt2Net {
         if let Some(d) = dropout {
             self.dropout = Some(Dropout::new(be, &self.config, self.attention, shape, d, scalar)?);
         }
-        self.grads = Some(alloc_acts(be, &self.config, self.attention, shape, true, scalar, "")?);
+        self.grads = Some(alloc_acts(be, &self.config, self.attention, shape, true, scalar, "", self.acts)?);
         Ok(())
     }
 

@@ -129,6 +129,7 @@ struct Acts {
     norm_rstd: View,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn alloc_acts(
     be: &mut dyn Backend,
     cfg: &ModelConfig,
@@ -137,12 +138,13 @@ fn alloc_acts(
     grads: bool,
     scalar: View,
     label: &str,
+    acts: DType,
 ) -> Result<Acts> {
     let l = llama(cfg);
     let (n, c, i) = (s.tokens(), cfg.n_embd, l.intermediate_size);
     let w = qkv_width(c, cfg.n_head, l.n_kv_head);
     let att_len = attention.saved_len(s, cfg.n_head);
-    let mut a = ActAlloc::new(be, grads, scalar, label);
+    let mut a = ActAlloc::new(be, grads, scalar, label, acts);
     let mut layers: Vec<LayerActs> = Vec::new();
     for layer in 0..cfg.n_layer {
         if grads {
@@ -207,6 +209,8 @@ pub struct LlamaNet {
     config: ModelConfig,
     llama: LlamaConfig,
     attention: Attention,
+    /// The element type of forward activations.
+    acts: DType,
     index: Index,
     frames: Vec<Acts>,
     grads: Option<Acts>,
@@ -215,8 +219,10 @@ pub struct LlamaNet {
 }
 
 impl LlamaNet {
-    pub fn new(config: &ModelConfig, attention: Attention) -> Self {
+    /// `acts` is the element type of the forward activations (`DType::Half` in mixed precision).
+    pub fn new(config: &ModelConfig, attention: Attention, acts: DType) -> Self {
         LlamaNet {
+            acts,
             config: *config,
             llama: llama(config),
             attention,
@@ -250,7 +256,16 @@ impl Network for LlamaNet {
             be.write_f32(view, &table)?;
             self.rope = Some(view);
         }
-        self.frames.push(alloc_acts(be, &self.config, self.attention, shape, false, scalar, label)?);
+        self.frames.push(alloc_acts(
+            be,
+            &self.config,
+            self.attention,
+            shape,
+            false,
+            scalar,
+            label,
+            self.acts,
+        )?);
         Ok(self.frames.len() - 1)
     }
 
@@ -266,7 +281,7 @@ impl Network for LlamaNet {
             ));
         }
         let shape = self.frames[0].shape;
-        self.grads = Some(alloc_acts(be, &self.config, self.attention, shape, true, scalar, "")?);
+        self.grads = Some(alloc_acts(be, &self.config, self.attention, shape, true, scalar, "", self.acts)?);
         Ok(())
     }
 

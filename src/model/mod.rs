@@ -9,8 +9,10 @@ pub mod gpt2;
 pub mod hf;
 pub mod layout;
 pub mod llama;
+pub mod mixed;
 pub mod runtime;
 
 pub use config::{Arch, LlamaConfig, ModelConfig};
 pub use layout::{init_params, ParamLayout};
+pub use mixed::Precision;
 pub use runtime::{Attention, BatchShape, Mode, Model, StepStats};

@@ -9,6 +9,7 @@
 
 use super::decode::{self, Decoder, FrameViews};
 use super::layout::{ParamLayout, ALIGN};
+use super::mixed::{Lowering, Precision};
 use super::{gpt2, llama, Arch, ModelConfig};
 use crate::backend::{
     encoder_order, AdamwHyper, AttnDropout, Backend, BufId, DType, Op, PlanId, View, WeightLayout,
@@ -271,26 +272,34 @@ pub trait Network {
 pub struct ActAlloc<'a> {
     be: &'a mut dyn Backend,
     grads: bool,
+    /// The element type of forward activations (`DType::Half` in mixed precision; gradients and
+    /// statistics are always f32).
+    acts: DType,
     scalar: View,
     prefix: &'a str,
 }
 
 impl<'a> ActAlloc<'a> {
-    pub fn new(be: &'a mut dyn Backend, grads: bool, scalar: View, label: &'a str) -> Self {
-        ActAlloc { be, grads, scalar, prefix: if grads { "gradient of " } else { label } }
+    pub fn new(be: &'a mut dyn Backend, grads: bool, scalar: View, label: &'a str, acts: DType) -> Self {
+        ActAlloc { be, grads, acts, scalar, prefix: if grads { "gradient of " } else { label } }
     }
 
-    /// A tensor of `len` elements.
+    fn alloc(&mut self, dtype: DType, len: usize, name: &str) -> Result<View> {
+        Ok(View::new(self.be.alloc(dtype, len, &format!("{}{name}", self.prefix))?, 0, len))
+    }
+
+    /// A tensor of `len` elements: an activation (in the activation type) or a gradient (f32).
     pub fn tensor(&mut self, len: usize, name: &str) -> Result<View> {
-        Ok(View::new(self.be.alloc(DType::F32, len, &format!("{}{name}", self.prefix))?, 0, len))
+        let dtype = if self.grads { DType::F32 } else { self.acts };
+        self.alloc(dtype, len, name)
     }
 
-    /// A per-row statistic (a norm's mean or rstd, a log-sum-exp): no gradient.
+    /// A per-row statistic (a norm's mean or rstd, a log-sum-exp): f32, and no gradient.
     pub fn stat(&mut self, len: usize, name: &str) -> Result<View> {
         if self.grads {
             return Ok(self.scalar);
         }
-        self.tensor(len, name)
+        self.alloc(DType::F32, len, name)
     }
 
     /// The gradient of the residual stream after block `layer`: the backward pass reads block i's
@@ -306,10 +315,10 @@ impl<'a> ActAlloc<'a> {
 }
 
 /// The network of `cfg`'s architecture.
-fn network(cfg: &ModelConfig, attention: Attention) -> Box<dyn Network> {
+fn network(cfg: &ModelConfig, attention: Attention, acts: DType) -> Box<dyn Network> {
     match cfg.arch {
-        Arch::Gpt2 => Box::new(gpt2::Gpt2Net::new(cfg, attention)),
-        Arch::Llama(_) => Box::new(llama::LlamaNet::new(cfg, attention)),
+        Arch::Gpt2 => Box::new(gpt2::Gpt2Net::new(cfg, attention, acts)),
+        Arch::Llama(_) => Box::new(llama::LlamaNet::new(cfg, attention, acts)),
     }
 }
 
@@ -437,6 +446,7 @@ impl Frame {
     fn prepare_logits(
         &mut self,
         be: &mut dyn Backend,
+        mixed: &mut Option<Lowering>,
         net: &dyn Network,
         params: Weights,
         c: usize,
@@ -444,13 +454,24 @@ impl Frame {
     ) -> Result<()> {
         let mut ops = Vec::new();
         net.forward(self.net, &self.io(params, 0, false), &mut ops);
-        self.net_plan = be.prepare(&ops)?;
+        self.net_plan = prepare(be, mixed, &ops)?;
         self.head_plans = self
             .chunks
             .iter()
-            .map(|&chunk| be.prepare(&[self.head_op(net, params, chunk, c, v)]))
+            .map(|&chunk| prepare(be, mixed, &[self.head_op(net, params, chunk, c, v)]))
             .collect::<Result<_>>()?;
         Ok(())
+    }
+}
+
+/// Prepares `ops`, lowered to mixed precision first when the model trains in it.
+fn prepare(be: &mut dyn Backend, mixed: &mut Option<Lowering>, ops: &[Op]) -> Result<PlanId> {
+    match mixed {
+        Some(low) => {
+            let ops = low.lower(be, ops)?;
+            be.prepare(&ops)
+        }
+        None => be.prepare(ops),
     }
 }
 
@@ -472,7 +493,16 @@ pub struct Model {
     pub shape: BatchShape,
     /// How attention is computed.
     pub attention: Attention,
+    /// What the matmuls read: f32, or 16-bit activations and weight copies (`model::mixed`).
+    pub precision: Precision,
     backend: Box<dyn Backend>,
+    /// The mixed-precision pass every program goes through (`None` in f32).
+    mixed: Option<Lowering>,
+    /// Rounds the master parameters into their half copy (mixed precision).
+    refresh_plan: Option<PlanId>,
+    /// The loss scale of f16 training (1 otherwise): the loss gradient is multiplied by it and the
+    /// parameter gradients divided by it before the optimizer reads them.
+    loss_scale: f32,
     net: Box<dyn Network>,
     params: BufId,
     main: Frame,
@@ -508,14 +538,26 @@ impl Model {
         Self::with_attention(backend, config, shape, mode, attention)
     }
 
+    /// [`Model::with_precision`] in f32.
+    pub fn with_attention(
+        backend: Box<dyn Backend>,
+        config: ModelConfig,
+        shape: BatchShape,
+        mode: Mode,
+        attention: Attention,
+    ) -> Result<Self> {
+        Self::with_precision(backend, config, shape, mode, attention, Precision::F32)
+    }
+
     /// Allocates every buffer and prepares every program for `shape`. Parameters start at zero; load
     /// them with [`Model::set_params`].
-    pub fn with_attention(
+    pub fn with_precision(
         mut backend: Box<dyn Backend>,
         config: ModelConfig,
         shape: BatchShape,
         mode: Mode,
         attention: Attention,
+        precision: Precision,
     ) -> Result<Self> {
         config.validate()?;
         if shape.b == 0 || shape.t == 0 || shape.accum == 0 {
@@ -528,9 +570,13 @@ impl Model {
             )));
         }
         let layout = ParamLayout::new(&config);
-        let mut net = network(&config, attention);
+        let mut net = network(&config, attention, precision.activations());
         let be = backend.as_mut();
         let params = be.alloc(DType::F32, layout.total, "parameters")?;
+        let mixed = match precision.format() {
+            Some(format) => Some(Lowering::new(be, format, params, layout.total)?),
+            None => None,
+        };
         let stats = View::new(be.alloc(DType::F32, NORM_AT + 1, "loss and gradient norm")?, 0, NORM_AT + 1);
         let hyper =
             View::new(be.alloc(DType::F32, AdamwHyper::WORDS, "AdamW step values")?, 0, AdamwHyper::WORDS);
@@ -543,7 +589,11 @@ impl Model {
             layout,
             shape,
             attention,
+            precision,
             backend,
+            mixed,
+            refresh_plan: None,
+            loss_scale: 1.0,
             net,
             params,
             main,
@@ -582,20 +632,36 @@ impl Model {
             ops.extend(norm);
             let grad_len = ops.len();
             ops.extend(update);
-            model.backend.warm(&ops)?;
-            train.grad_plan = model.backend.prepare(&ops[..grad_len])?;
-            train.step_plan = model.backend.prepare(&ops)?;
+            let be = model.backend.as_mut();
+            match &mut model.mixed {
+                Some(low) => {
+                    let (grad, step) = (low.lower(be, &ops[..grad_len])?, low.lower(be, &ops)?);
+                    be.warm(&step)?;
+                    train.grad_plan = be.prepare(&grad)?;
+                    train.step_plan = be.prepare(&step)?;
+                }
+                None => {
+                    be.warm(&ops)?;
+                    train.grad_plan = be.prepare(&ops[..grad_len])?;
+                    train.step_plan = be.prepare(&ops)?;
+                }
+            }
             model.train = Some(train);
+        }
+        if let Some(low) = &model.mixed {
+            let refresh = low.refresh();
+            model.refresh_plan = Some(model.backend.prepare(&refresh)?);
         }
         let weights = Weights { buf: model.params, layout: &model.layout };
         let (c, v) = (model.config.n_embd, model.config.vocab_size);
-        model.main.prepare_logits(model.backend.as_mut(), model.net.as_ref(), weights, c, v)?;
+        let be = model.backend.as_mut();
+        model.main.prepare_logits(be, &mut model.mixed, model.net.as_ref(), weights, c, v)?;
         let stats = model.stats;
         let mut loss_ops = vec![Op::Zero { out: stats }];
         for micro in 0..shape.accum {
             loss_ops.extend(model.forward_ops(&model.main, micro, true, None));
         }
-        model.loss_plan = model.backend.prepare(&loss_ops)?;
+        model.loss_plan = prepare(model.backend.as_mut(), &mut model.mixed, &loss_ops)?;
         Ok(model)
     }
 
@@ -629,6 +695,8 @@ impl Model {
                 });
             }
         }
+        // Mixed precision: the matmuls of the next step read the updated weights' half copy.
+        update.extend(self.mixed.iter().flat_map(Lowering::refresh));
         (ops, norm, update)
     }
 
@@ -679,7 +747,7 @@ impl Model {
                         grad_scale: self.grad_scale,
                         n: rows,
                         v,
-                        scale: self.loss_scale(s),
+                        scale: self.mean_weight(s),
                     },
                     Op::MatmulBackward {
                         dinp: self.net.hidden_grad().slice(at * c, rows * c),
@@ -701,7 +769,7 @@ impl Model {
                 out: self.stats.slice(LOSS_AT, 1),
                 inp: frame.losses,
                 n: s.tokens(),
-                scale: self.loss_scale(s),
+                scale: self.mean_weight(s),
             });
         }
         ops
@@ -709,7 +777,7 @@ impl Model {
 
     /// d(step loss)/d(loss at one position): the loss is the mean over every position of every
     /// micro-batch.
-    fn loss_scale(&self, shape: BatchShape) -> f32 {
+    fn mean_weight(&self, shape: BatchShape) -> f32 {
         (1.0 / (shape.tokens() * shape.accum) as f64) as f32
     }
 
@@ -755,7 +823,11 @@ impl Model {
     pub fn set_params(&mut self, flat: &[f32]) -> Result<()> {
         self.forget_cache();
         self.check_flat(flat.len())?;
-        self.backend.write_f32(View::new(self.params, 0, self.layout.total), flat)
+        self.backend.write_f32(View::new(self.params, 0, self.layout.total), flat)?;
+        match self.refresh_plan {
+            Some(plan) => self.backend.run(plan),
+            None => Ok(()),
+        }
     }
 
     fn check_flat(&self, len: usize) -> Result<()> {
@@ -802,9 +874,11 @@ impl Model {
         self.backend.write_f32(View::new(vb, 0, total), v)
     }
 
+    /// The loss and the gradient norm of the last program; the norm unscaled (what the optimizer
+    /// saw: exact, the loss scale is a power of two).
     fn read_stats(&mut self) -> Result<StepStats> {
         let s = self.backend.read_f32(self.stats)?;
-        Ok(StepStats { loss: s[LOSS_AT], grad_norm: s[NORM_AT] })
+        Ok(StepStats { loss: s[LOSS_AT], grad_norm: s[NORM_AT] * (1.0 / self.loss_scale) })
     }
 
     /// Forward and backward over the loaded micro-batches; leaves the gradients in place.
@@ -821,6 +895,22 @@ impl Model {
         self.backend.write_f32(self.grad_scale, &[x])
     }
 
+    /// Sets the loss scale of the next steps (f16 training's dynamic loss scaling; a power of two):
+    /// the loss gradient is multiplied by `scale`, and the parameter gradients and their norm are
+    /// divided by it before clipping and AdamW, so that nothing but the 16-bit operands sees it.
+    pub fn set_loss_scale(&mut self, scale: f32) -> Result<()> {
+        if !(scale.is_finite() && scale > 0.0 && scale.log2().fract() == 0.0) {
+            return Err(Error::Invalid(format!("loss scale {scale} must be a finite power of two")));
+        }
+        self.loss_scale = scale;
+        self.set_grad_scale(scale)
+    }
+
+    /// The loss scale in effect (1 unless f16 training set one).
+    pub fn loss_scale(&self) -> f32 {
+        self.loss_scale
+    }
+
     /// Sets the seed of the dropout masks of the next steps (each step should have its own).
     pub fn set_dropout_seed(&mut self, seed: u32) -> Result<()> {
         match &self.dropout {
@@ -834,6 +924,7 @@ impl Model {
     pub fn step(&mut self, hyper: &AdamwHyper) -> Result<StepStats> {
         self.forget_cache();
         let plan = self.train()?.step_plan;
+        let hyper = AdamwHyper { grad_unscale: 1.0 / self.loss_scale, ..*hyper };
         self.backend.write_f32(self.hyper, &hyper.to_words())?;
         let t0 = std::time::Instant::now();
         self.backend.run(plan)?;
@@ -868,6 +959,7 @@ impl Model {
         let mut stats = vec![0.0; self.stats.len];
         stats[LOSS_AT] = loss;
         self.backend.write_f32(self.stats, &stats)?;
+        let hyper = AdamwHyper { grad_unscale: 1.0 / self.loss_scale, ..*hyper };
         self.backend.write_f32(self.hyper, &hyper.to_words())?;
         self.backend.run(update)?;
         self.read_stats()
@@ -879,7 +971,8 @@ impl Model {
         }
         let (local, mut norm, update) = self.training_ops(self.train()?);
         norm.extend(update);
-        let split = (self.backend.prepare(&local)?, self.backend.prepare(&norm)?);
+        let be = self.backend.as_mut();
+        let split = (prepare(be, &mut self.mixed, &local)?, prepare(be, &mut self.mixed, &norm)?);
         self.train.as_mut().expect("checked above").split = Some(split);
         Ok(split)
     }
@@ -891,12 +984,16 @@ impl Model {
 
     /// The memory a training step needs by its definition, in bytes: parameters, gradients and both
     /// AdamW moments, plus the forward activations the backward pass reads.
+    /// In mixed precision the half activations count two bytes an element, and the half copy of
+    /// the parameters two more bytes a parameter.
     pub fn analytic_bytes(&self) -> u64 {
         let f = &self.main;
         let mut acts = self.net.saved(f.net);
         acts.extend([f.logits, f.losses, f.lse]);
         let states = if self.train.is_some() { 4 } else { 1 };
-        4 * (states * self.config.n_params() + acts.iter().map(|v| v.len).sum::<usize>()) as u64
+        let bytes = |v: &View| if self.backend.dtype(v.buf) == DType::Half { 2 } else { 4 } * v.len;
+        let half_copy = if self.mixed.is_some() { 2 * self.config.n_params() } else { 0 };
+        (4 * states * self.config.n_params() + half_copy + acts.iter().map(bytes).sum::<usize>()) as u64
     }
 
     /// Wall time of every dispatch of one training step (GPU backends only; a profiling aid).
@@ -958,7 +1055,7 @@ impl Model {
         )?;
         let weights = Weights { buf: self.params, layout: &self.layout };
         let (c, v) = (self.config.n_embd, self.config.vocab_size);
-        frame.prepare_logits(self.backend.as_mut(), self.net.as_ref(), weights, c, v)?;
+        frame.prepare_logits(self.backend.as_mut(), &mut self.mixed, self.net.as_ref(), weights, c, v)?;
         self.sampler = Some(frame);
         // A decoder built before ran on the training frame; the next one runs on this frame.
         self.decoder = None;
@@ -1005,6 +1102,10 @@ impl Model {
 
     /// Builds the one-position program on first use.
     fn decoder(&mut self) -> Result<Option<&mut Decoder>> {
+        // The one-position program is rewritten from f32 ops; mixed precision samples with full passes.
+        if self.mixed.is_some() {
+            return Ok(None);
+        }
         if self.decoder.is_none() {
             let frame = self.sampling_frame()?;
             let weights = self.weights(self.params);
