@@ -4,10 +4,15 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use wgslm::backend::{AdamwHyper, Backend, DType, HalfFormat, Op, View};
 use wgslm::cpu::CpuBackend;
-use wgslm::model::{Arch, Attention, BatchShape, LlamaConfig, Mode, Model, ModelConfig, Precision};
+use wgslm::model::{
+    Arch, Attention, BatchShape, LlamaConfig, LossScaler, Mode, Model, ModelConfig, Precision,
+};
 use wgslm::rng::Rng;
+use wgslm::train::{RunOptions, TrainConfig};
 use wgslm::verify::rel_l2;
 
 /// Values where rounding is hardest: signed zeros, ties at both formats' precision, the edges of
@@ -189,4 +194,105 @@ fn gpt2_in_half_precision_matches_the_cpu() {
 #[test]
 fn llama_in_half_precision_matches_the_cpu() {
     same_model(llama(), "llama");
+}
+
+fn tiny(overrides: &[&str]) -> TrainConfig {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny.toml");
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    TrainConfig::load(Some(&path), &overrides).unwrap()
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wgslm-mixed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// configs/tiny.toml in bf16 and in f16 learns as it does in f32: the same fall of the loss, and a
+/// final validation loss within 1% of f32's (same seed, same batches).
+#[test]
+fn tiny_trains_in_bf16_and_f16_like_f32() {
+    let Some(device) = common::gpu_device() else { return };
+    let mut summaries = Vec::new();
+    for precision in ["f32", "bf16", "f16"] {
+        let out = run_dir(&format!("tiny-{precision}"));
+        let cfg = tiny(&[&format!("precision={precision}"), "checkpoint_every=0"]);
+        let s = wgslm::train::run(&cfg, &RunOptions::new(&out, device.clone())).unwrap();
+        assert_eq!(s.steps, 100);
+        let first = s.first_loss.unwrap();
+        assert!(s.last_loss < first - 1.0, "{precision}: the loss fell only from {first} to {}", s.last_loss);
+        let lines = metrics(&out);
+        let scales: Vec<_> =
+            lines.iter().filter(|v| v.get("loss").is_some()).map(|v| v.get("loss_scale")).collect();
+        if precision == "f16" {
+            assert!(scales.iter().all(|s| s.is_some()), "f16 metrics record the loss scale of every step");
+        } else {
+            assert!(scales.iter().all(|s| s.is_none()), "{precision} has no loss scale");
+        }
+        let (_, dir) = wgslm::train::checkpoint::latest(&out).unwrap();
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("trainer.json")).unwrap()).unwrap();
+        assert_eq!(state["precision"], precision);
+        eprintln!("{precision}: loss {first} -> {}, val loss {:?}", s.last_loss, s.val_loss);
+        summaries.push(s);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let f32_val = summaries[0].val_loss.unwrap();
+    for (s, precision) in summaries[1..].iter().zip(["bf16", "f16"]) {
+        let val = s.val_loss.unwrap();
+        assert!(
+            ((val - f32_val) / f32_val).abs() <= 0.01,
+            "{precision}: val loss {val} is not within 1% of f32's {f32_val}"
+        );
+    }
+}
+
+/// f16's loss scaling: a step whose gradients overflow is skipped and halves the scale, without
+/// counting as a bad step (the run goes on past max_bad_steps of them); the scaler's state is in the
+/// checkpoint, and a resumed run continues with it, bit for bit.
+#[test]
+fn f16_overflow_halves_the_scale_and_a_resume_keeps_it() {
+    let Some(device) = common::gpu_device() else { return };
+    let cfg =
+        tiny(&["precision=f16", "max_steps=16", "eval_every=8", "checkpoint_every=0", "max_bad_steps=1"]);
+    // Steps 3, 4 and 5 overflow (their gradients are made non-finite while the loss stays finite).
+    let options =
+        |out: &Path| RunOptions { nan_steps: vec![3, 4, 5], ..RunOptions::new(out, device.clone()) };
+    let straight = run_dir("f16-straight");
+    let s = wgslm::train::run(&cfg, &options(&straight)).unwrap();
+    assert_eq!(s.steps, 16, "overflows are not bad steps");
+    let scales: Vec<f64> =
+        metrics(&straight).iter().filter_map(|v| v.get("loss_scale").map(|s| s.as_f64().unwrap())).collect();
+    let s0 = LossScaler::INITIAL as f64;
+    assert_eq!(&scales[..6], &[s0, s0, s0, s0 / 2.0, s0 / 4.0, s0 / 8.0]);
+    assert!(scales[6..].iter().all(|&s| s == s0 / 8.0));
+
+    let interrupted = run_dir("f16-interrupted");
+    let half = RunOptions { stop_after: Some(8), ..options(&interrupted) };
+    wgslm::train::run(&cfg, &half).unwrap();
+    let (_, dir) = wgslm::train::checkpoint::latest(&interrupted).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("trainer.json")).unwrap()).unwrap();
+    assert_eq!(state["loss_scaler"]["scale"].as_f64(), Some(s0 / 8.0));
+    assert_eq!(state["loss_scaler"]["clean_steps"].as_u64(), Some(3));
+    wgslm::train::run(&cfg, &RunOptions { resume: true, ..options(&interrupted) }).unwrap();
+    assert_eq!(common::step_losses(&straight), common::step_losses(&interrupted));
+    // Every metric but the timings, the loss scale included, is the same.
+    let untimed = |run: &Path| -> Vec<serde_json::Value> {
+        metrics(run)
+            .into_iter()
+            .map(|mut v| {
+                let o = v.as_object_mut().unwrap();
+                o.remove("ms");
+                o.remove("tokens_per_s");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(untimed(&straight), untimed(&interrupted));
 }

@@ -60,9 +60,13 @@ fn setup(
     let attention =
         crate::model::Attention::choose(&cfg.attention, backend.as_ref(), shape.t, model_cfg.head_size())
             .ok_or_else(|| crate::Error::Invalid(format!("attention = {:?}", cfg.attention)))?;
+    let precision = crate::model::Precision::parse(&cfg.precision)
+        .ok_or_else(|| crate::Error::Invalid(format!("precision = {:?}", cfg.precision)))?;
     let mode = Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout };
-    let mut model =
-        dist::build_alike(world, backend, |be| Model::with_attention(be, model_cfg, shape, mode, attention))?;
+    // An f16 benchmark keeps the loss scale at 1: a step's work does not depend on it.
+    let mut model = dist::build_alike(world, backend, |be| {
+        Model::with_precision(be, model_cfg, shape, mode, attention, precision)
+    })?;
     model.set_params(&init_params(&model_cfg, cfg.seed))?;
     let loader = Loader::new(tokens, shape.b, shape.t, cfg.seed, &source)?;
     let fingerprint = crate::train::trainer::run_fingerprint(cfg, &model_cfg, &loader, 0, 0);

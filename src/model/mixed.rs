@@ -296,3 +296,80 @@ mod tests {
         assert_eq!(low.refresh().len(), 1);
     }
 }
+
+/// Dynamic loss scaling for f16 training, as torch.amp's `GradScaler` does it: the loss gradient is
+/// multiplied by `scale` so that small gradients survive f16's range; a step whose gradients
+/// overflow (a non-finite norm) is skipped and the scale halved; after `GROWTH_INTERVAL` clean steps
+/// in a row the scale doubles. Saved in checkpoints, so a resumed run continues bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScaler {
+    /// The scale of the next step (a power of two).
+    pub scale: f32,
+    /// Clean steps since the scale last changed.
+    pub clean_steps: u32,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler { scale: Self::INITIAL, clean_steps: 0 }
+    }
+}
+
+impl LossScaler {
+    /// GradScaler's `init_scale`.
+    pub const INITIAL: f32 = 65536.0;
+    /// GradScaler's `growth_interval`.
+    pub const GROWTH_INTERVAL: u32 = 2000;
+    /// The scale never halves below this (f16's smallest normal number: below it the scale would
+    /// itself lose precision); GradScaler has no floor, but a run that keeps overflowing at such a
+    /// scale has non-finite values of its own and stops on `max_bad_steps`.
+    pub const MIN: f32 = 1.0 / 16384.0;
+
+    /// Records a step: `finite` when its gradient norm was finite (the update was applied).
+    /// Returns true when the scale changed.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !finite {
+            self.clean_steps = 0;
+            let halved = (self.scale * 0.5).max(Self::MIN);
+            let changed = halved != self.scale;
+            self.scale = halved;
+            return changed;
+        }
+        self.clean_steps += 1;
+        if self.clean_steps >= Self::GROWTH_INTERVAL {
+            self.clean_steps = 0;
+            // Stays finite: 2^127 is the largest power of two an f32 holds.
+            if self.scale < 2f32.powi(127) {
+                self.scale *= 2.0;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod scaler_tests {
+    use super::LossScaler;
+
+    #[test]
+    fn the_scale_halves_on_overflow_and_doubles_after_the_growth_interval() {
+        let mut s = LossScaler::default();
+        assert_eq!(s.scale, 65536.0);
+        assert!(s.update(false));
+        assert_eq!((s.scale, s.clean_steps), (32768.0, 0));
+        for _ in 0..LossScaler::GROWTH_INTERVAL - 1 {
+            assert!(!s.update(true));
+        }
+        assert_eq!(s.clean_steps, LossScaler::GROWTH_INTERVAL - 1);
+        assert!(s.update(true));
+        assert_eq!((s.scale, s.clean_steps), (65536.0, 0));
+        // An overflow resets the count of clean steps.
+        s.update(true);
+        s.update(false);
+        assert_eq!((s.scale, s.clean_steps), (32768.0, 0));
+        let mut low = LossScaler { scale: LossScaler::MIN, clean_steps: 5 };
+        assert!(!low.update(false));
+        assert_eq!(low.scale, LossScaler::MIN);
+    }
+}

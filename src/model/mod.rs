@@ -14,5 +14,5 @@ pub mod runtime;
 
 pub use config::{Arch, LlamaConfig, ModelConfig};
 pub use layout::{init_params, ParamLayout};
-pub use mixed::Precision;
+pub use mixed::{LossScaler, Precision};
 pub use runtime::{Attention, BatchShape, Mode, Model, StepStats};

@@ -46,6 +46,13 @@ pub struct TrainerState {
     /// divides it.
     #[serde(default)]
     pub ranks: Option<usize>,
+    /// The precision the run trains in ("f32", "bf16" or "f16"; absent in older checkpoints: f32),
+    /// so a resumed run keeps it.
+    #[serde(default)]
+    pub precision: Option<String>,
+    /// f16 training's loss scaler, so a resumed run continues with the same scale.
+    #[serde(default)]
+    pub loss_scaler: Option<crate::model::LossScaler>,
     /// The wgslm version that wrote the checkpoint.
     pub version: String,
 }

@@ -96,6 +96,10 @@ pub struct TrainConfig {
     pub matmul: String,
     /// Attention kernels: "auto", "flash" (fused; memory linear in T) or "naive" (explicit T² scores).
     pub attention: String,
+    /// What the matmuls read: "f32", or "bf16" / "f16" mixed precision (16-bit activations and
+    /// weight copies, f32 master weights, optimizer and sums; f16 with dynamic loss scaling). See
+    /// docs/ARCHITECTURE.md, "Mixed precision".
+    pub precision: String,
     /// Record the initial model, every training batch and the evaluation windows in the run
     /// directory, for a reproduction by another trainer (scripts/pytorch_parity.py).
     pub save_batches: bool,
@@ -143,6 +147,7 @@ impl Default for TrainConfig {
             seed: 1337,
             matmul: "auto".into(),
             attention: "auto".into(),
+            precision: "f32".into(),
             save_batches: false,
             max_bad_steps: 10,
         }
@@ -269,6 +274,9 @@ impl TrainConfig {
         }
         if crate::model::Attention::parse(&self.attention).is_none() {
             return Err(format!("attention = {:?} must be \"auto\", \"flash\" or \"naive\"", self.attention));
+        }
+        if crate::model::Precision::parse(&self.precision).is_none() {
+            return Err(format!("precision = {:?} must be \"f32\", \"bf16\" or \"f16\"", self.precision));
         }
         if self.data == "builtin" && self.builtin_stories < 10 {
             return Err("builtin_stories must be at least 10".into());

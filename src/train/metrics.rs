@@ -1,5 +1,5 @@
-//! metrics.jsonl: one JSON line per step (step, loss, lr, grad_norm, tokens_per_s, ms) and one per
-//! evaluation (step, val_loss).
+//! metrics.jsonl: one JSON line per step (step, loss, lr, grad_norm, tokens_per_s, ms, and in f16
+//! training the loss_scale the step ran with) and one per evaluation (step, val_loss).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -46,7 +46,8 @@ impl Metrics {
         writeln!(self.file, "{value}").map_err(|e| Error::io(&self.path, e))
     }
 
-    /// `step` is 1-based: the number of optimizer steps done.
+    /// `step` is 1-based: the number of optimizer steps done. `loss_scale` is f16 training's.
+    #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
         step: u64,
@@ -55,13 +56,18 @@ impl Metrics {
         grad_norm: f32,
         tokens_per_s: f64,
         ms: f64,
+        loss_scale: Option<f32>,
     ) -> Result<()> {
         let finite =
             |x: f32| if x.is_finite() { serde_json::json!(x) } else { serde_json::json!(x.to_string()) };
-        self.write(serde_json::json!({
+        let mut line = serde_json::json!({
             "step": step, "loss": finite(loss), "lr": lr, "grad_norm": finite(grad_norm),
             "tokens_per_s": tokens_per_s.round(), "ms": (ms * 1000.0).round() / 1000.0,
-        }))
+        });
+        if let Some(scale) = loss_scale {
+            line["loss_scale"] = serde_json::json!(scale);
+        }
+        self.write(line)
     }
 
     pub fn eval(&mut self, step: u64, val_loss: f32) -> Result<()> {

@@ -18,7 +18,7 @@ use crate::data::{Loader, Tok};
 use crate::dist::{self, World};
 use crate::gpu::DeviceChoice;
 use crate::model::init_params;
-use crate::model::{Attention, BatchShape, Mode, Model};
+use crate::model::{Attention, BatchShape, LossScaler, Mode, Model, Precision};
 use crate::sample::{self, SampleOptions};
 use crate::{fsutil, Error, Result};
 
@@ -296,9 +296,23 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         .ok_or_else(|| {
             Error::Invalid(format!("unknown attention variant {attention:?} in the checkpoint"))
         })?;
+    // A resumed run keeps its precision too (checkpoints before the choice existed trained in f32).
+    let precision = match &resumed {
+        Some(r) => r.state.precision.as_deref().unwrap_or("f32"),
+        None => cfg.precision.as_str(),
+    };
+    let precision = Precision::parse(precision)
+        .ok_or_else(|| Error::Invalid(format!("unknown precision {precision:?} in the checkpoint")))?;
     let mode = Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout };
-    let mut model =
-        dist::build_alike(world, backend, |be| Model::with_attention(be, model_cfg, shape, mode, attention))?;
+    let mut model = dist::build_alike(world, backend, |be| {
+        Model::with_precision(be, model_cfg, shape, mode, attention, precision)
+    })?;
+    // f16's dynamic loss scaling (none in f32 and bf16, whose range is f32's).
+    let mut scaler = match &resumed {
+        Some(r) if precision.loss_scaling() => Some(r.state.loss_scaler.unwrap_or_default()),
+        _ if precision.loss_scaling() => Some(LossScaler::default()),
+        _ => None,
+    };
     if root {
         model.enable_sampling()?;
     }
@@ -385,23 +399,38 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         let hyper = AdamwHyper::at_step(lr, cfg.beta1, cfg.beta2, cfg.eps, cfg.grad_clip, adam_t + 1);
         let poisoned =
             opts.nan_steps.contains(&(step + 1)) && opts.nan_rank.is_none_or(|r| r == world.rank());
+        let loss_scale = scaler.map(|s| s.scale);
+        if let Some(scale) = loss_scale {
+            model.set_loss_scale(scale)?;
+        }
         if poisoned {
             model.set_grad_scale(f32::NAN)?;
         }
         let stats = dist::step(&mut model, world, &hyper, &mut bufs)?.stats;
         if poisoned {
-            model.set_grad_scale(1.0)?;
+            model.set_grad_scale(model.loss_scale())?;
         }
         step += 1;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let tps = tokens_per_step / (ms / 1e3);
         if let Some(metrics) = metrics.as_mut() {
-            metrics.step(step, stats.loss, lr, stats.grad_norm, tps, ms)?;
+            metrics.step(step, stats.loss, lr, stats.grad_norm, tps, ms, loss_scale)?;
         }
         if stats.grad_norm.is_finite() {
             adam_t += 1;
         }
-        if stats.loss.is_finite() && stats.grad_norm.is_finite() {
+        // f16: gradients that overflowed at this scale (the loss itself finite) skip the update and
+        // halve the scale, as GradScaler does; that is routine, not a bad step.
+        let overflowed = scaler.is_some() && stats.loss.is_finite() && !stats.grad_norm.is_finite();
+        if let Some(s) = scaler.as_mut() {
+            s.update(stats.grad_norm.is_finite());
+        }
+        if overflowed {
+            log::info!(
+                "step {step}: gradients overflowed at loss scale {}; update skipped",
+                loss_scale.unwrap_or(1.0)
+            );
+        } else if stats.loss.is_finite() && stats.grad_norm.is_finite() {
             bad_steps = 0;
             first_loss.get_or_insert(stats.loss);
             last_loss = stats.loss;
@@ -458,6 +487,8 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
                 config: cfg.clone(),
                 kernels: model.backend().kernel_choices(),
                 attention: Some(model.attention.name().to_string()),
+                precision: Some(model.precision.name().to_string()),
+                loss_scaler: scaler,
                 ranks: Some(world.size()),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
