@@ -160,3 +160,15 @@ fn quantize_half(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     out[i] = from_half(to_half(inp[i]));
 }
+
+// quantize_half_inplace: out[i] = widen(round(out[i])).
+// 1: out (read_write, f32 bits)
+@compute @workgroup_size(64)
+fn quantize_half_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let i = flat(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    out[i] = from_half(to_half(out[i]));
+}

@@ -117,7 +117,8 @@ pub enum Op {
     /// `out[i] = inp element first + i` of the packed words `inp`, widened to f32 (exact).
     Widen { out: View, inp: View, first: usize, n: usize, format: HalfFormat },
     /// `out[i] = widen(round(inp[i]))`: f32 values rounded to the format and kept in f32 (a matmul
-    /// operand that lives in an f32 buffer, such as an accumulated activation gradient).
+    /// operand that lives in an f32 buffer, such as an accumulated activation gradient). `out` may be
+    /// `inp` itself (rounded in place).
     Quantize { out: View, inp: View, n: usize, format: HalfFormat },
     /// `out (B,T,C) = wte[tokens[b,t]] + wpe[t]`; tokens (B,T) u32, wte (V,C), wpe (>=T,C). Without
     /// `wpe` (models whose positions come from RoPE), `out = wte[tokens[b,t]]`.
@@ -947,7 +948,8 @@ impl Op {
             }
             _ => {}
         }
-        let in_place = matches!(*self, Op::CrossentropyBackward { dlogits, logits, .. } if dlogits == logits);
+        let in_place = matches!(*self, Op::CrossentropyBackward { dlogits, logits, .. } if dlogits == logits)
+            || matches!(*self, Op::Quantize { out, inp, .. } if out == inp);
         for (i, (o, _)) in outs.iter().enumerate() {
             for (j, (other, _)) in ins.iter().chain(outs.iter()).enumerate() {
                 if j != ins.len() + i && o.overlaps(other) && !(in_place && o == other) {

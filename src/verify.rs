@@ -845,6 +845,10 @@ pub fn cases() -> Vec<Case> {
                 let out = s.normal(n, 1.0, 0.0)?;
                 Ok(Built { ops: vec![Op::Quantize { out, inp, n, format }], checked: vec![("out", out)] })
             }));
+            all.push(case("quantize_half", format!("n={n} {} in place", format.name()), move |s| {
+                let x = s.normal(n, 30.0, 0.0)?;
+                Ok(Built { ops: vec![Op::Quantize { out: x, inp: x, n, format }], checked: vec![("x", x)] })
+            }));
         }
     }
     for n in ELEMENTWISE {

@@ -109,7 +109,7 @@ pub fn shader_file(entry: &str) -> &'static str {
         "dropout_forward" | "dropout_backward" | "dropout_mask_inplace" => "dropout.wgsl",
         "reduce_sum" | "global_norm_partial" | "global_norm_final" | "colsum_final" => "reduce.wgsl",
         "adamw_update" => "adamw.wgsl",
-        "round_half" | "widen_half" | "quantize_half" => "half.wgsl",
+        "round_half" | "widen_half" | "quantize_half" | "quantize_half_inplace" => "half.wgsl",
         other => panic!("no shader file holds the entry point {other}"),
     }
 }
@@ -825,6 +825,9 @@ pub fn calls(op: &Op, env: &Env) -> Vec<Call> {
         }
         Op::Widen { out, inp, first, n, format } => {
             vec![call("widen_half", vec![out, inp], vec![u(n), u(first), format.code(), 0], per_item(n))]
+        }
+        Op::Quantize { out, inp, n, format } if out == inp => {
+            vec![call("quantize_half_inplace", vec![out], vec![u(n), 0, format.code(), 0], per_item(n))]
         }
         Op::Quantize { out, inp, n, format } => {
             vec![call("quantize_half", vec![out, inp], vec![u(n), 0, format.code(), 0], per_item(n))]

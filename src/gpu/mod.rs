@@ -458,6 +458,7 @@ impl GpuBackend {
                 adapter: self.ctx.adapter.title(),
             });
         }
+        log::debug!("allocating `{label}`: {size} bytes");
         let buffer = self.ctx.scoped(&format!("allocating {label} ({size} bytes)"), || {
             self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),

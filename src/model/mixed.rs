@@ -111,6 +111,50 @@ fn matmul_operands(op: &Op) -> Vec<View> {
     }
 }
 
+/// Whether `v` is dead after op `i` of `ops`: no later op reads any of it before one overwrites all
+/// of it (or the program ends).
+fn dead_after(ops: &[Op], i: usize, v: View) -> bool {
+    for op in &ops[i + 1..] {
+        if op.inputs().iter().any(|(w, _)| w.overlaps(&v)) {
+            return false;
+        }
+        let covers = |w: &View| w.buf == v.buf && w.offset <= v.offset && v.end() <= w.end();
+        if !accumulates(op) && op.outputs().iter().any(|(w, _)| covers(w)) {
+            return true;
+        }
+    }
+    true
+}
+
+/// f32 scratch buffers that grow on demand (programs prepared before keep the buffer they got).
+#[derive(Default)]
+struct Scratch {
+    bufs: Vec<(BufId, usize)>,
+}
+
+impl Scratch {
+    /// Buffer `slot`, of at least `len` elements.
+    fn get(&mut self, be: &mut dyn Backend, slot: usize, len: usize, what: &str) -> Result<BufId> {
+        if slot == self.bufs.len() {
+            self.bufs.push((BufId(usize::MAX), 0));
+        }
+        if self.bufs[slot].1 < len {
+            let id = be.alloc(DType::F32, len, &format!("mixed-precision scratch ({what} {slot})"))?;
+            self.bufs[slot] = (id, len);
+        }
+        Ok(self.bufs[slot].0)
+    }
+
+    fn elements(&self) -> usize {
+        self.bufs.iter().map(|b| b.1).sum()
+    }
+}
+
+/// Elements of `len`, rounded up so that the next view in an arena starts on a 256-byte boundary.
+fn aligned(len: usize) -> usize {
+    len.div_ceil(WORD_ALIGN) * WORD_ALIGN
+}
+
 /// The lowering pass of one model, with its half copy of the parameters and its scratch buffers.
 pub struct Lowering {
     format: HalfFormat,
@@ -118,15 +162,25 @@ pub struct Lowering {
     total: usize,
     /// The parameters in 16 bits, element for element (`DType::Half`).
     params_half: BufId,
-    /// f32 scratch buffers: slot i holds an op's i-th largest converted view.
-    scratch: Vec<(BufId, usize)>,
+    /// One buffer all of an op's widened and quantized inputs share (read-only bindings of one
+    /// buffer may coexist), laid end to end.
+    inputs: Scratch,
+    /// One buffer per half output of an op (a writable binding has its buffer to itself).
+    outputs: Scratch,
 }
 
 impl Lowering {
     /// A pass for the model whose f32 parameters are `params` (`total` elements).
     pub fn new(be: &mut dyn Backend, format: HalfFormat, params: BufId, total: usize) -> Result<Self> {
         let params_half = be.alloc(DType::Half, total, &format!("parameters ({})", format.name()))?;
-        Ok(Lowering { format, params, total, params_half, scratch: Vec::new() })
+        Ok(Lowering {
+            format,
+            params,
+            total,
+            params_half,
+            inputs: Scratch::default(),
+            outputs: Scratch::default(),
+        })
     }
 
     pub fn format(&self) -> HalfFormat {
@@ -145,84 +199,94 @@ impl Lowering {
             .collect()
     }
 
-    /// An f32 scratch view of `len` elements in slot `slot`, growing the slot when it is too small
-    /// (programs prepared before keep the buffer they were given).
-    fn scratch(&mut self, be: &mut dyn Backend, slot: usize, len: usize) -> Result<View> {
-        if slot == self.scratch.len() {
-            self.scratch.push((BufId(usize::MAX), 0));
-        }
-        if self.scratch[slot].1 < len {
-            let id = be.alloc(DType::F32, len, &format!("mixed-precision scratch {slot}"))?;
-            self.scratch[slot] = (id, len);
-        }
-        Ok(View::new(self.scratch[slot].0, 0, len))
+    /// Bytes of the half parameters and the scratch buffers (memory accounting).
+    pub fn bytes(&self) -> u64 {
+        (self.total.div_ceil(2) * 4 + (self.inputs.elements() + self.outputs.elements()) * 4) as u64
     }
 
-    /// Bytes of the half parameters and the scratch slots (memory accounting).
-    pub fn bytes(&self) -> u64 {
-        let scratch: usize = self.scratch.iter().map(|s| s.1).sum();
-        (self.total.div_ceil(2) * 4 + scratch * 4) as u64
+    /// What op `i` of `ops` needs converted (None for the conversions themselves).
+    fn conversions(&self, be: &dyn Backend, ops: &[Op], i: usize) -> Result<Option<Conversions>> {
+        let op = &ops[i];
+        if matches!(op, Op::Round { .. } | Op::Widen { .. } | Op::Quantize { .. }) {
+            return Ok(None);
+        }
+        let is_half = |v: &View| be.dtype(v.buf) == DType::Half;
+        let outs: Vec<View> = op.outputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
+        if !outs.is_empty() && accumulates(op) {
+            return Err(Error::Invalid(format!(
+                "mixed precision: {} adds into a 16-bit tensor; only forward ops may write one",
+                op.name()
+            )));
+        }
+        // Every input that needs converting, each once, in a fixed order.
+        let mut widen: BTreeMap<Key, (View, View)> = BTreeMap::new();
+        let mut quantize: BTreeMap<Key, View> = BTreeMap::new();
+        for (v, _) in op.inputs() {
+            if is_half(&v) {
+                widen.insert(key(&v), (v, v));
+            }
+        }
+        for v in matmul_operands(op) {
+            if v.buf == self.params {
+                widen.insert(key(&v), (v, View::new(self.params_half, v.offset, v.len)));
+            } else if !is_half(&v) {
+                quantize.insert(key(&v), v);
+            }
+        }
+        // An f32 operand nothing reads afterwards is rounded where it lies (the logits' gradient,
+        // an activation gradient the next block zeroes): no scratch for the largest operand.
+        let (in_place, quantize): (Vec<View>, Vec<View>) = quantize
+            .into_values()
+            .partition(|v| dead_after(ops, i, *v) && !outs.iter().any(|o| o.overlaps(v)));
+        Ok(Some(Conversions { widen: widen.into_values().collect(), quantize, in_place, outs }))
     }
 
     /// `ops` with their activations in half and their matmul operands rounded (see the module doc).
     pub fn lower(&mut self, be: &mut dyn Backend, ops: &[Op]) -> Result<Vec<Op>> {
         let format = self.format;
+        let plans: Vec<Option<Conversions>> =
+            (0..ops.len()).map(|i| self.conversions(be, ops, i)).collect::<Result<_>>()?;
+        // The scratch the whole program needs, allocated before any of it is used: a buffer that
+        // grew mid-program would leave the earlier ops holding the smaller one.
+        let need = plans.iter().flatten().map(Conversions::input_elements).max().unwrap_or(0);
+        let arena = if need > 0 { Some(self.inputs.get(be, 0, need, "inputs")?) } else { None };
+        let slots = plans.iter().flatten().map(|c| c.outs.len()).max().unwrap_or(0);
+        let mut outputs = Vec::with_capacity(slots);
+        for slot in 0..slots {
+            let len = plans.iter().flatten().filter_map(|c| c.outs.get(slot)).map(|v| v.len).max();
+            outputs.push(self.outputs.get(be, slot, len.unwrap_or(1), "output")?);
+        }
         let mut lowered = Vec::with_capacity(ops.len() * 3);
-        for op in ops {
-            if matches!(op, Op::Round { .. } | Op::Widen { .. } | Op::Quantize { .. }) {
+        for (op, plan) in ops.iter().zip(plans) {
+            let Some(c) = plan else {
                 lowered.push(op.clone());
                 continue;
-            }
-            let is_half = |v: &View| be.dtype(v.buf) == DType::Half;
-            let outs: Vec<View> = op.outputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
-            if !outs.is_empty() && accumulates(op) {
-                return Err(Error::Invalid(format!(
-                    "mixed precision: {} adds into a 16-bit tensor; only forward ops may write one",
-                    op.name()
-                )));
-            }
-            // Every view that needs converting: (view, how), each once.
-            let mut todo: BTreeMap<(usize, usize, usize), (View, Conv)> = BTreeMap::new();
-            let key = |v: &View| (v.buf.0, v.offset, v.len);
-            for (v, _) in op.inputs() {
-                if is_half(&v) {
-                    todo.insert(key(&v), (v, Conv::Widen(v)));
-                }
-            }
-            for v in matmul_operands(op) {
-                if is_half(&v) {
-                    continue;
-                }
-                let conv = if v.buf == self.params {
-                    Conv::Widen(View::new(self.params_half, v.offset, v.len))
-                } else {
-                    Conv::Quantize
-                };
-                todo.insert(key(&v), (v, conv));
-            }
-            for v in &outs {
-                todo.insert(key(v), (*v, Conv::Round));
-            }
-            // Largest first, so that slot i is as large as the i-th largest view of any op.
-            let mut views: Vec<(View, Conv)> = todo.into_values().collect();
-            views.sort_by_key(|(v, _)| std::cmp::Reverse(v.len));
-            let mut map: BTreeMap<(usize, usize, usize), View> = BTreeMap::new();
-            let mut after = Vec::new();
-            for (slot, (v, conv)) in views.into_iter().enumerate() {
-                let s = self.scratch(be, slot, v.len)?;
+            };
+            let mut map: BTreeMap<Key, View> = BTreeMap::new();
+            lowered.extend(c.in_place.iter().map(|&v| Op::Quantize { out: v, inp: v, n: v.len, format }));
+            let mut at = 0;
+            let mut next = |len: usize| {
+                let s = View::new(arena.expect("sized above"), at, len);
+                at += aligned(len);
+                s
+            };
+            for (v, half) in c.widen {
+                let s = next(v.len);
+                let (inp, first) = words(half);
+                lowered.push(Op::Widen { out: s, inp, first, n: v.len, format });
                 map.insert(key(&v), s);
-                let n = v.len;
-                match conv {
-                    Conv::Widen(half) => {
-                        let (inp, first) = words(half);
-                        lowered.push(Op::Widen { out: s, inp, first, n, format });
-                    }
-                    Conv::Quantize => lowered.push(Op::Quantize { out: s, inp: v, n, format }),
-                    Conv::Round => {
-                        let (out, first) = words(v);
-                        after.push(Op::Round { out, inp: s, first, n, format });
-                    }
-                }
+            }
+            for v in c.quantize {
+                let s = next(v.len);
+                lowered.push(Op::Quantize { out: s, inp: v, n: v.len, format });
+                map.insert(key(&v), s);
+            }
+            let mut after = Vec::new();
+            for (slot, v) in c.outs.into_iter().enumerate() {
+                let s = View::new(outputs[slot], 0, v.len);
+                let (out, first) = words(v);
+                after.push(Op::Round { out, inp: s, first, n: v.len, format });
+                map.insert(key(&v), s);
             }
             lowered.push(op.map_views(&mut |v| map.get(&key(&v)).copied().unwrap_or(v)));
             lowered.extend(after);
@@ -231,15 +295,30 @@ impl Lowering {
     }
 }
 
-/// How a view reaches its scratch copy.
-#[derive(Clone, Copy)]
-enum Conv {
-    /// Widened from these half elements (the view itself, or its place in the half parameters).
-    Widen(View),
-    /// An f32 operand rounded to 16 bits.
-    Quantize,
-    /// An output, rounded into the half tensor after the op.
-    Round,
+/// A view as a map key.
+type Key = (usize, usize, usize);
+
+fn key(v: &View) -> Key {
+    (v.buf.0, v.offset, v.len)
+}
+
+/// What one op needs converted around it.
+struct Conversions {
+    /// (the op's view, where its 16-bit elements are): widened into the input arena.
+    widen: Vec<(View, View)>,
+    /// f32 operands rounded into the input arena.
+    quantize: Vec<View>,
+    /// f32 operands rounded where they lie (dead afterwards).
+    in_place: Vec<View>,
+    /// Half outputs: written to an output slot, then rounded into place.
+    outs: Vec<View>,
+}
+
+impl Conversions {
+    fn input_elements(&self) -> usize {
+        self.widen.iter().map(|(v, _)| aligned(v.len)).sum::<usize>()
+            + self.quantize.iter().map(|v| aligned(v.len)).sum::<usize>()
+    }
 }
 
 #[cfg(test)]
@@ -286,13 +365,18 @@ mod tests {
             n: 2,
             layout: crate::backend::WeightLayout::InOut,
         };
-        let ops = low.lower(&mut be, &[op]).unwrap();
+        let ops = low.lower(&mut be, &[op.clone()]).unwrap();
         let names: Vec<_> = ops.iter().map(|o| o.name()).collect();
-        assert_eq!(names, ["widen_half", "quantize_half", "widen_half", "matmul_backward"]);
+        // Nothing reads dout afterwards: it is rounded in place.
+        assert_eq!(names, ["quantize_half", "widen_half", "widen_half", "matmul_backward"]);
+        assert!(matches!(ops[0], Op::Quantize { out, inp, .. } if out == dout && inp == dout));
         // Element 128 of the half copy is word 64, a 256-byte boundary.
-        assert!(
-            matches!(ops[2], Op::Widen { inp, first: 0, .. } if inp.buf == low.params_half && inp.offset == 64)
-        );
+        let from_copy = |op: &Op| matches!(op, Op::Widen { inp, first: 0, .. } if inp.buf == low.params_half && inp.offset == 64);
+        assert!(from_copy(&ops[1]));
+        // A later reader sees dout as it was: the rounded copy goes to scratch.
+        let reader = Op::GeluForward { out: dinp, inp: dout, n: 8 };
+        let ops = low.lower(&mut be, &[op, reader]).unwrap();
+        assert!(matches!(ops[2], Op::Quantize { out, inp, .. } if inp == dout && out != dout));
         assert_eq!(low.refresh().len(), 1);
     }
 }
