@@ -365,7 +365,7 @@ mod tests {
             n: 2,
             layout: crate::backend::WeightLayout::InOut,
         };
-        let ops = low.lower(&mut be, &[op.clone()]).unwrap();
+        let ops = low.lower(&mut be, std::slice::from_ref(&op)).unwrap();
         let names: Vec<_> = ops.iter().map(|o| o.name()).collect();
         // Nothing reads dout afterwards: it is rounded in place.
         assert_eq!(names, ["quantize_half", "widen_half", "widen_half", "matmul_backward"]);
