@@ -963,6 +963,27 @@ pub fn cases() -> Vec<Case> {
             })
         }));
     }
+    // f16 loss scaling: gradients and norm arrive multiplied by the scale and are unscaled first; a
+    // scale below 1 can make a finite norm infinite once unscaled, which must skip the update.
+    for (unscale, norm) in [(2f32.powi(-16), 2.5 * 65536.0), (16384.0, 3e38)] {
+        let n = 129;
+        let shape = format!("n={n} clip=1 unscale={unscale} norm={norm:e}");
+        all.push(case("adamw_update", shape, move |s| {
+            let params = s.normal(n, 1.0, 0.0)?;
+            let m = s.normal(n, 0.01, 0.0)?;
+            let vdata: Vec<f32> = (0..n).map(|_| (s.rng().normal() * 1e-3).powi(2) as f32).collect();
+            let v = s.with(vdata)?;
+            let grads = s.normal(n, 0.1 / unscale as f64, 0.0)?;
+            let hyper =
+                AdamwHyper { grad_unscale: unscale, ..AdamwHyper::at_step(3e-3, 0.9, 0.95, 1e-8, 1.0, 7) };
+            let hyper = s.with(hyper.to_words().to_vec())?;
+            let norm = s.with(vec![norm])?;
+            Ok(Built {
+                ops: vec![Op::AdamwUpdate { params, grads, m, v, hyper, norm, n, weight_decay: 0.1 }],
+                checked: vec![("params", params), ("m", m), ("v", v)],
+            })
+        }));
+    }
     all
 }
 

@@ -26,12 +26,13 @@ pub fn adamw_update<F: Real>(
     n: usize,
     weight_decay: f64,
 ) {
+    let h = hyper;
+    // Exact: the unscale is a power of two (1 unless f16 loss scaling is on). As the kernel does, the
+    // norm is unscaled in f32 before it is tested (a scale below 1 can overflow it).
+    let (unscale, norm) = (h.grad_unscale as f64, (norm as f32 * h.grad_unscale) as f64);
     if !norm.is_finite() {
         return;
     }
-    let h = hyper;
-    // Exact: the unscale is a power of two (1 unless f16 loss scaling is on).
-    let (unscale, norm) = (h.grad_unscale as f64, (norm as f32 * h.grad_unscale) as f64);
     let (lr, b1, b2, eps) = (h.lr as f64, h.beta1 as f64, h.beta2 as f64, h.eps as f64);
     let (bc1, bc2) = (h.bias_correction1 as f64, h.bias_correction2 as f64);
     let s = clip_scale(norm as f32, h.grad_clip) as f64;

@@ -176,7 +176,7 @@ fn alloc_acts(
             ln1_rstd: a.stat(n, &p("ln_1 rstd"))?,
             qkv: a.tensor(n * 3 * c, &p("qkv"))?,
             atty: a.tensor(n * c, &p("attention"))?,
-            att: a.tensor(att_len, &p("attention probabilities or log-sum-exp"))?,
+            att: a.attention_saved(attention, att_len, &p("attention probabilities or log-sum-exp"))?,
             attproj: a.tensor(n * c, &p("attention projection"))?,
             res2: a.tensor(n * c, &p("residual 2"))?,
             ln2: a.tensor(n * c, &p("ln_2"))?,
@@ -222,15 +222,19 @@ impl Dropout {
         s: BatchShape,
         d: DropoutSeed,
         scalar: View,
+        acts: DType,
     ) -> Result<Self> {
         let (nc, att) = (s.tokens() * cfg.n_embd, s.b * cfg.n_head * s.t * s.t);
         // Flash attention regenerates its mask and keeps no dropped probabilities.
         let keeps_probs = attention == Attention::Naive;
-        let mut t = |len: usize, name: String| -> Result<View> {
-            Ok(View::new(be.alloc(DType::F32, len, &name)?, 0, len))
+        let mut alloc = |dtype: DType, len: usize, name: String| -> Result<View> {
+            Ok(View::new(be.alloc(dtype, len, &name)?, 0, len))
         };
         let mut dropped = |grad: bool| -> Result<Dropped> {
             let g = if grad { "gradient of " } else { "" };
+            // The dropped copies are activations (16-bit in mixed precision); their gradients f32.
+            let dtype = if grad { DType::F32 } else { acts };
+            let mut t = |len: usize, name: String| alloc(dtype, len, name);
             Ok(Dropped {
                 encoded: t(nc, format!("{g}dropped embedding"))?,
                 layers: (0..cfg.n_layer)
@@ -319,7 +323,7 @@ impl Network for Gpt2Net {
     ) -> Result<()> {
         let shape = self.frames[0].shape;
         if let Some(d) = dropout {
-            self.dropout = Some(Dropout::new(be, &self.config, self.attention, shape, d, scalar)?);
+            self.dropout = Some(Dropout::new(be, &self.config, self.attention, shape, d, scalar, self.acts)?);
         }
         self.grads = Some(alloc_acts(be, &self.config, self.attention, shape, true, scalar, "", self.acts)?);
         Ok(())

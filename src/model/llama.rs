@@ -184,7 +184,7 @@ fn alloc_acts(
             qkv: a.tensor(n * w, &p("qkv"))?,
             qkv_rot: a.tensor(n * w, &p("qkv after rope"))?,
             atty: a.tensor(n * c, &p("attention"))?,
-            att: a.tensor(att_len, &p("attention probabilities or log-sum-exp"))?,
+            att: a.attention_saved(attention, att_len, &p("attention probabilities or log-sum-exp"))?,
             attproj: a.tensor(n * c, &p("attention projection"))?,
             res2: a.tensor(n * c, &p("residual 2"))?,
             norm2: a.tensor(n * c, &p("post-attention norm"))?,

@@ -218,6 +218,12 @@ impl Lowering {
                 op.name()
             )));
         }
+        if op.inputs().iter().any(|(v, _)| outs.iter().any(|o| o.overlaps(v))) {
+            return Err(Error::Invalid(format!(
+                "mixed precision: {} reads the 16-bit tensor it writes; it cannot be lowered",
+                op.name()
+            )));
+        }
         // Every input that needs converting, each once, in a fixed order.
         let mut widen: BTreeMap<Key, (View, View)> = BTreeMap::new();
         let mut quantize: BTreeMap<Key, View> = BTreeMap::new();
@@ -404,9 +410,9 @@ impl LossScaler {
     pub const INITIAL: f32 = 65536.0;
     /// GradScaler's `growth_interval`.
     pub const GROWTH_INTERVAL: u32 = 2000;
-    /// The scale never halves below this (f16's smallest normal number: below it the scale would
-    /// itself lose precision); GradScaler has no floor, but a run that keeps overflowing at such a
-    /// scale has non-finite values of its own and stops on `max_bad_steps`.
+    /// The scale never halves below this; GradScaler has no floor. A step that overflows at this
+    /// scale is a bad step for the trainer (its gradients are broken, not large), so a run whose
+    /// backward pass keeps producing NaNs stops on `max_bad_steps` instead of skipping forever.
     pub const MIN: f32 = 1.0 / 16384.0;
 
     /// Records a step: `finite` when its gradient norm was finite (the update was applied).

@@ -294,6 +294,16 @@ impl<'a> ActAlloc<'a> {
         self.alloc(dtype, len, name)
     }
 
+    /// What attention saves for the backward pass ([`Attention::saved_len`] elements): naive
+    /// attention's probabilities are an activation, flash attention's log-sum-exp a statistic (f32
+    /// in every precision: the backward pass rebuilds the probabilities from it).
+    pub fn attention_saved(&mut self, attention: Attention, len: usize, name: &str) -> Result<View> {
+        match attention {
+            Attention::Naive => self.tensor(len, name),
+            Attention::Flash => self.alloc(DType::F32, len, name),
+        }
+    }
+
     /// A per-row statistic (a norm's mean or rstd, a log-sum-exp): f32, and no gradient.
     pub fn stat(&mut self, len: usize, name: &str) -> Result<View> {
         if self.grads {
@@ -845,7 +855,8 @@ impl Model {
         self.backend.read_f32(View::new(self.params, 0, self.layout.total))
     }
 
-    /// Every parameter gradient of the last step, flat.
+    /// Every parameter gradient of the last step, flat, as the optimizer receives them: in f16
+    /// training still multiplied by the loss scale ([`Model::set_loss_scale`]).
     pub fn grads(&mut self) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.layout.total];
         self.read_grads_into(&mut out)?;

@@ -301,6 +301,12 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         Some(r) => r.state.precision.as_deref().unwrap_or("f32"),
         None => cfg.precision.as_str(),
     };
+    if resumed.is_some() && precision != cfg.precision {
+        log::warn!(
+            "the run trains in {precision} (its checkpoint says so); precision = {:?} is ignored on resume",
+            cfg.precision
+        );
+    }
     let precision = Precision::parse(precision)
         .ok_or_else(|| Error::Invalid(format!("unknown precision {precision:?} in the checkpoint")))?;
     let mode = Mode::Train { weight_decay: cfg.weight_decay, dropout: cfg.dropout };
@@ -420,11 +426,13 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
             adam_t += 1;
         }
         // f16: gradients that overflowed at this scale (the loss itself finite) skip the update and
-        // halve the scale, as GradScaler does; that is routine, not a bad step.
-        let overflowed = scaler.is_some() && stats.loss.is_finite() && !stats.grad_norm.is_finite();
-        if let Some(s) = scaler.as_mut() {
-            s.update(stats.grad_norm.is_finite());
-        }
+        // halve the scale, as GradScaler does; that is routine, not a bad step, as long as the scale
+        // can still halve (gradients non-finite at the smallest scale are broken, not large).
+        let halved = match scaler.as_mut() {
+            Some(s) => s.update(stats.grad_norm.is_finite()) && !stats.grad_norm.is_finite(),
+            None => false,
+        };
+        let overflowed = halved && stats.loss.is_finite();
         if overflowed {
             log::info!(
                 "step {step}: gradients overflowed at loss scale {}; update skipped",
