@@ -8,27 +8,13 @@ use std::path::{Path, PathBuf};
 
 use wgslm::backend::Backend;
 use wgslm::cpu::CpuBackend;
-use wgslm::model::{hf, Arch, BatchShape, LlamaConfig, Mode, Model, ModelConfig, ParamLayout};
+use wgslm::model::{hf, Arch, BatchShape, Mode, Model, ModelConfig, ParamLayout};
 use wgslm::rng::Rng;
 use wgslm::tensors::{self, Tensor};
 use wgslm::verify::rel_l2;
 
 fn awkward(tie_embeddings: bool) -> ModelConfig {
-    let llama = LlamaConfig {
-        n_kv_head: 2,
-        intermediate_size: 37,
-        rope_theta: 500.0,
-        norm_eps: 1e-5,
-        tie_embeddings,
-    };
-    ModelConfig {
-        arch: Arch::Llama(llama),
-        n_layer: 2,
-        n_head: 6,
-        n_embd: 36,
-        vocab_size: 97,
-        n_positions: 40,
-    }
+    common::awkward_llama(tie_embeddings)
 }
 
 fn build(backend: Box<dyn Backend>, cfg: ModelConfig, shape: BatchShape, seed: u64) -> Model {

@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 
 use wgslm::backend::{AdamwHyper, Backend, DType, HalfFormat, Op, View};
 use wgslm::cpu::CpuBackend;
-use wgslm::model::{
-    Arch, Attention, BatchShape, LlamaConfig, LossScaler, Mode, Model, ModelConfig, Precision,
-};
+use wgslm::model::{Attention, BatchShape, LossScaler, Mode, Model, ModelConfig, Precision};
 use wgslm::rng::Rng;
 use wgslm::train::{RunOptions, TrainConfig};
 use wgslm::verify::rel_l2;
@@ -74,21 +72,7 @@ fn conversions_match_the_twin_bit_for_bit() {
 const GPT2: ModelConfig = ModelConfig::gpt2(2, 3, 48, 997, 40);
 
 fn llama() -> ModelConfig {
-    let llama = LlamaConfig {
-        n_kv_head: 2,
-        intermediate_size: 37,
-        rope_theta: 500.0,
-        norm_eps: 1e-5,
-        tie_embeddings: false,
-    };
-    ModelConfig {
-        arch: Arch::Llama(llama),
-        n_layer: 2,
-        n_head: 6,
-        n_embd: 36,
-        vocab_size: 97,
-        n_positions: 40,
-    }
+    common::awkward_llama(false)
 }
 
 fn build(backend: Box<dyn Backend>, cfg: ModelConfig, precision: Precision, attention: Attention) -> Model {

@@ -131,3 +131,24 @@ pub fn random_params(cfg: &wgslm::model::ModelConfig, seed: u64) -> Vec<f32> {
     }
     flat
 }
+
+/// A Llama where nothing is a power of two that need not be: 6 query heads of 6 on 2 kv heads, SwiGLU
+/// width 37, vocab 97, 40 positions.
+pub fn awkward_llama(tie_embeddings: bool) -> wgslm::model::ModelConfig {
+    use wgslm::model::{Arch, LlamaConfig, ModelConfig};
+    let llama = LlamaConfig {
+        n_kv_head: 2,
+        intermediate_size: 37,
+        rope_theta: 500.0,
+        norm_eps: 1e-5,
+        tie_embeddings,
+    };
+    ModelConfig {
+        arch: Arch::Llama(llama),
+        n_layer: 2,
+        n_head: 6,
+        n_embd: 36,
+        vocab_size: 97,
+        n_positions: 40,
+    }
+}
