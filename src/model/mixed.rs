@@ -144,10 +144,6 @@ impl Scratch {
         }
         Ok(self.bufs[slot].0)
     }
-
-    fn elements(&self) -> usize {
-        self.bufs.iter().map(|b| b.1).sum()
-    }
 }
 
 /// Elements of `len`, rounded up so that the next view in an arena starts on a 256-byte boundary.
@@ -197,11 +193,6 @@ impl Lowering {
                 Op::Round { out, inp: View::new(self.params, at, n), first, n, format: self.format }
             })
             .collect()
-    }
-
-    /// Bytes of the half parameters and the scratch buffers (memory accounting).
-    pub fn bytes(&self) -> u64 {
-        (self.total.div_ceil(2) * 4 + (self.inputs.elements() + self.outputs.elements()) * 4) as u64
     }
 
     /// What op `i` of `ops` needs converted (None for the conversions themselves).
