@@ -813,25 +813,32 @@ pub fn cases() -> Vec<Case> {
                 let words = bits.chunks(2).map(|p| p[0] as u32 | (*p.get(1).unwrap_or(&0) as u32) << 16);
                 s.ids_with(words.collect())
             };
+            // round_half runs one invocation per word: past 65,535 workgroups only beyond 2 · 64 ·
+            // 65,535 elements, so its largest case is twice the others'.
+            let round_n = if n == ELEMENTWISE[4] { 2 * n } else { n };
             for first in [0, 1] {
                 let shape = format!("n={n} first={first} {}", format.name());
-                all.push(case("round_half", shape.clone(), move |s| {
-                    let packed = halves(s, first + n + 1)?;
-                    let inp = s.normal(n, 30.0, 0.0)?;
-                    let back = s.normal(first + n + 1, 1.0, 0.0)?;
-                    let words = packed.slice(0, (first + n).div_ceil(2));
-                    let all_words = packed;
-                    Ok(Built {
-                        ops: vec![
-                            Op::Round { out: words, inp, first, n, format },
-                            // The packed result (and the halves around it, which must keep their
-                            // bits), read back through the exact widening.
-                            Op::Widen { out: back, inp: all_words, first: 0, n: first + n + 1, format },
-                        ],
-                        checked: vec![("halves", back)],
-                    })
-                }));
-                all.push(case("widen_half", shape.clone(), move |s| {
+                all.push(case(
+                    "round_half",
+                    format!("n={round_n} first={first} {}", format.name()),
+                    move |s| {
+                        let n = round_n;
+                        let packed = halves(s, first + n + 1)?;
+                        let inp = s.normal(n, 30.0, 0.0)?;
+                        let back = s.normal(first + n + 1, 1.0, 0.0)?;
+                        let words = packed.slice(0, (first + n).div_ceil(2));
+                        Ok(Built {
+                            ops: vec![
+                                Op::Round { out: words, inp, first, n, format },
+                                // The packed result (and the halves around it, which must keep their
+                                // bits), read back through the exact widening.
+                                Op::Widen { out: back, inp: packed, first: 0, n: first + n + 1, format },
+                            ],
+                            checked: vec![("halves", back)],
+                        })
+                    },
+                ));
+                all.push(case("widen_half", shape, move |s| {
                     let packed = halves(s, first + n)?;
                     let out = s.normal(n, 1.0, 0.0)?;
                     Ok(Built {
