@@ -57,7 +57,7 @@ impl HalfFormat {
 pub struct BufId(pub usize);
 
 /// A contiguous element range `[offset, offset + len)` of a buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct View {
     pub buf: BufId,
     pub offset: usize,

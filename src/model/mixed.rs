@@ -179,10 +179,6 @@ impl Lowering {
         })
     }
 
-    pub fn format(&self) -> HalfFormat {
-        self.format
-    }
-
     /// The ops that round the master parameters into their half copy.
     pub fn refresh(&self) -> Vec<Op> {
         (0..self.total)
@@ -216,18 +212,18 @@ impl Lowering {
             )));
         }
         // Every input that needs converting, each once, in a fixed order.
-        let mut widen: BTreeMap<Key, (View, View)> = BTreeMap::new();
-        let mut quantize: BTreeMap<Key, View> = BTreeMap::new();
+        let mut widen: BTreeMap<View, (View, View)> = BTreeMap::new();
+        let mut quantize: BTreeMap<View, View> = BTreeMap::new();
         for (v, _) in op.inputs() {
             if is_half(&v) {
-                widen.insert(key(&v), (v, v));
+                widen.insert(v, (v, v));
             }
         }
         for v in matmul_operands(op) {
             if v.buf == self.params {
-                widen.insert(key(&v), (v, View::new(self.params_half, v.offset, v.len)));
+                widen.insert(v, (v, View::new(self.params_half, v.offset, v.len)));
             } else if !is_half(&v) {
-                quantize.insert(key(&v), v);
+                quantize.insert(v, v);
             }
         }
         // An f32 operand nothing reads afterwards is rounded where it lies (the logits' gradient,
@@ -259,7 +255,7 @@ impl Lowering {
                 lowered.push(op.clone());
                 continue;
             };
-            let mut map: BTreeMap<Key, View> = BTreeMap::new();
+            let mut map: BTreeMap<View, View> = BTreeMap::new();
             lowered.extend(c.in_place.iter().map(|&v| Op::Quantize { out: v, inp: v, n: v.len, format }));
             let mut at = 0;
             let mut next = |len: usize| {
@@ -271,32 +267,25 @@ impl Lowering {
                 let s = next(v.len);
                 let (inp, first) = words(half);
                 lowered.push(Op::Widen { out: s, inp, first, n: v.len, format });
-                map.insert(key(&v), s);
+                map.insert(v, s);
             }
             for v in c.quantize {
                 let s = next(v.len);
                 lowered.push(Op::Quantize { out: s, inp: v, n: v.len, format });
-                map.insert(key(&v), s);
+                map.insert(v, s);
             }
             let mut after = Vec::new();
             for (slot, v) in c.outs.into_iter().enumerate() {
                 let s = View::new(outputs[slot], 0, v.len);
                 let (out, first) = words(v);
                 after.push(Op::Round { out, inp: s, first, n: v.len, format });
-                map.insert(key(&v), s);
+                map.insert(v, s);
             }
-            lowered.push(op.map_views(&mut |v| map.get(&key(&v)).copied().unwrap_or(v)));
+            lowered.push(op.map_views(&mut |v| map.get(&v).copied().unwrap_or(v)));
             lowered.extend(after);
         }
         Ok(lowered)
     }
-}
-
-/// A view as a map key.
-type Key = (usize, usize, usize);
-
-fn key(v: &View) -> Key {
-    (v.buf.0, v.offset, v.len)
 }
 
 /// What one op needs converted around it.

@@ -474,15 +474,22 @@ impl Frame {
     }
 }
 
+/// `ops` lowered to mixed precision when the model trains in it, else as they are.
+fn lower<'o>(
+    be: &mut dyn Backend,
+    mixed: &mut Option<Lowering>,
+    ops: &'o [Op],
+) -> Result<std::borrow::Cow<'o, [Op]>> {
+    Ok(match mixed {
+        Some(low) => low.lower(be, ops)?.into(),
+        None => ops.into(),
+    })
+}
+
 /// Prepares `ops`, lowered to mixed precision first when the model trains in it.
 fn prepare(be: &mut dyn Backend, mixed: &mut Option<Lowering>, ops: &[Op]) -> Result<PlanId> {
-    match mixed {
-        Some(low) => {
-            let ops = low.lower(be, ops)?;
-            be.prepare(&ops)
-        }
-        None => be.prepare(ops),
-    }
+    let ops = lower(be, mixed, ops)?;
+    be.prepare(&ops)
 }
 
 struct Train {
@@ -643,19 +650,10 @@ impl Model {
             let grad_len = ops.len();
             ops.extend(update);
             let be = model.backend.as_mut();
-            match &mut model.mixed {
-                Some(low) => {
-                    let (grad, step) = (low.lower(be, &ops[..grad_len])?, low.lower(be, &ops)?);
-                    be.warm(&step)?;
-                    train.grad_plan = be.prepare(&grad)?;
-                    train.step_plan = be.prepare(&step)?;
-                }
-                None => {
-                    be.warm(&ops)?;
-                    train.grad_plan = be.prepare(&ops[..grad_len])?;
-                    train.step_plan = be.prepare(&ops)?;
-                }
-            }
+            let step = lower(be, &mut model.mixed, &ops)?;
+            be.warm(&step)?;
+            train.grad_plan = prepare(be, &mut model.mixed, &ops[..grad_len])?;
+            train.step_plan = be.prepare(&step)?;
             model.train = Some(train);
         }
         if let Some(low) = &model.mixed {

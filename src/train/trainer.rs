@@ -406,7 +406,7 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         let poisoned =
             opts.nan_steps.contains(&(step + 1)) && opts.nan_rank.is_none_or(|r| r == world.rank());
         let loss_scale = scaler.map(|s| s.scale);
-        if let Some(scale) = loss_scale {
+        if let Some(scale) = loss_scale.filter(|&s| s != model.loss_scale()) {
             model.set_loss_scale(scale)?;
         }
         if poisoned {
