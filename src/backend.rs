@@ -1039,6 +1039,10 @@ pub trait Backend {
     fn live_buffers(&self) -> Option<(usize, u64)> {
         None
     }
+    /// Every buffer this backend allocated, as (label, bytes) (GPU backends; empty elsewhere).
+    fn buffers(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
     /// Runs a prepared program once and returns each dispatch's time with its entry point, for
     /// profiling ([`Backend::profile_method`] says how it was timed); backends that cannot do this
     /// return an empty list.

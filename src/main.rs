@@ -452,6 +452,12 @@ fn bench_train(
         ),
         None => println!("analytic memory: {:.1} MiB", mib(b.analytic)),
     }
+    if !b.buffer_groups.is_empty() {
+        println!("largest buffers (N: any number):");
+        for (label, count, bytes) in b.buffer_groups.iter().take(12) {
+            println!("  {:>8.1} MiB  {count:>3} x {label}", mib(*bytes));
+        }
+    }
     let in_all: f64 = b.kernels.iter().map(|k| k.2).sum();
     if in_all > 0.0 {
         println!(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use wgslm::backend::{AdamwHyper, Backend, DType, HalfFormat, Op, View};
 use wgslm::cpu::CpuBackend;
+use wgslm::model::mixed::SCRATCH_CAP;
 use wgslm::model::{Attention, BatchShape, LossScaler, Mode, Model, ModelConfig, Precision};
 use wgslm::rng::Rng;
 use wgslm::train::{RunOptions, TrainConfig};
@@ -77,8 +78,20 @@ fn llama() -> ModelConfig {
 
 fn build(backend: Box<dyn Backend>, cfg: ModelConfig, precision: Precision, attention: Attention) -> Model {
     let shape = BatchShape { b: 2, t: 37, accum: 2 };
+    build_split(backend, cfg, shape, SCRATCH_CAP, precision, attention)
+}
+
+/// [`build`] at `shape`, splitting the ops whose conversions need more than `cap` of scratch.
+fn build_split(
+    backend: Box<dyn Backend>,
+    cfg: ModelConfig,
+    shape: BatchShape,
+    cap: usize,
+    precision: Precision,
+    attention: Attention,
+) -> Model {
     let mode = Mode::Train { weight_decay: 0.1, dropout: 0.0 };
-    let mut model = Model::with_precision(backend, cfg, shape, mode, attention, precision).unwrap();
+    let mut model = Model::with_scratch_cap(backend, cfg, shape, mode, attention, precision, cap).unwrap();
     model.set_params(&common::random_params(&cfg, 7)).unwrap();
     let mut rng = Rng::new(8);
     let mut ids = || (0..shape.tokens()).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect::<Vec<_>>();
@@ -166,6 +179,85 @@ fn same_model(cfg: ModelConfig, what: &str) {
             eprintln!(
                 "{what}: the GPU matches the CPU (at worst {worst:.2} of the mode's own distance from f32)"
             );
+        }
+    }
+}
+
+/// Ops split into pieces to bound the conversions' scratch (`Lowering`'s cap) do what the whole
+/// ops do: on the CPU the forward pass is bit for bit the same (every row's products are), the
+/// gradients differ only in the order a weight's gradient sums its rows (f32 rounding), and the GPU
+/// matches the CPU with the pieces as without. The shape (T 64, C 48) keeps the pieces' f32 views
+/// aligned, so the attention ops split by sequence too; the small cap splits the MLP, the
+/// projections, GELU/SwiGLU and attention, and the scratch the GPU allocates stays under it.
+#[test]
+fn ops_split_to_bound_the_scratch_do_what_the_whole_ops_do() {
+    let Some(ctx) = common::gpu() else { return };
+    let shape = BatchShape { b: 3, t: 64, accum: 1 };
+    let gpt2 = ModelConfig { n_positions: 64, ..GPT2 };
+    let llama = ModelConfig { n_positions: 64, ..llama() };
+    // A cap under every op's conversions, so that each splits as far as it can: into 64 rows (a
+    // sequence for attention) at the least, so the widest row (GPT-2's MLP, 192; Llama's gate and
+    // up projections side by side, 74) sets the least scratch.
+    let cap = 4096;
+    for (cfg, arch, widest) in [(gpt2, "gpt2", 192), (llama, "llama", 74)] {
+        for attention in [Attention::Flash, Attention::Naive] {
+            let what = format!("{arch} {}", attention.name());
+            let bf16 = Precision::Bf16;
+            let mut f32 =
+                build_split(Box::new(CpuBackend::new()), cfg, shape, cap, Precision::F32, attention);
+            f32.compute_grads().unwrap();
+            let (gf, lf) = (f32.grads().unwrap(), f32.logits().unwrap());
+            let mut whole =
+                build_split(Box::new(CpuBackend::new()), cfg, shape, SCRATCH_CAP, bf16, attention);
+            let mut split = build_split(Box::new(CpuBackend::new()), cfg, shape, cap, bf16, attention);
+            let gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
+            let mut g = build_split(Box::new(gpu), cfg, shape, cap, bf16, attention);
+            let (sw, ss, sg) =
+                (whole.compute_grads().unwrap(), split.compute_grads().unwrap(), g.compute_grads().unwrap());
+            assert_eq!(
+                sw.loss.to_bits(),
+                ss.loss.to_bits(),
+                "{what}: loss {} whole, {} split",
+                sw.loss,
+                ss.loss
+            );
+            let (lw, ls, lg) = (whole.logits().unwrap(), split.logits().unwrap(), g.logits().unwrap());
+            assert!(lw.iter().zip(&ls).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: logits differ");
+            let (gw, gs) = (whole.grads().unwrap(), split.grads().unwrap());
+            let d = rel_l2(&gs, &gw);
+            assert!(d < 1e-6, "{what}: split gradients {d:.2e} from whole");
+            // The GPU with the pieces against the CPU with them, by same_model's measure: no farther
+            // apart than the mode's rounding moves the CPU from f32.
+            let unit = 2f64.powi(-8);
+            let dl = ((sg.loss - ss.loss).abs() / ss.loss) as f64;
+            assert!(dl <= unit / 8.0, "{what}: loss {} on the GPU, {} on the CPU", sg.loss, ss.loss);
+            let gg = g.grads().unwrap();
+            let (dg, dgf) = (rel_l2(&gg, &gs), rel_l2(&gs, &gf));
+            assert!(
+                dg <= dgf,
+                "{what}: gradients: the GPU is {dg:.2e} from the CPU, the CPU {dgf:.2e} from f32"
+            );
+            let (dc, dcf) = (rel_l2(&lg, &ls), rel_l2(&ls, &lf));
+            assert!(
+                dc <= dcf,
+                "{what}: logits: the GPU is {dc:.2e} from the CPU, the CPU {dcf:.2e} from f32"
+            );
+            // Every output scratch buffer is under the cap (the pieces were made).
+            let scratch: Vec<_> = g
+                .backend()
+                .buffers()
+                .into_iter()
+                .filter(|(label, _)| label.starts_with("mixed-precision scratch (output"))
+                .collect();
+            assert!(!scratch.is_empty(), "{what}: no output scratch");
+            // Naive attention's probabilities of one sequence are the least piece of it.
+            let mut least = 64 * widest;
+            if attention == Attention::Naive {
+                least = least.max(cfg.n_head * shape.t * shape.t);
+            }
+            for (label, bytes) in scratch {
+                assert!(bytes <= 4 * cap.max(least) as u64, "{what}: {label} is {bytes} bytes, over the cap");
+            }
         }
     }
 }

@@ -130,6 +130,8 @@ pub struct TrainBench {
     /// Bytes in GPU buffers after the steps (None on the CPU backend), and the analytic count.
     pub allocated: Option<u64>,
     pub analytic: u64,
+    /// The buffers by kind, largest first: (label with every number written `N`, buffers, bytes).
+    pub buffer_groups: Vec<(String, usize, u64)>,
     pub first_loss: f32,
     pub last_loss: f32,
     /// Data-parallel ranks (`mpirun -np N`; 1 alone): tokens per step and tokens/s are the whole job's.
@@ -222,6 +224,7 @@ fn train_world(
         // wgpu's counters see no buffers on some APIs (GL): that is no figure, not zero bytes.
         allocated: model.backend().live_buffers().filter(|&(_, bytes)| bytes > 0).map(|(_, bytes)| bytes),
         analytic: model.analytic_bytes(),
+        buffer_groups: buffer_groups(&model.backend().buffers()),
         first_loss,
         last_loss,
         ranks: world.size(),
@@ -229,6 +232,35 @@ fn train_world(
         wait_ms_per_step: wait * 1e3 / steps as f64,
         copy_ms_per_step: copy * 1e3 / steps as f64,
     })
+}
+
+/// Buffers grouped by label with every number written `N` (the layers' copies of one tensor
+/// together), largest total first: (label, buffers, bytes).
+pub fn buffer_groups(buffers: &[(String, u64)]) -> Vec<(String, usize, u64)> {
+    let mut groups = std::collections::BTreeMap::<String, (usize, u64)>::new();
+    for (label, bytes) in buffers {
+        let mut key = String::with_capacity(label.len());
+        // A number is a run of digits after no letter ("h.3", "ln_1", "inputs 0"; not "bf16").
+        let (mut in_number, mut after_letter) = (false, false);
+        for c in label.chars() {
+            if !c.is_ascii_digit() {
+                key.push(c);
+            } else if after_letter {
+                key.push(c);
+                continue;
+            } else if !in_number {
+                key.push('N');
+            }
+            in_number = c.is_ascii_digit();
+            after_letter = c.is_ascii_alphabetic();
+        }
+        let g = groups.entry(key).or_default();
+        g.0 += 1;
+        g.1 += bytes;
+    }
+    let mut v: Vec<_> = groups.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+    v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    v
 }
 
 /// Buffers alive on the device, and their bytes.

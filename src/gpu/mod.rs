@@ -721,6 +721,10 @@ impl Backend for GpuBackend {
         Some(self.ctx.live_buffers())
     }
 
+    fn buffers(&self) -> Vec<(String, u64)> {
+        self.bufs.iter().map(|b| (b.label.clone(), b.buffer.size())).collect()
+    }
+
     fn warm(&mut self, ops: &[Op]) -> Result<()> {
         self.check_ops(ops)?;
         let env = self.placeholder_env(ops);

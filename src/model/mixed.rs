@@ -84,6 +84,12 @@ const WORD_ALIGN: usize = 64;
 /// The most elements one refresh op converts (64 MiB of f32), a multiple of 2 · WORD_ALIGN.
 const REFRESH_CHUNK: usize = 1 << 24;
 
+/// The most f32 scratch elements (4 MiB) an op's row-sized conversions should need: an op over more
+/// is split into pieces over fewer rows (or sequences), each converted on its own, when it can be
+/// ([`split`]). Without it the scratch is as large as the largest activation (the MLP's, 4·C wide),
+/// which is most of what 16-bit activations save.
+pub const SCRATCH_CAP: usize = 1 << 20;
+
 /// The word view of a half buffer that holds elements `v`, and the index of `v`'s first element in
 /// it: the words start on a 256-byte boundary, as every binding must.
 fn words(v: View) -> (View, usize) {
@@ -163,6 +169,8 @@ pub struct Lowering {
     inputs: Scratch,
     /// One buffer per half output of an op (a writable binding has its buffer to itself).
     outputs: Scratch,
+    /// [`SCRATCH_CAP`], or what a test sets.
+    cap: usize,
 }
 
 impl Lowering {
@@ -176,7 +184,51 @@ impl Lowering {
             params_half,
             inputs: Scratch::default(),
             outputs: Scratch::default(),
+            cap: SCRATCH_CAP,
         })
+    }
+
+    /// Splits ops whose conversions need more than `elements` of scratch (tests use small caps to
+    /// split small models).
+    pub fn set_scratch_cap(&mut self, elements: usize) {
+        self.cap = elements.max(1);
+    }
+
+    /// The row-sized scratch `op` would need converted whole: its 16-bit inputs and f32 matmul
+    /// operands (not the weights, whose size does not shrink with the rows), and its largest
+    /// 16-bit output.
+    fn row_scratch(&self, be: &dyn Backend, op: &Op) -> usize {
+        let is_half = |v: &View| be.dtype(v.buf) == DType::Half;
+        let mut inputs: Vec<View> = op.inputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
+        inputs.extend(matmul_operands(op).into_iter().filter(|v| v.buf != self.params && !is_half(v)));
+        inputs.sort();
+        inputs.dedup();
+        let ins: usize = inputs.iter().map(|v| v.len).sum();
+        let out = op.outputs().into_iter().filter(|(v, _)| is_half(v)).map(|(v, _)| v.len).max();
+        ins.max(out.unwrap_or(0))
+    }
+
+    /// `ops` with every op that needs more than the cap of scratch split where it can be.
+    fn split_large(&self, be: &dyn Backend, ops: &[Op]) -> Vec<Op> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let need = self.row_scratch(be, op);
+            let pieces = (need > self.cap).then(|| split(op, self.cap as f64 / need as f64)).flatten();
+            // Every f32 or u32 view a kernel binds must start on a 256-byte boundary.
+            let aligned = |ops: &Vec<Op>| {
+                ops.iter().all(|o| {
+                    o.inputs()
+                        .into_iter()
+                        .chain(o.outputs())
+                        .all(|(v, _)| be.dtype(v.buf) == DType::Half || v.offset % WORD_ALIGN == 0)
+                })
+            };
+            match pieces {
+                Some(pieces) if aligned(&pieces) => out.extend(pieces),
+                _ => out.push(op.clone()),
+            }
+        }
+        out
     }
 
     /// The ops that round the master parameters into their half copy.
@@ -237,6 +289,7 @@ impl Lowering {
     /// `ops` with their activations in half and their matmul operands rounded (see the module doc).
     pub fn lower(&mut self, be: &mut dyn Backend, ops: &[Op]) -> Result<Vec<Op>> {
         let format = self.format;
+        let ops = &self.split_large(be, ops)[..];
         let plans: Vec<Option<Conversions>> =
             (0..ops.len()).map(|i| self.conversions(be, ops, i)).collect::<Result<_>>()?;
         // The scratch the whole program needs, allocated before any of it is used: a buffer that
@@ -285,6 +338,297 @@ impl Lowering {
             lowered.extend(after);
         }
         Ok(lowered)
+    }
+}
+
+/// `op` as ops over consecutive pieces of its rows, or of its sequences for attention, each a
+/// `fraction` of the whole or less (but at least one unit), that together do what it does: products and element-wise ops piece by piece; what
+/// sums over the rows (a weight's and a bias's gradient) accumulates across the pieces, which the
+/// backward ops do anyway. Rows go in multiples of 64 (sequences: whole ones), so that the f32 views
+/// of a piece stay 256-byte aligned where the op's were; the caller checks. None for ops it does not
+/// know how to split, ops with dropout (its masks are numbered by element), or when one piece would
+/// hold everything.
+fn split(op: &Op, fraction: f64) -> Option<Vec<Op>> {
+    // (start, count) of each piece of `n`: `per` a piece, a multiple of `unit`.
+    let pieces = |n: usize, unit: usize| -> Option<Vec<(usize, usize)>> {
+        let per = ((n as f64 * fraction) as usize / unit * unit).max(unit);
+        (per < n).then(|| (0..n).step_by(per).map(|at| (at, per.min(n - at))).collect())
+    };
+    // A view of `rows` rows of `width` that holds exactly them, sliced to rows [at, at + n).
+    let rows = |v: View, total: usize, width: usize, at: usize, n: usize| -> Option<View> {
+        (v.len == total * width).then(|| v.slice(at * width, n * width))
+    };
+    match *op {
+        Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => pieces(m, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::MatmulForward {
+                    out: rows(out, m, n, at, r)?,
+                    inp: rows(inp, m, k, at, r)?,
+                    weight,
+                    bias,
+                    m: r,
+                    k,
+                    n,
+                    layout,
+                })
+            })
+            .collect(),
+        Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m, k, n, layout } => pieces(m, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::MatmulBackward {
+                    dinp: rows(dinp, m, k, at, r)?,
+                    dweight,
+                    dbias,
+                    dout: rows(dout, m, n, at, r)?,
+                    inp: rows(inp, m, k, at, r)?,
+                    weight,
+                    m: r,
+                    k,
+                    n,
+                    layout,
+                })
+            })
+            .collect(),
+        Op::GeluForward { out, inp, n } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, e)| {
+                Some(Op::GeluForward { out: rows(out, n, 1, at, e)?, inp: rows(inp, n, 1, at, e)?, n: e })
+            })
+            .collect(),
+        Op::GeluBackward { dinp, inp, dout, n } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, e)| {
+                Some(Op::GeluBackward {
+                    dinp: rows(dinp, n, 1, at, e)?,
+                    inp: rows(inp, n, 1, at, e)?,
+                    dout: rows(dout, n, 1, at, e)?,
+                    n: e,
+                })
+            })
+            .collect(),
+        Op::SwigluForward { out, inp, n, i } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::SwigluForward {
+                    out: rows(out, n, i, at, r)?,
+                    inp: rows(inp, n, 2 * i, at, r)?,
+                    n: r,
+                    i,
+                })
+            })
+            .collect(),
+        Op::SwigluBackward { dinp, inp, dout, n, i } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::SwigluBackward {
+                    dinp: rows(dinp, n, 2 * i, at, r)?,
+                    inp: rows(inp, n, 2 * i, at, r)?,
+                    dout: rows(dout, n, i, at, r)?,
+                    n: r,
+                    i,
+                })
+            })
+            .collect(),
+        Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => pieces(b, 1)?
+            .into_iter()
+            .map(|(at, s)| {
+                Some(Op::EncoderForward {
+                    out: rows(out, b, t * c, at, s)?,
+                    tokens: rows(tokens, b, t, at, s)?,
+                    wte,
+                    wpe,
+                    b: s,
+                    t,
+                    c,
+                })
+            })
+            .collect(),
+        Op::ResidualForward { out, inp1, inp2, n } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, e)| {
+                Some(Op::ResidualForward {
+                    out: rows(out, n, 1, at, e)?,
+                    inp1: rows(inp1, n, 1, at, e)?,
+                    inp2: rows(inp2, n, 1, at, e)?,
+                    n: e,
+                })
+            })
+            .collect(),
+        Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::LayernormForward {
+                    out: rows(out, n, c, at, r)?,
+                    mean: rows(mean, n, 1, at, r)?,
+                    rstd: rows(rstd, n, 1, at, r)?,
+                    inp: rows(inp, n, c, at, r)?,
+                    weight,
+                    bias,
+                    n: r,
+                    c,
+                })
+            })
+            .collect(),
+        Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::LayernormBackward {
+                    dinp: rows(dinp, n, c, at, r)?,
+                    dweight,
+                    dbias,
+                    dout: rows(dout, n, c, at, r)?,
+                    inp: rows(inp, n, c, at, r)?,
+                    weight,
+                    mean: rows(mean, n, 1, at, r)?,
+                    rstd: rows(rstd, n, 1, at, r)?,
+                    n: r,
+                    c,
+                })
+            })
+            .collect(),
+        Op::RmsnormForward { out, rstd, inp, weight, n, c, eps } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::RmsnormForward {
+                    out: rows(out, n, c, at, r)?,
+                    rstd: rows(rstd, n, 1, at, r)?,
+                    inp: rows(inp, n, c, at, r)?,
+                    weight,
+                    n: r,
+                    c,
+                    eps,
+                })
+            })
+            .collect(),
+        Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::RmsnormBackward {
+                    dinp: rows(dinp, n, c, at, r)?,
+                    dweight,
+                    dout: rows(dout, n, c, at, r)?,
+                    inp: rows(inp, n, c, at, r)?,
+                    weight,
+                    rstd: rows(rstd, n, 1, at, r)?,
+                    n: r,
+                    c,
+                })
+            })
+            .collect(),
+        Op::RopeForward { out, inp, positions, table, n, width, heads, hd } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::RopeForward {
+                    out: rows(out, n, width, at, r)?,
+                    inp: rows(inp, n, width, at, r)?,
+                    positions: rows(positions, n, 1, at, r)?,
+                    table,
+                    n: r,
+                    width,
+                    heads,
+                    hd,
+                })
+            })
+            .collect(),
+        Op::RopeBackward { dinp, dout, positions, table, n, width, heads, hd } => pieces(n, 64)?
+            .into_iter()
+            .map(|(at, r)| {
+                Some(Op::RopeBackward {
+                    dinp: rows(dinp, n, width, at, r)?,
+                    dout: rows(dout, n, width, at, r)?,
+                    positions: rows(positions, n, 1, at, r)?,
+                    table,
+                    n: r,
+                    width,
+                    heads,
+                    hd,
+                })
+            })
+            .collect(),
+        Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout: None } => {
+            let w = crate::backend::qkv_width(c, nh, nkv);
+            pieces(b, 1)?
+                .into_iter()
+                .map(|(at, s)| {
+                    Some(Op::FlashAttentionForward {
+                        out: rows(out, b, t * c, at, s)?,
+                        lse: rows(lse, b, nh * t, at, s)?,
+                        qkv: rows(qkv, b, t * w, at, s)?,
+                        b: s,
+                        t,
+                        c,
+                        nh,
+                        nkv,
+                        dropout: None,
+                    })
+                })
+                .collect()
+        }
+        Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout: None } => {
+            let w = crate::backend::qkv_width(c, nh, nkv);
+            pieces(b, 1)?
+                .into_iter()
+                .map(|(at, s)| {
+                    Some(Op::FlashAttentionBackward {
+                        dqkv: rows(dqkv, b, t * w, at, s)?,
+                        dsum: rows(dsum, b, nh * t, at, s)?,
+                        dout: rows(dout, b, t * c, at, s)?,
+                        qkv: rows(qkv, b, t * w, at, s)?,
+                        out: rows(out, b, t * c, at, s)?,
+                        lse: rows(lse, b, nh * t, at, s)?,
+                        b: s,
+                        t,
+                        c,
+                        nh,
+                        nkv,
+                        dropout: None,
+                    })
+                })
+                .collect()
+        }
+        Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout: None } => {
+            let w = crate::backend::qkv_width(c, nh, nkv);
+            pieces(b, 1)?
+                .into_iter()
+                .map(|(at, s)| {
+                    Some(Op::AttentionForward {
+                        out: rows(out, b, t * c, at, s)?,
+                        att: rows(att, b, nh * t * t, at, s)?,
+                        qkv: rows(qkv, b, t * w, at, s)?,
+                        b: s,
+                        t,
+                        c,
+                        nh,
+                        nkv,
+                        dropout: None,
+                    })
+                })
+                .collect()
+        }
+        Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, nkv, dropout: None } => {
+            let w = crate::backend::qkv_width(c, nh, nkv);
+            pieces(b, 1)?
+                .into_iter()
+                .map(|(at, s)| {
+                    Some(Op::AttentionBackward {
+                        dqkv: rows(dqkv, b, t * w, at, s)?,
+                        datt: rows(datt, b, nh * t * t, at, s)?,
+                        dout: rows(dout, b, t * c, at, s)?,
+                        qkv: rows(qkv, b, t * w, at, s)?,
+                        att: rows(att, b, nh * t * t, at, s)?,
+                        b: s,
+                        t,
+                        c,
+                        nh,
+                        nkv,
+                        dropout: None,
+                    })
+                })
+                .collect()
+        }
+        _ => None,
     }
 }
 

@@ -9,7 +9,7 @@
 
 use super::decode::{self, Decoder, FrameViews};
 use super::layout::{ParamLayout, ALIGN};
-use super::mixed::{Lowering, Precision};
+use super::mixed::{self, Lowering, Precision};
 use super::{gpt2, llama, Arch, ModelConfig};
 use crate::backend::{
     encoder_order, AdamwHyper, AttnDropout, Backend, BufId, DType, Op, PlanId, View, WeightLayout,
@@ -569,12 +569,26 @@ impl Model {
     /// Allocates every buffer and prepares every program for `shape`. Parameters start at zero; load
     /// them with [`Model::set_params`].
     pub fn with_precision(
+        backend: Box<dyn Backend>,
+        config: ModelConfig,
+        shape: BatchShape,
+        mode: Mode,
+        attention: Attention,
+        precision: Precision,
+    ) -> Result<Self> {
+        Self::with_scratch_cap(backend, config, shape, mode, attention, precision, mixed::SCRATCH_CAP)
+    }
+
+    /// [`Model::with_precision`], splitting the ops whose 16-bit conversions need more than
+    /// `scratch_cap` elements of scratch (no effect in f32): tests split small models with it.
+    pub fn with_scratch_cap(
         mut backend: Box<dyn Backend>,
         config: ModelConfig,
         shape: BatchShape,
         mode: Mode,
         attention: Attention,
         precision: Precision,
+        scratch_cap: usize,
     ) -> Result<Self> {
         config.validate()?;
         if shape.b == 0 || shape.t == 0 || shape.accum == 0 {
@@ -591,7 +605,11 @@ impl Model {
         let be = backend.as_mut();
         let params = be.alloc(DType::F32, layout.total, "parameters")?;
         let mixed = match precision.format() {
-            Some(format) => Some(Lowering::new(be, format, params, layout.total)?),
+            Some(format) => {
+                let mut low = Lowering::new(be, format, params, layout.total)?;
+                low.set_scratch_cap(scratch_cap);
+                Some(low)
+            }
             None => None,
         };
         let stats = View::new(be.alloc(DType::F32, NORM_AT + 1, "loss and gradient norm")?, 0, NORM_AT + 1);
