@@ -349,284 +349,122 @@ impl Lowering {
 /// know how to split, ops with dropout (its masks are numbered by element), or when one piece would
 /// hold everything.
 fn split(op: &Op, fraction: f64) -> Option<Vec<Op>> {
-    // (start, count) of each piece of `n`: `per` a piece, a multiple of `unit`.
-    let pieces = |n: usize, unit: usize| -> Option<Vec<(usize, usize)>> {
+    // The pieces of `n` units (`per` a piece, a multiple of `unit`), each made by `make` from the
+    // piece's `cut` (a view of `n` units of `width` elements, sliced to the piece; None for a view
+    // of another size) and its count of units.
+    type Cut<'a> = &'a dyn Fn(View, usize) -> Option<View>;
+    let each = |n: usize, unit: usize, make: &dyn Fn(Cut, usize) -> Option<Op>| -> Option<Vec<Op>> {
         let per = ((n as f64 * fraction) as usize / unit * unit).max(unit);
-        (per < n).then(|| (0..n).step_by(per).map(|at| (at, per.min(n - at))).collect())
-    };
-    // A view of `rows` rows of `width` that holds exactly them, sliced to rows [at, at + n).
-    let rows = |v: View, total: usize, width: usize, at: usize, n: usize| -> Option<View> {
-        (v.len == total * width).then(|| v.slice(at * width, n * width))
+        if per >= n {
+            return None;
+        }
+        (0..n)
+            .step_by(per)
+            .map(|at| {
+                let r = per.min(n - at);
+                make(&|v: View, width: usize| (v.len == n * width).then(|| v.slice(at * width, r * width)), r)
+            })
+            .collect()
     };
     match *op {
-        Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => pieces(m, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::MatmulForward {
-                    out: rows(out, m, n, at, r)?,
-                    inp: rows(inp, m, k, at, r)?,
-                    weight,
-                    bias,
-                    m: r,
-                    k,
-                    n,
-                    layout,
-                })
+        Op::MatmulForward { out, inp, weight, bias, m, k, n, layout } => each(m, 64, &|cut, r| {
+            Some(Op::MatmulForward { out: cut(out, n)?, inp: cut(inp, k)?, weight, bias, m: r, k, n, layout })
+        }),
+        Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m, k, n, layout } => {
+            each(m, 64, &|cut, r| {
+                let (dinp, dout, inp) = (cut(dinp, k)?, cut(dout, n)?, cut(inp, k)?);
+                Some(Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m: r, k, n, layout })
             })
-            .collect(),
-        Op::MatmulBackward { dinp, dweight, dbias, dout, inp, weight, m, k, n, layout } => pieces(m, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::MatmulBackward {
-                    dinp: rows(dinp, m, k, at, r)?,
-                    dweight,
-                    dbias,
-                    dout: rows(dout, m, n, at, r)?,
-                    inp: rows(inp, m, k, at, r)?,
-                    weight,
-                    m: r,
-                    k,
-                    n,
-                    layout,
-                })
+        }
+        Op::GeluForward { out, inp, n } => {
+            each(n, 64, &|cut, e| Some(Op::GeluForward { out: cut(out, 1)?, inp: cut(inp, 1)?, n: e }))
+        }
+        Op::GeluBackward { dinp, inp, dout, n } => each(n, 64, &|cut, e| {
+            Some(Op::GeluBackward { dinp: cut(dinp, 1)?, inp: cut(inp, 1)?, dout: cut(dout, 1)?, n: e })
+        }),
+        Op::SwigluForward { out, inp, n, i } => each(n, 64, &|cut, r| {
+            Some(Op::SwigluForward { out: cut(out, i)?, inp: cut(inp, 2 * i)?, n: r, i })
+        }),
+        Op::SwigluBackward { dinp, inp, dout, n, i } => each(n, 64, &|cut, r| {
+            let (dinp, inp, dout) = (cut(dinp, 2 * i)?, cut(inp, 2 * i)?, cut(dout, i)?);
+            Some(Op::SwigluBackward { dinp, inp, dout, n: r, i })
+        }),
+        Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => each(b, 1, &|cut, s| {
+            Some(Op::EncoderForward { out: cut(out, t * c)?, tokens: cut(tokens, t)?, wte, wpe, b: s, t, c })
+        }),
+        Op::ResidualForward { out, inp1, inp2, n } => each(n, 64, &|cut, e| {
+            Some(Op::ResidualForward { out: cut(out, 1)?, inp1: cut(inp1, 1)?, inp2: cut(inp2, 1)?, n: e })
+        }),
+        Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => each(n, 64, &|cut, r| {
+            let (out, mean, rstd, inp) = (cut(out, c)?, cut(mean, 1)?, cut(rstd, 1)?, cut(inp, c)?);
+            Some(Op::LayernormForward { out, mean, rstd, inp, weight, bias, n: r, c })
+        }),
+        Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c } => {
+            each(n, 64, &|cut, r| {
+                let (dinp, dout, inp) = (cut(dinp, c)?, cut(dout, c)?, cut(inp, c)?);
+                let (mean, rstd) = (cut(mean, 1)?, cut(rstd, 1)?);
+                Some(Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n: r, c })
             })
-            .collect(),
-        Op::GeluForward { out, inp, n } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, e)| {
-                Some(Op::GeluForward { out: rows(out, n, 1, at, e)?, inp: rows(inp, n, 1, at, e)?, n: e })
-            })
-            .collect(),
-        Op::GeluBackward { dinp, inp, dout, n } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, e)| {
-                Some(Op::GeluBackward {
-                    dinp: rows(dinp, n, 1, at, e)?,
-                    inp: rows(inp, n, 1, at, e)?,
-                    dout: rows(dout, n, 1, at, e)?,
-                    n: e,
-                })
-            })
-            .collect(),
-        Op::SwigluForward { out, inp, n, i } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::SwigluForward {
-                    out: rows(out, n, i, at, r)?,
-                    inp: rows(inp, n, 2 * i, at, r)?,
-                    n: r,
-                    i,
-                })
-            })
-            .collect(),
-        Op::SwigluBackward { dinp, inp, dout, n, i } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::SwigluBackward {
-                    dinp: rows(dinp, n, 2 * i, at, r)?,
-                    inp: rows(inp, n, 2 * i, at, r)?,
-                    dout: rows(dout, n, i, at, r)?,
-                    n: r,
-                    i,
-                })
-            })
-            .collect(),
-        Op::EncoderForward { out, tokens, wte, wpe, b, t, c } => pieces(b, 1)?
-            .into_iter()
-            .map(|(at, s)| {
-                Some(Op::EncoderForward {
-                    out: rows(out, b, t * c, at, s)?,
-                    tokens: rows(tokens, b, t, at, s)?,
-                    wte,
-                    wpe,
-                    b: s,
-                    t,
-                    c,
-                })
-            })
-            .collect(),
-        Op::ResidualForward { out, inp1, inp2, n } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, e)| {
-                Some(Op::ResidualForward {
-                    out: rows(out, n, 1, at, e)?,
-                    inp1: rows(inp1, n, 1, at, e)?,
-                    inp2: rows(inp2, n, 1, at, e)?,
-                    n: e,
-                })
-            })
-            .collect(),
-        Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::LayernormForward {
-                    out: rows(out, n, c, at, r)?,
-                    mean: rows(mean, n, 1, at, r)?,
-                    rstd: rows(rstd, n, 1, at, r)?,
-                    inp: rows(inp, n, c, at, r)?,
-                    weight,
-                    bias,
-                    n: r,
-                    c,
-                })
-            })
-            .collect(),
-        Op::LayernormBackward { dinp, dweight, dbias, dout, inp, weight, mean, rstd, n, c } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::LayernormBackward {
-                    dinp: rows(dinp, n, c, at, r)?,
-                    dweight,
-                    dbias,
-                    dout: rows(dout, n, c, at, r)?,
-                    inp: rows(inp, n, c, at, r)?,
-                    weight,
-                    mean: rows(mean, n, 1, at, r)?,
-                    rstd: rows(rstd, n, 1, at, r)?,
-                    n: r,
-                    c,
-                })
-            })
-            .collect(),
-        Op::RmsnormForward { out, rstd, inp, weight, n, c, eps } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::RmsnormForward {
-                    out: rows(out, n, c, at, r)?,
-                    rstd: rows(rstd, n, 1, at, r)?,
-                    inp: rows(inp, n, c, at, r)?,
-                    weight,
-                    n: r,
-                    c,
-                    eps,
-                })
-            })
-            .collect(),
-        Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::RmsnormBackward {
-                    dinp: rows(dinp, n, c, at, r)?,
-                    dweight,
-                    dout: rows(dout, n, c, at, r)?,
-                    inp: rows(inp, n, c, at, r)?,
-                    weight,
-                    rstd: rows(rstd, n, 1, at, r)?,
-                    n: r,
-                    c,
-                })
-            })
-            .collect(),
-        Op::RopeForward { out, inp, positions, table, n, width, heads, hd } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::RopeForward {
-                    out: rows(out, n, width, at, r)?,
-                    inp: rows(inp, n, width, at, r)?,
-                    positions: rows(positions, n, 1, at, r)?,
-                    table,
-                    n: r,
-                    width,
-                    heads,
-                    hd,
-                })
-            })
-            .collect(),
-        Op::RopeBackward { dinp, dout, positions, table, n, width, heads, hd } => pieces(n, 64)?
-            .into_iter()
-            .map(|(at, r)| {
-                Some(Op::RopeBackward {
-                    dinp: rows(dinp, n, width, at, r)?,
-                    dout: rows(dout, n, width, at, r)?,
-                    positions: rows(positions, n, 1, at, r)?,
-                    table,
-                    n: r,
-                    width,
-                    heads,
-                    hd,
-                })
-            })
-            .collect(),
+        }
+        Op::RmsnormForward { out, rstd, inp, weight, n, c, eps } => each(n, 64, &|cut, r| {
+            let (out, rstd, inp) = (cut(out, c)?, cut(rstd, 1)?, cut(inp, c)?);
+            Some(Op::RmsnormForward { out, rstd, inp, weight, n: r, c, eps })
+        }),
+        Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n, c } => each(n, 64, &|cut, r| {
+            let (dinp, dout, inp, rstd) = (cut(dinp, c)?, cut(dout, c)?, cut(inp, c)?, cut(rstd, 1)?);
+            Some(Op::RmsnormBackward { dinp, dweight, dout, inp, weight, rstd, n: r, c })
+        }),
+        Op::RopeForward { out, inp, positions, table, n, width, heads, hd } => each(n, 64, &|cut, r| {
+            let (out, inp, positions) = (cut(out, width)?, cut(inp, width)?, cut(positions, 1)?);
+            Some(Op::RopeForward { out, inp, positions, table, n: r, width, heads, hd })
+        }),
+        Op::RopeBackward { dinp, dout, positions, table, n, width, heads, hd } => each(n, 64, &|cut, r| {
+            let (dinp, dout, positions) = (cut(dinp, width)?, cut(dout, width)?, cut(positions, 1)?);
+            Some(Op::RopeBackward { dinp, dout, positions, table, n: r, width, heads, hd })
+        }),
         Op::FlashAttentionForward { out, lse, qkv, b, t, c, nh, nkv, dropout: None } => {
             let w = crate::backend::qkv_width(c, nh, nkv);
-            pieces(b, 1)?
-                .into_iter()
-                .map(|(at, s)| {
-                    Some(Op::FlashAttentionForward {
-                        out: rows(out, b, t * c, at, s)?,
-                        lse: rows(lse, b, nh * t, at, s)?,
-                        qkv: rows(qkv, b, t * w, at, s)?,
-                        b: s,
-                        t,
-                        c,
-                        nh,
-                        nkv,
-                        dropout: None,
-                    })
-                })
-                .collect()
+            each(b, 1, &|cut, s| {
+                let (out, lse, qkv) = (cut(out, t * c)?, cut(lse, nh * t)?, cut(qkv, t * w)?);
+                Some(Op::FlashAttentionForward { out, lse, qkv, b: s, t, c, nh, nkv, dropout: None })
+            })
         }
         Op::FlashAttentionBackward { dqkv, dsum, dout, qkv, out, lse, b, t, c, nh, nkv, dropout: None } => {
             let w = crate::backend::qkv_width(c, nh, nkv);
-            pieces(b, 1)?
-                .into_iter()
-                .map(|(at, s)| {
-                    Some(Op::FlashAttentionBackward {
-                        dqkv: rows(dqkv, b, t * w, at, s)?,
-                        dsum: rows(dsum, b, nh * t, at, s)?,
-                        dout: rows(dout, b, t * c, at, s)?,
-                        qkv: rows(qkv, b, t * w, at, s)?,
-                        out: rows(out, b, t * c, at, s)?,
-                        lse: rows(lse, b, nh * t, at, s)?,
-                        b: s,
-                        t,
-                        c,
-                        nh,
-                        nkv,
-                        dropout: None,
-                    })
+            each(b, 1, &|cut, s| {
+                let (dqkv, dsum, dout) = (cut(dqkv, t * w)?, cut(dsum, nh * t)?, cut(dout, t * c)?);
+                let (qkv, out, lse) = (cut(qkv, t * w)?, cut(out, t * c)?, cut(lse, nh * t)?);
+                let dropout = None;
+                Some(Op::FlashAttentionBackward {
+                    dqkv,
+                    dsum,
+                    dout,
+                    qkv,
+                    out,
+                    lse,
+                    b: s,
+                    t,
+                    c,
+                    nh,
+                    nkv,
+                    dropout,
                 })
-                .collect()
+            })
         }
         Op::AttentionForward { out, att, qkv, b, t, c, nh, nkv, dropout: None } => {
             let w = crate::backend::qkv_width(c, nh, nkv);
-            pieces(b, 1)?
-                .into_iter()
-                .map(|(at, s)| {
-                    Some(Op::AttentionForward {
-                        out: rows(out, b, t * c, at, s)?,
-                        att: rows(att, b, nh * t * t, at, s)?,
-                        qkv: rows(qkv, b, t * w, at, s)?,
-                        b: s,
-                        t,
-                        c,
-                        nh,
-                        nkv,
-                        dropout: None,
-                    })
-                })
-                .collect()
+            each(b, 1, &|cut, s| {
+                let (out, att, qkv) = (cut(out, t * c)?, cut(att, nh * t * t)?, cut(qkv, t * w)?);
+                Some(Op::AttentionForward { out, att, qkv, b: s, t, c, nh, nkv, dropout: None })
+            })
         }
         Op::AttentionBackward { dqkv, datt, dout, qkv, att, b, t, c, nh, nkv, dropout: None } => {
             let w = crate::backend::qkv_width(c, nh, nkv);
-            pieces(b, 1)?
-                .into_iter()
-                .map(|(at, s)| {
-                    Some(Op::AttentionBackward {
-                        dqkv: rows(dqkv, b, t * w, at, s)?,
-                        datt: rows(datt, b, nh * t * t, at, s)?,
-                        dout: rows(dout, b, t * c, at, s)?,
-                        qkv: rows(qkv, b, t * w, at, s)?,
-                        att: rows(att, b, nh * t * t, at, s)?,
-                        b: s,
-                        t,
-                        c,
-                        nh,
-                        nkv,
-                        dropout: None,
-                    })
-                })
-                .collect()
+            each(b, 1, &|cut, s| {
+                let (dqkv, datt, dout) = (cut(dqkv, t * w)?, cut(datt, nh * t * t)?, cut(dout, t * c)?);
+                let (qkv, att) = (cut(qkv, t * w)?, cut(att, nh * t * t)?);
+                Some(Op::AttentionBackward { dqkv, datt, dout, qkv, att, b: s, t, c, nh, nkv, dropout: None })
+            })
         }
         _ => None,
     }
