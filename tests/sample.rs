@@ -7,7 +7,7 @@ mod common;
 use wgslm::backend::Backend;
 use wgslm::cpu::CpuBackend;
 use wgslm::data::Tok;
-use wgslm::model::{Arch, BatchShape, LlamaConfig, Mode, Model, ModelConfig};
+use wgslm::model::{Arch, Attention, BatchShape, LlamaConfig, Mode, Model, ModelConfig, Precision};
 use wgslm::rng::Rng;
 use wgslm::sample::{generate, SampleOptions};
 use wgslm::verify::rel_l2;
@@ -90,6 +90,50 @@ fn cached_logits_match_full_context_logits() {
                 let (got, want) =
                     (cached.next_logits(&ids[..11]).unwrap(), full.next_logits(&ids[..11]).unwrap());
                 assert!(rel_l2(&got, &want) <= 1e-5, "{backend_name} {arch} b={b}: after a step");
+            }
+        }
+    }
+}
+
+/// A model training in bf16 samples from its f32 master weights on an f32 frame with the key/value
+/// cache: its logits are the f32 model's, bit for bit, for one-sequence training batches as for
+/// larger ones; after a step, the cache follows the updated weights.
+#[test]
+fn mixed_precision_samples_from_the_master_weights_with_the_cache() {
+    for (backend_name, backend) in backends() {
+        for (arch, cfg) in configs() {
+            for b in [1, 2] {
+                let what = format!("{backend_name} {arch} b={b}");
+                let f32 = model(backend(), cfg, b);
+                let shape = BatchShape { b, t: cfg.n_positions, accum: 1 };
+                let be = backend();
+                let attention = Attention::choose("auto", be.as_ref(), shape.t, cfg.head_size()).unwrap();
+                let mode = Mode::Train { weight_decay: 0.1, dropout: 0.0 };
+                let mut bf16 =
+                    Model::with_precision(be, cfg, shape, mode, attention, Precision::Bf16).unwrap();
+                bf16.set_params(&common::random_params(&cfg, 17)).unwrap();
+                bf16.enable_sampling().unwrap();
+                let mut f32 = f32;
+                let mut rng = Rng::new(4);
+                let ids: Vec<u32> = (0..cfg.n_positions).map(|_| rng.below(257) as u32).collect();
+                for len in [5, 6, 9, cfg.n_positions] {
+                    let (got, want) =
+                        (bf16.next_logits(&ids[..len]).unwrap(), f32.next_logits(&ids[..len]).unwrap());
+                    assert!(
+                        got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{what}: bf16 model's logits after {len} tokens are not the f32 model's"
+                    );
+                }
+                if backend_name == "gpu" {
+                    assert!(!bf16.profile_decode().unwrap().is_empty(), "{what}: no key/value cache program");
+                }
+                let batch: Vec<u32> = (0..b * cfg.n_positions).map(|_| rng.below(257) as u32).collect();
+                bf16.set_batch(0, &batch, &batch).unwrap();
+                bf16.step(&wgslm::backend::AdamwHyper::at_step(1e-2, 0.9, 0.95, 1e-8, 1.0, 1)).unwrap();
+                let cached = bf16.next_logits(&ids[..11]).unwrap();
+                bf16.set_kv_cache(false);
+                let full = bf16.next_logits(&ids[..11]).unwrap();
+                assert!(rel_l2(&cached, &full) <= 1e-5, "{what}: after a step");
             }
         }
     }

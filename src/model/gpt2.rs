@@ -301,17 +301,9 @@ impl Network for Gpt2Net {
         shape: BatchShape,
         scalar: View,
         label: &str,
+        acts: DType,
     ) -> Result<usize> {
-        self.frames.push(alloc_acts(
-            be,
-            &self.config,
-            self.attention,
-            shape,
-            false,
-            scalar,
-            label,
-            self.acts,
-        )?);
+        self.frames.push(alloc_acts(be, &self.config, self.attention, shape, false, scalar, label, acts)?);
         Ok(self.frames.len() - 1)
     }
 

@@ -249,6 +249,7 @@ impl Network for LlamaNet {
         shape: BatchShape,
         scalar: View,
         label: &str,
+        acts: DType,
     ) -> Result<usize> {
         if self.rope.is_none() {
             let table = rope_table(self.llama.rope_theta, self.config.head_size(), self.config.n_positions);
@@ -256,16 +257,7 @@ impl Network for LlamaNet {
             be.write_f32(view, &table)?;
             self.rope = Some(view);
         }
-        self.frames.push(alloc_acts(
-            be,
-            &self.config,
-            self.attention,
-            shape,
-            false,
-            scalar,
-            label,
-            self.acts,
-        )?);
+        self.frames.push(alloc_acts(be, &self.config, self.attention, shape, false, scalar, label, acts)?);
         Ok(self.frames.len() - 1)
     }
 

@@ -232,15 +232,16 @@ pub struct DropoutSeed {
 /// One architecture: its activations and the ops between the token ids and the final hidden state.
 /// See docs/ARCHITECTURE.md, "Adding an architecture".
 pub trait Network {
-    /// Allocates the activations of a new frame of `shape` and returns its number (0, 1, ...; frame
-    /// 0 is the one training steps run on). `scalar` is a 1-element f32 view for tensors a plan does
-    /// not need.
+    /// Allocates the activations of a new frame of `shape`, of element type `acts` (`DType::Half`
+    /// for a training frame in mixed precision), and returns its number (0, 1, ...; frame 0 is the
+    /// one training steps run on). `scalar` is a 1-element f32 view for tensors a plan does not need.
     fn add_frame(
         &mut self,
         be: &mut dyn Backend,
         shape: BatchShape,
         scalar: View,
         label: &str,
+        acts: DType,
     ) -> Result<usize>;
     /// Allocates what training frame 0 needs: activation gradients and dropout buffers.
     fn add_training(
@@ -382,11 +383,12 @@ impl Frame {
         shape: BatchShape,
         scalar: View,
         label: &str,
+        acts: DType,
     ) -> Result<Self> {
         let (n, v) = (shape.tokens(), cfg.vocab_size);
         let rows = chunk_rows(n, v, be.max_binding());
         let chunks = (0..n).step_by(rows).map(|at| (at, rows.min(n - at))).collect();
-        let net_frame = net.add_frame(be, shape, scalar, label)?;
+        let net_frame = net.add_frame(be, shape, scalar, label, acts)?;
         let mut alloc = |dtype: DType, len: usize, what: &str| -> Result<View> {
             Ok(View::new(be.alloc(dtype, len, &format!("{label}{what}"))?, 0, len))
         };
@@ -618,7 +620,7 @@ impl Model {
         let scalar = View::new(be.alloc(DType::F32, 1, "unused statistics")?, 0, 1);
         let grad_scale = View::new(be.alloc(DType::F32, 1, "loss-gradient multiplier")?, 0, 1);
         be.write_f32(grad_scale, &[1.0])?;
-        let main = Frame::new(be, net.as_mut(), &config, shape, scalar, "")?;
+        let main = Frame::new(be, net.as_mut(), &config, shape, scalar, "", precision.activations())?;
         let mut model = Model {
             config,
             layout,
@@ -1066,9 +1068,13 @@ impl Model {
     }
 
     /// Adds a one-sequence frame sharing the parameters, for [`Model::next_logits`]: sampling from a
-    /// model built for training batches costs one sequence, not a batch, per token.
+    /// model built for training batches costs one sequence, not a batch, per token. The frame is f32
+    /// in every precision: in mixed precision it samples from the master weights (what a checkpoint
+    /// holds, and `wgslm sample` loads), with the key/value cache.
     pub fn enable_sampling(&mut self) -> Result<()> {
-        if self.sampler.is_some() || self.shape.b == 1 && self.shape.accum == 1 {
+        // A one-sequence f32 training frame serves as it is.
+        let main_serves = self.shape.b == 1 && self.shape.accum == 1 && self.mixed.is_none();
+        if self.sampler.is_some() || main_serves {
             return Ok(());
         }
         let shape = BatchShape { b: 1, t: self.shape.t, accum: 1 };
@@ -1079,10 +1085,12 @@ impl Model {
             shape,
             self.scalar,
             "sampling ",
+            DType::F32,
         )?;
         let weights = Weights { buf: self.params, layout: &self.layout };
         let (c, v) = (self.config.n_embd, self.config.vocab_size);
-        frame.prepare_logits(self.backend.as_mut(), &mut self.mixed, self.net.as_ref(), weights, c, v)?;
+        // Not lowered: f32 activations, the master weights.
+        frame.prepare_logits(self.backend.as_mut(), &mut None, self.net.as_ref(), weights, c, v)?;
         self.sampler = Some(frame);
         // A decoder built before ran on the training frame; the next one runs on this frame.
         self.decoder = None;
@@ -1129,8 +1137,9 @@ impl Model {
 
     /// Builds the one-position program on first use.
     fn decoder(&mut self) -> Result<Option<&mut Decoder>> {
-        // The one-position program is rewritten from f32 ops; mixed precision samples with full passes.
-        if self.mixed.is_some() {
+        // The one-position program is rewritten from f32 ops: the training frame of a mixed-precision
+        // model (when it is also the sampling frame) samples with full passes.
+        if self.mixed.is_some() && self.sampler.is_none() {
             return Ok(None);
         }
         if self.decoder.is_none() {
