@@ -303,11 +303,17 @@ impl Lowering {
             outputs.push(self.outputs.get(be, slot, len.unwrap_or(1), "output")?);
         }
         let mut lowered = Vec::with_capacity(ops.len() * 3);
+        // The weights the previous op widened, and where in the arena: the pieces of a split op
+        // read the same weight from the same place, so only the first piece widens it. Only the
+        // conversions write the arena, and only the refresh (passed through, below) the half copy.
+        let mut held: Vec<(View, View)> = Vec::new();
         for (op, plan) in ops.iter().zip(plans) {
             let Some(c) = plan else {
+                held.clear();
                 lowered.push(op.clone());
                 continue;
             };
+            let mut widened = Vec::new();
             let mut map: BTreeMap<View, View> = BTreeMap::new();
             lowered.extend(c.in_place.iter().map(|&v| Op::Quantize { out: v, inp: v, n: v.len, format }));
             let mut at = 0;
@@ -318,10 +324,16 @@ impl Lowering {
             };
             for (v, half) in c.widen {
                 let s = next(v.len);
-                let (inp, first) = words(half);
-                lowered.push(Op::Widen { out: s, inp, first, n: v.len, format });
+                if half.buf == self.params_half {
+                    widened.push((s, half));
+                }
+                if !held.contains(&(s, half)) {
+                    let (inp, first) = words(half);
+                    lowered.push(Op::Widen { out: s, inp, first, n: v.len, format });
+                }
                 map.insert(v, s);
             }
+            held = widened;
             for v in c.quantize {
                 let s = next(v.len);
                 lowered.push(Op::Quantize { out: s, inp: v, n: v.len, format });
@@ -546,6 +558,37 @@ mod tests {
         let ops = low.lower(&mut be, &[op, reader]).unwrap();
         assert!(matches!(ops[2], Op::Quantize { out, inp, .. } if inp == dout && out != dout));
         assert_eq!(low.refresh().len(), 1);
+    }
+
+    #[test]
+    fn a_split_matmul_widens_its_weight_once() {
+        let mut be = CpuBackend::new();
+        let params = be.alloc(DType::F32, 4096, "p").unwrap();
+        let mut low = Lowering::new(&mut be, HalfFormat::Bf16, params, 4096).unwrap();
+        low.set_scratch_cap(1000);
+        let (m, k, n) = (200, 16, 32);
+        let inp = View::new(be.alloc(DType::Half, m * k, "x").unwrap(), 0, m * k);
+        let out = View::new(be.alloc(DType::Half, m * n, "y").unwrap(), 0, m * n);
+        let weight = View::new(params, 0, k * n);
+        let layout = crate::backend::WeightLayout::InOut;
+        let op = Op::MatmulForward { out, inp, weight, bias: None, m, k, n, layout };
+        let ops = low.lower(&mut be, std::slice::from_ref(&op)).unwrap();
+        let count = |name: &str| ops.iter().filter(|o| o.name() == name).count();
+        // 6,400 output elements at a cap of 1,000: the least piece, 64 rows (2,048 elements).
+        assert_eq!(count("matmul_forward"), 4);
+        assert_eq!(count("round_half"), 4);
+        let from_copy =
+            ops.iter().filter(|o| matches!(o, Op::Widen { inp, .. } if inp.buf == low.params_half));
+        assert_eq!(from_copy.count(), 1);
+        assert_eq!(count("widen_half"), 5);
+        // A refresh of the half copy between two uses passes through, and the next use widens anew.
+        let mut program = vec![op.clone()];
+        program.extend(low.refresh());
+        program.push(op);
+        let ops = low.lower(&mut be, &program).unwrap();
+        let from_copy =
+            ops.iter().filter(|o| matches!(o, Op::Widen { inp, .. } if inp.buf == low.params_half));
+        assert_eq!(from_copy.count(), 2);
     }
 }
 
