@@ -127,6 +127,9 @@ fn mixed_precision_samples_from_the_master_weights_with_the_cache() {
                 if backend_name == "gpu" {
                     assert!(!bf16.profile_decode().unwrap().is_empty(), "{what}: no key/value cache program");
                 }
+                // The cache holds 10 tokens; after a step, 11 extend them, and only a cache that was
+                // forgotten gives the updated weights' logits.
+                bf16.next_logits(&ids[..10]).unwrap();
                 let batch: Vec<u32> = (0..b * cfg.n_positions).map(|_| rng.below(257) as u32).collect();
                 bf16.set_batch(0, &batch, &batch).unwrap();
                 bf16.step(&wgslm::backend::AdamwHyper::at_step(1e-2, 0.9, 0.95, 1e-8, 1.0, 1)).unwrap();

@@ -195,24 +195,29 @@ impl Lowering {
     }
 
     /// The row-sized scratch `op` would need converted whole: its 16-bit inputs and f32 matmul
-    /// operands (not the weights, whose size does not shrink with the rows), and its largest
-    /// 16-bit output.
-    fn row_scratch(&self, be: &dyn Backend, op: &Op) -> usize {
+    /// operands that are rounded into scratch (not the weights, whose size does not shrink with the
+    /// rows, nor what is rounded in place: see [`Lowering::conversions`]), and its largest 16-bit
+    /// output. `op` is op `i` of `ops`.
+    fn row_scratch(&self, be: &dyn Backend, ops: &[Op], i: usize) -> usize {
+        let op = &ops[i];
         let is_half = |v: &View| be.dtype(v.buf) == DType::Half;
+        let outs: Vec<View> = op.outputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
+        let in_place = |v: &View| dead_after(ops, i, *v) && !outs.iter().any(|o| o.overlaps(v));
         let mut inputs: Vec<View> = op.inputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
-        inputs.extend(matmul_operands(op).into_iter().filter(|v| v.buf != self.params && !is_half(v)));
+        inputs.extend(
+            matmul_operands(op).into_iter().filter(|v| v.buf != self.params && !is_half(v) && !in_place(v)),
+        );
         inputs.sort();
         inputs.dedup();
         let ins: usize = inputs.iter().map(|v| v.len).sum();
-        let out = op.outputs().into_iter().filter(|(v, _)| is_half(v)).map(|(v, _)| v.len).max();
-        ins.max(out.unwrap_or(0))
+        ins.max(outs.iter().map(|v| v.len).max().unwrap_or(0))
     }
 
     /// `ops` with every op that needs more than the cap of scratch split where it can be.
     fn split_large(&self, be: &dyn Backend, ops: &[Op]) -> Vec<Op> {
         let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            let need = self.row_scratch(be, op);
+        for (i, op) in ops.iter().enumerate() {
+            let need = self.row_scratch(be, ops, i);
             let pieces = (need > self.cap).then(|| split(op, self.cap as f64 / need as f64)).flatten();
             // Every f32 or u32 view a kernel binds must start on a 256-byte boundary.
             let aligned = |ops: &Vec<Op>| {
@@ -558,6 +563,117 @@ mod tests {
         let ops = low.lower(&mut be, &[op, reader]).unwrap();
         assert!(matches!(ops[2], Op::Quantize { out, inp, .. } if inp == dout && out != dout));
         assert_eq!(low.refresh().len(), 1);
+    }
+
+    /// Every op `split` knows, over 16-bit activations, splits under a small cap into pieces that
+    /// are well-formed ops (`Op::check`: every view the length the piece's shape needs).
+    #[test]
+    fn every_op_split_knows_splits_into_well_formed_pieces() {
+        use crate::backend::{qkv_width, WeightLayout};
+        let mut be = CpuBackend::new();
+        let params = be.alloc(DType::F32, 1 << 16, "p").unwrap();
+        let mut low = Lowering::new(&mut be, HalfFormat::Bf16, params, 1 << 16).unwrap();
+        low.set_scratch_cap(64);
+        let (b, t, c, nh, nkv, i) = (2, 64, 64, 2, 1, 96);
+        let (n, w) = (b * t, qkv_width(c, nh, nkv));
+        let mut tensor = |dtype: DType, len: usize| View::new(be.alloc(dtype, len, "t").unwrap(), 0, len);
+        let (h, f) = (DType::Half, DType::F32);
+        let weight = |at: usize, len: usize| View::new(params, at * 1024, len);
+        // Every output its own tensor (Op::check refuses an output that overlaps another view).
+        let (x, y, g, g2) = (tensor(h, n * c), tensor(h, n * c), tensor(f, n * c), tensor(f, n * c));
+        let (qkv, qkv2, dqkv) = (tensor(h, n * w), tensor(h, n * w), tensor(f, n * w));
+        let (lse, dsum, mean, rstd) =
+            (tensor(f, b * nh * t), tensor(f, b * nh * t), tensor(f, n), tensor(f, n));
+        let (att, datt) = (tensor(h, b * nh * t * t), tensor(f, b * nh * t * t));
+        let (wide, wide2, dwide, dwide2) =
+            (tensor(h, n * i), tensor(h, n * i), tensor(f, n * i), tensor(f, n * i));
+        let (gate_up, dgate_up) = (tensor(h, n * 2 * i), tensor(f, n * 2 * i));
+        let (tokens, table) = (tensor(DType::U32, n), tensor(f, t * (c / nh)));
+        let (dw, db, db2) = (tensor(f, c * i), tensor(f, c), tensor(f, c));
+        let mm = WeightLayout::InOut;
+        let (ln_w, ln_b, fc) = (weight(9, c), weight(10, c), weight(20, c * i));
+        let ops = [
+            Op::EncoderForward {
+                out: x,
+                tokens,
+                wte: weight(0, 10 * c),
+                wpe: Some(weight(1, t * c)),
+                b,
+                t,
+                c,
+            },
+            Op::LayernormForward { out: y, mean, rstd, inp: x, weight: ln_w, bias: ln_b, n, c },
+            Op::LayernormBackward {
+                dinp: g,
+                dweight: db,
+                dbias: db2,
+                dout: g2,
+                inp: x,
+                weight: ln_w,
+                mean,
+                rstd,
+                n,
+                c,
+            },
+            Op::RmsnormForward { out: y, rstd, inp: x, weight: ln_w, n, c, eps: 1e-5 },
+            Op::RmsnormBackward { dinp: g, dweight: db, dout: g2, inp: x, weight: ln_w, rstd, n, c },
+            Op::ResidualForward { out: y, inp1: x, inp2: x, n: n * c },
+            Op::RopeForward {
+                out: qkv2,
+                inp: qkv,
+                positions: tokens,
+                table,
+                n,
+                width: w,
+                heads: nh + nkv,
+                hd: c / nh,
+            },
+            Op::GeluForward { out: wide2, inp: wide, n: n * i },
+            Op::GeluBackward { dinp: dwide2, inp: wide, dout: dwide, n: n * i },
+            Op::SwigluForward { out: wide, inp: gate_up, n, i },
+            Op::SwigluBackward { dinp: dgate_up, inp: gate_up, dout: dwide, n, i },
+            Op::MatmulForward { out: wide, inp: x, weight: fc, bias: None, m: n, k: c, n: i, layout: mm },
+            Op::MatmulBackward {
+                dinp: g,
+                dweight: dw,
+                dbias: None,
+                dout: dwide,
+                inp: x,
+                weight: fc,
+                m: n,
+                k: c,
+                n: i,
+                layout: mm,
+            },
+            Op::FlashAttentionForward { out: y, lse, qkv, b, t, c, nh, nkv, dropout: None },
+            Op::FlashAttentionBackward {
+                dqkv,
+                dsum,
+                dout: g,
+                qkv,
+                out: y,
+                lse,
+                b,
+                t,
+                c,
+                nh,
+                nkv,
+                dropout: None,
+            },
+            Op::AttentionForward { out: y, att, qkv, b, t, c, nh, nkv, dropout: None },
+            Op::AttentionBackward { dqkv, datt, dout: g, qkv, att, b, t, c, nh, nkv, dropout: None },
+        ];
+        for op in ops {
+            let name = op.name();
+            let pieces = split(&op, 0.01).unwrap_or_else(|| panic!("{name} did not split"));
+            assert!(pieces.len() >= 2, "{name}: {} piece", pieces.len());
+            for piece in &pieces {
+                piece.check().unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            // The lowering makes the same pieces (their f32 views are aligned).
+            let lowered = low.lower(&mut be, std::slice::from_ref(&op)).unwrap();
+            assert_eq!(lowered.iter().filter(|o| o.name() == name).count(), pieces.len(), "{name}");
+        }
     }
 
     #[test]
