@@ -194,23 +194,15 @@ impl Lowering {
         self.cap = elements.max(1);
     }
 
-    /// The row-sized scratch `op` would need converted whole: its 16-bit inputs and f32 matmul
-    /// operands that are rounded into scratch (not the weights, whose size does not shrink with the
-    /// rows, nor what is rounded in place: see [`Lowering::conversions`]), and its largest 16-bit
-    /// output. `op` is op `i` of `ops`.
+    /// The row-sized scratch op `i` of `ops` would need converted whole: what its conversions
+    /// ([`Lowering::conversions`]) put in the input arena but the weights (whose size does not shrink
+    /// with the rows), or its largest 16-bit output, whichever is more. 0 for the conversions
+    /// themselves and for ops that cannot be lowered (`lower` reports those).
     fn row_scratch(&self, be: &dyn Backend, ops: &[Op], i: usize) -> usize {
-        let op = &ops[i];
-        let is_half = |v: &View| be.dtype(v.buf) == DType::Half;
-        let outs: Vec<View> = op.outputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
-        let in_place = |v: &View| dead_after(ops, i, *v) && !outs.iter().any(|o| o.overlaps(v));
-        let mut inputs: Vec<View> = op.inputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
-        inputs.extend(
-            matmul_operands(op).into_iter().filter(|v| v.buf != self.params && !is_half(v) && !in_place(v)),
-        );
-        inputs.sort();
-        inputs.dedup();
-        let ins: usize = inputs.iter().map(|v| v.len).sum();
-        ins.max(outs.iter().map(|v| v.len).max().unwrap_or(0))
+        let Ok(Some(c)) = self.conversions(be, ops, i) else { return 0 };
+        let widened = c.widen.iter().filter(|(_, half)| half.buf != self.params_half).map(|(v, _)| v.len);
+        let ins: usize = widened.chain(c.quantize.iter().map(|v| v.len)).sum();
+        ins.max(c.outs.iter().map(|v| v.len).max().unwrap_or(0))
     }
 
     /// `ops` with every op that needs more than the cap of scratch split where it can be.
@@ -359,9 +351,9 @@ impl Lowering {
 }
 
 /// `op` as ops over consecutive pieces of its rows, or of its sequences for attention, each a
-/// `fraction` of the whole or less (but at least one unit), that together do what it does: products and element-wise ops piece by piece; what
-/// sums over the rows (a weight's and a bias's gradient) accumulates across the pieces, which the
-/// backward ops do anyway. Rows go in multiples of 64 (sequences: whole ones), so that the f32 views
+/// `fraction` of the whole or less (but at least one unit), that together do what it does:
+/// products and element-wise ops piece by piece; what sums over the rows (a weight's and a bias's
+/// gradient) accumulates across the pieces, which the backward ops do anyway. Rows go in multiples of 64 (sequences: whole ones), so that the f32 views
 /// of a piece stay 256-byte aligned where the op's were; the caller checks. None for ops it does not
 /// know how to split, ops with dropout (its masks are numbered by element), or when one piece would
 /// hold everything.
@@ -451,7 +443,6 @@ fn split(op: &Op, fraction: f64) -> Option<Vec<Op>> {
             each(b, 1, &|cut, s| {
                 let (dqkv, dsum, dout) = (cut(dqkv, t * w)?, cut(dsum, nh * t)?, cut(dout, t * c)?);
                 let (qkv, out, lse) = (cut(qkv, t * w)?, cut(out, t * c)?, cut(lse, nh * t)?);
-                let dropout = None;
                 Some(Op::FlashAttentionBackward {
                     dqkv,
                     dsum,
@@ -464,7 +455,7 @@ fn split(op: &Op, fraction: f64) -> Option<Vec<Op>> {
                     c,
                     nh,
                     nkv,
-                    dropout,
+                    dropout: None,
                 })
             })
         }
