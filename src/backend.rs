@@ -989,6 +989,9 @@ pub trait Backend {
     fn write_u32(&mut self, view: View, data: &[u32]) -> Result<()>;
     /// Reads a view back into `out` (`view.len` elements; waits for all submitted work).
     fn read_f32_into(&mut self, view: View, out: &mut [f32]) -> Result<()>;
+    /// Reads the words of a view of a `DType::U32` or `DType::Half` buffer back into `out`
+    /// (`view.len` words; waits for all submitted work).
+    fn read_u32_into(&mut self, view: View, out: &mut [u32]) -> Result<()>;
     /// Reads a view back (waits for all submitted work).
     fn read_f32(&mut self, view: View) -> Result<Vec<f32>> {
         let mut out = vec![0.0; view.len];

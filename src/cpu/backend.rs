@@ -356,6 +356,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn read_u32_into(&mut self, view: View, out: &mut [u32]) -> Result<()> {
+        out.copy_from_slice(self.u32s(view));
+        Ok(())
+    }
+
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {
         for op in ops {
             op.check().map_err(Error::Invalid)?;

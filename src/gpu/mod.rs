@@ -68,6 +68,41 @@ pub(crate) fn one_of(name: &str, list: &[&'static str], what: &str) -> Result<&'
 }
 
 impl GpuBackend {
+    /// Copies the 4-byte words of `view` into `out` (`view.len` · 4 bytes; waits for all submitted work).
+    fn read_words(&mut self, view: View, out: &mut [u8]) -> Result<()> {
+        if view.len == 0 {
+            return Ok(());
+        }
+        let size = view.len as u64 * 4;
+        if self.staging.as_ref().is_none_or(|s| s.size() < size) {
+            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+            self.staging = Some(self.create_buffer("readback staging", size, usage)?);
+        }
+        let staging = self.staging.as_ref().unwrap();
+        let src = &self.bufs[view.buf.0].buffer;
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(src, view.offset as u64 * 4, staging, 0, size);
+        self.ctx.queue.submit([encoder.finish()]);
+        self.stats.submits += 1;
+        let slice = staging.slice(..size);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx.wait("reading back a result")?;
+        rx.recv()
+            .map_err(|_| Error::DeviceLost("the readback was abandoned".into()))?
+            .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
+        {
+            let mapped = slice
+                .get_mapped_range()
+                .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
+            out.copy_from_slice(&mapped);
+        }
+        staging.unmap();
+        Ok(())
+    }
+
     pub fn new(choice: &DeviceChoice) -> Result<Self> {
         Ok(Self::with_context(Arc::new(GpuContext::new(choice)?)))
     }
@@ -559,37 +594,13 @@ impl Backend for GpuBackend {
 
     fn read_f32_into(&mut self, view: View, out: &mut [f32]) -> Result<()> {
         assert_eq!(out.len(), view.len, "read_f32_into: the slice must hold the view");
-        if view.len == 0 {
-            return Ok(());
-        }
-        let size = view.len as u64 * 4;
-        if self.staging.as_ref().is_none_or(|s| s.size() < size) {
-            let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
-            self.staging = Some(self.create_buffer("readback staging", size, usage)?);
-        }
-        let staging = self.staging.as_ref().unwrap();
-        let src = &self.bufs[view.buf.0].buffer;
-        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(src, view.offset as u64 * 4, staging, 0, size);
-        self.ctx.queue.submit([encoder.finish()]);
-        self.stats.submits += 1;
-        let slice = staging.slice(..size);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.ctx.wait("reading back a result")?;
-        rx.recv()
-            .map_err(|_| Error::DeviceLost("the readback was abandoned".into()))?
-            .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
-        {
-            let mapped = slice
-                .get_mapped_range()
-                .map_err(|e| Error::DeviceLost(format!("mapping the readback buffer: {e}")))?;
-            out.copy_from_slice(bytemuck::cast_slice::<u8, f32>(&mapped));
-        }
-        staging.unmap();
-        Ok(())
+        self.read_words(view, bytemuck::cast_slice_mut(out))
+    }
+
+    fn read_u32_into(&mut self, view: View, out: &mut [u32]) -> Result<()> {
+        assert_eq!(out.len(), view.len, "read_u32_into: the slice must hold the view");
+        assert_ne!(self.bufs[view.buf.0].dtype, DType::F32, "read_u32_into from an f32 buffer");
+        self.read_words(view, bytemuck::cast_slice_mut(out))
     }
 
     fn prepare(&mut self, ops: &[Op]) -> Result<PlanId> {

@@ -144,12 +144,12 @@ fn alloc_acts(
                 layers.push(LayerActs { res3, ..layers[0] });
                 continue;
             }
-            let x1 = a.tensor(n * c, "mlp projection, ln_2, attention projection, ln_1 (every block)")?;
-            let x2 = a.tensor(n * c, "attention (every block)")?;
-            let y1 = a.tensor(n * 4 * c, "mlp gelu, qkv (every block)")?;
+            let x1 = a.branch(n * c, "mlp projection, ln_2, attention projection, ln_1 (every block)")?;
+            let x2 = a.branch(n * c, "attention (every block)")?;
+            let y1 = a.branch(n * 4 * c, "mlp gelu, qkv (every block)")?;
             // The attention-score scratch of the attention backward pass lives in the buffer of the
             // mlp fc gradient, dead by then.
-            let y2 = a.tensor((n * 4 * c).max(att_len), "mlp fc, attention scores (every block)")?;
+            let y2 = a.branch((n * 4 * c).max(att_len), "mlp fc, attention scores (every block)")?;
             layers.push(LayerActs {
                 ln1: x1,
                 ln1_mean: scalar,
@@ -192,7 +192,7 @@ fn alloc_acts(
         shape: s,
         encoded: a.tensor(n * c, "embedding")?,
         layers,
-        lnf: a.tensor(n * c, "ln_f")?,
+        lnf: a.branch(n * c, "ln_f")?,
         lnf_mean: a.stat(n, "ln_f mean")?,
         lnf_rstd: a.stat(n, "ln_f rstd")?,
     })

@@ -155,16 +155,16 @@ fn alloc_acts(
             }
             // In backward order: mlp, norm2, attproj and norm1 live one after another; so do gate_up
             // and qkv_rot, and swiglu, the attention-score scratch and qkv.
-            let x1 = a.tensor(n * c, "mlp, norm2, attention projection, norm1 (every block)")?;
-            let y1 = a.tensor((n * 2 * i).max(n * w), "gate and up, rotated qkv (every block)")?;
+            let x1 = a.branch(n * c, "mlp, norm2, attention projection, norm1 (every block)")?;
+            let y1 = a.branch((n * 2 * i).max(n * w), "gate and up, rotated qkv (every block)")?;
             let y2 =
-                a.tensor((n * i).max(n * w).max(att_len), "swiglu, attention scores, qkv (every block)")?;
+                a.branch((n * i).max(n * w).max(att_len), "swiglu, attention scores, qkv (every block)")?;
             layers.push(LayerActs {
                 norm1: x1,
                 norm1_rstd: scalar,
                 qkv: y2.slice(0, n * w),
                 qkv_rot: y1.slice(0, n * w),
-                atty: a.tensor(n * c, "attention (every block)")?,
+                atty: a.branch(n * c, "attention (every block)")?,
                 att: y2.slice(0, att_len),
                 attproj: x1,
                 res2: a.tensor(n * c, "residual 2 (every block)")?,
@@ -199,7 +199,7 @@ fn alloc_acts(
         shape: s,
         encoded: a.tensor(n * c, "embedding")?,
         layers,
-        norm: a.tensor(n * c, "final norm")?,
+        norm: a.branch(n * c, "final norm")?,
         norm_rstd: a.stat(n, "final norm rstd")?,
     })
 }

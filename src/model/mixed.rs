@@ -10,11 +10,18 @@
 //! - **Weights**: the master weights, gradients and AdamW moments stay f32. A half copy of the
 //!   parameters (same element offsets) is rounded from the master after every update and every
 //!   upload ([`Lowering::refresh`]); each matmul reads its weight from the copy.
-//! - **Matmul operands that live in f32** (the activation gradients the backward matmuls read, the
-//!   logits' gradient) are rounded in place into scratch ([`Op::Quantize`]).
+//! - **The logits** are 16-bit (the head's matmul writes them through a scratch and `Round`); the
+//!   cross-entropy reads them widened, and its gradient overwrites them in place, on their widening.
+//! - **The gradients inside a block's branches** (of the norms' outputs, q/k/v, the attention
+//!   output, the projections, the MLP's hidden layer; `ActAlloc::branch`) are 16-bit: a backward op
+//!   that adds into one adds into its f32 widening, or into zeros after a zeroing nothing read
+//!   (whose 16-bit write is then dropped), and the sum is rounded once.
+//! - **Matmul operands that live in f32** are rounded in place or into scratch ([`Op::Quantize`]).
+//!   GPT-2's and Llama's programs have none left (every output gradient a matmul reads is 16-bit);
+//!   the rule stays for programs that do.
 //! - Products and sums stay f32, as do the per-row statistics (norm means and rstd, log-sum-exp),
-//!   the logits and the loss, every activation gradient (the backward ops accumulate into them),
-//!   the gradient norm and the optimizer.
+//!   the loss, the gradients of the residual stream and the embedding (which add up across the
+//!   blocks), the gradient norm and the optimizer.
 //!
 //! The pass is architecture-free: it sees only ops and the element type of their buffers, so GPT-2,
 //! Llama and both attention variants get the same treatment, and the CPU backend runs the same
@@ -84,11 +91,11 @@ const WORD_ALIGN: usize = 64;
 /// The most elements one refresh op converts (64 MiB of f32), a multiple of 2 · WORD_ALIGN.
 const REFRESH_CHUNK: usize = 1 << 24;
 
-/// The most f32 scratch elements (4 MiB) an op's row-sized conversions should need: an op over more
+/// The most f32 scratch elements (2 MiB) an op's row-sized conversions should need: an op over more
 /// is split into pieces over fewer rows (or sequences), each converted on its own, when it can be
 /// ([`split`]). Without it the scratch is as large as the largest activation (the MLP's, 4·C wide),
 /// which is most of what 16-bit activations save.
-pub const SCRATCH_CAP: usize = 1 << 20;
+pub const SCRATCH_CAP: usize = 3 << 18;
 
 /// The word view of a half buffer that holds elements `v`, and the index of `v`'s first element in
 /// it: the words start on a 256-byte boundary, as every binding must.
@@ -98,13 +105,43 @@ fn words(v: View) -> (View, usize) {
     (View::new(v.buf, start, (first + v.len).div_ceil(2)), first)
 }
 
-/// Whether `op` adds into its outputs (then an output may not be half: there is nothing to add to).
+/// The elements of `v` as f32, widened on the host when `v` is 16-bit.
+pub fn read(be: &mut dyn Backend, v: View, format: Option<HalfFormat>) -> Result<Vec<f32>> {
+    let (DType::Half, Some(format)) = (be.dtype(v.buf), format) else { return be.read_f32(v) };
+    let (w, first) = words(v);
+    let mut packed = vec![0; w.len];
+    be.read_u32_into(w, &mut packed)?;
+    let mut out = vec![0.0; v.len];
+    crate::cpu::widen_half(&mut out, &packed, first, v.len, format);
+    Ok(out)
+}
+
+/// Whether `op` keeps what its outputs held: it adds into them (a 16-bit one then starts from its
+/// widening, or from zeros), or writes only part of them (a row).
 fn accumulates(op: &Op) -> bool {
     match op {
         Op::Matmul { accumulate, .. } => *accumulate,
-        Op::ReduceSum { .. } | Op::AdamwUpdate { .. } => true,
+        Op::ReduceSum { .. } | Op::AdamwUpdate { .. } | Op::ScatterRow { .. } => true,
         _ => op.name().ends_with("_backward"),
     }
+}
+
+/// Outputs of a backward op that it overwrites whole, scratch of its own: nothing to widen first.
+fn overwritten(op: &Op) -> Vec<View> {
+    match *op {
+        Op::FlashAttentionBackward { dsum, .. } => vec![dsum],
+        Op::AttentionBackward { datt, .. } => vec![datt],
+        _ => vec![],
+    }
+}
+
+/// Whether `op` may write a 16-bit tensor: not the ops whose outputs are parameters, their
+/// gradients or optimizer state, which are f32 by design (a 16-bit one is a schedule's mistake).
+fn may_write_half(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::EncoderBackward { .. } | Op::AdamwUpdate { .. } | Op::ReduceSum { .. } | Op::GlobalNorm { .. }
+    )
 }
 
 /// The matmul operands of `op` (weights, activations, output gradients), which are read in half.
@@ -130,6 +167,52 @@ fn dead_after(ops: &[Op], i: usize, v: View) -> bool {
         }
     }
     true
+}
+
+/// Whether `v` was zeroed, whole, by the last op of `ops[..i]` that touches any of it: then an op
+/// that adds into `v` can add into zeros instead of into its widening.
+fn zeroed_before(ops: &[Op], i: usize, v: View) -> bool {
+    let touches = |op: &Op| op.inputs().into_iter().chain(op.outputs()).any(|(w, _)| w.overlaps(&v));
+    match ops[..i].iter().rev().find(|op| touches(op)) {
+        Some(Op::Zero { out }) => out.buf == v.buf && out.offset <= v.offset && v.end() <= out.end(),
+        _ => false,
+    }
+}
+
+/// Whether the zeroing of the 16-bit view `v` by op `i` need not happen: the ops after it write
+/// every element of it (starting from zeros, [`zeroed_before`]) before any op reads it. Without this
+/// a zeroed gradient would be zeroed in f32, rounded into 16 bits, then widened again.
+fn zero_is_dead(ops: &[Op], i: usize, v: View) -> bool {
+    let mut covered: Vec<(usize, usize)> = Vec::new();
+    for op in &ops[i + 1..] {
+        if op.inputs().iter().any(|(w, _)| w.overlaps(&v)) {
+            return false;
+        }
+        for (w, _) in op.outputs() {
+            if !w.overlaps(&v) {
+                continue;
+            }
+            // An op adding into what an earlier one wrote widens it, and would read the part of it
+            // that is not written yet: only disjoint pieces are followed.
+            let again = covered.iter().any(|&(a, b)| w.offset < b && a < w.end());
+            if w.offset < v.offset || w.end() > v.end() || (again && accumulates(op)) {
+                return false;
+            }
+            covered.push((w.offset, w.end()));
+        }
+        covered.sort_unstable();
+        let mut reach = v.offset;
+        for &(a, b) in &covered {
+            if a > reach {
+                break;
+            }
+            reach = reach.max(b);
+        }
+        if reach >= v.end() {
+            return true;
+        }
+    }
+    false
 }
 
 /// f32 scratch buffers that grow on demand (programs prepared before keep the buffer they got).
@@ -202,7 +285,7 @@ impl Lowering {
         let Ok(Some(c)) = self.conversions(be, ops, i) else { return 0 };
         let widened = c.widen.iter().filter(|(_, half)| half.buf != self.params_half).map(|(v, _)| v.len);
         let ins: usize = widened.chain(c.quantize.iter().map(|v| v.len)).sum();
-        ins.max(c.outs.iter().map(|v| v.len).max().unwrap_or(0))
+        ins.max(c.outs.iter().map(|(v, _)| v.len).max().unwrap_or(0))
     }
 
     /// `ops` with every op that needs more than the cap of scratch split where it can be.
@@ -247,24 +330,42 @@ impl Lowering {
             return Ok(None);
         }
         let is_half = |v: &View| be.dtype(v.buf) == DType::Half;
-        let outs: Vec<View> = op.outputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
-        if !outs.is_empty() && accumulates(op) {
+        let half_outs: Vec<View> = op.outputs().into_iter().map(|(v, _)| v).filter(is_half).collect();
+        // An input that is one of the outputs, exactly, is an op working in place (the logits'
+        // gradient overwriting the logits): it reads and writes the output's slot.
+        let in_place_io = |o: &View| op.inputs().iter().any(|(v, _)| v == o);
+        if !half_outs.is_empty() && !may_write_half(op) {
             return Err(Error::Invalid(format!(
-                "mixed precision: {} adds into a 16-bit tensor; only forward ops may write one",
+                "mixed precision: {} writes a 16-bit tensor; its outputs are f32 by design",
                 op.name()
             )));
         }
-        if op.inputs().iter().any(|(v, _)| outs.iter().any(|o| o.overlaps(v))) {
+        if op.inputs().iter().any(|(v, _)| half_outs.iter().any(|o| o.overlaps(v) && o != v)) {
             return Err(Error::Invalid(format!(
-                "mixed precision: {} reads the 16-bit tensor it writes; it cannot be lowered",
+                "mixed precision: {} reads part of the 16-bit tensor it writes; it cannot be lowered",
                 op.name()
             )));
         }
+        let outs = half_outs
+            .into_iter()
+            .map(|o| {
+                let start = if in_place_io(&o) {
+                    Start::Widen
+                } else if !accumulates(op) || overwritten(op).contains(&o) {
+                    Start::Blank
+                } else if zeroed_before(ops, i, o) {
+                    Start::Zero
+                } else {
+                    Start::Widen
+                };
+                (o, start)
+            })
+            .collect::<Vec<_>>();
         // Every input that needs converting, each once, in a fixed order.
         let mut widen: BTreeMap<View, (View, View)> = BTreeMap::new();
         let mut quantize: BTreeMap<View, View> = BTreeMap::new();
         for (v, _) in op.inputs() {
-            if is_half(&v) {
+            if is_half(&v) && !outs.iter().any(|(o, _)| *o == v) {
                 widen.insert(v, (v, v));
             }
         }
@@ -279,7 +380,7 @@ impl Lowering {
         // an activation gradient the next block zeroes): no scratch for the largest operand.
         let (in_place, quantize): (Vec<View>, Vec<View>) = quantize
             .into_values()
-            .partition(|v| dead_after(ops, i, *v) && !outs.iter().any(|o| o.overlaps(v)));
+            .partition(|v| dead_after(ops, i, *v) && !outs.iter().any(|(o, _)| o.overlaps(v)));
         Ok(Some(Conversions { widen: widen.into_values().collect(), quantize, in_place, outs }))
     }
 
@@ -287,8 +388,13 @@ impl Lowering {
     pub fn lower(&mut self, be: &mut dyn Backend, ops: &[Op]) -> Result<Vec<Op>> {
         let format = self.format;
         let ops = &self.split_large(be, ops)[..];
-        let plans: Vec<Option<Conversions>> =
-            (0..ops.len()).map(|i| self.conversions(be, ops, i)).collect::<Result<_>>()?;
+        // A zeroing of a 16-bit tensor that the ops after it overwrite whole is dropped.
+        let dropped: Vec<bool> = (0..ops.len())
+            .map(|i| matches!(ops[i], Op::Zero { out } if be.dtype(out.buf) == DType::Half && zero_is_dead(ops, i, out)))
+            .collect();
+        let plans: Vec<Option<Conversions>> = (0..ops.len())
+            .map(|i| if dropped[i] { Ok(None) } else { self.conversions(be, ops, i) })
+            .collect::<Result<_>>()?;
         // The scratch the whole program needs, allocated before any of it is used: a buffer that
         // grew mid-program would leave the earlier ops holding the smaller one.
         let need = plans.iter().flatten().map(Conversions::input_elements).max().unwrap_or(0);
@@ -296,7 +402,7 @@ impl Lowering {
         let slots = plans.iter().flatten().map(|c| c.outs.len()).max().unwrap_or(0);
         let mut outputs = Vec::with_capacity(slots);
         for slot in 0..slots {
-            let len = plans.iter().flatten().filter_map(|c| c.outs.get(slot)).map(|v| v.len).max();
+            let len = plans.iter().flatten().filter_map(|c| c.outs.get(slot)).map(|(v, _)| v.len).max();
             outputs.push(self.outputs.get(be, slot, len.unwrap_or(1), "output")?);
         }
         let mut lowered = Vec::with_capacity(ops.len() * 3);
@@ -304,7 +410,10 @@ impl Lowering {
         // read the same weight from the same place, so only the first piece widens it. Only the
         // conversions write the arena, and only the refresh (passed through, below) the half copy.
         let mut held: Vec<(View, View)> = Vec::new();
-        for (op, plan) in ops.iter().zip(plans) {
+        for ((op, plan), dropped) in ops.iter().zip(plans).zip(dropped) {
+            if dropped {
+                continue;
+            }
             let Some(c) = plan else {
                 held.clear();
                 lowered.push(op.clone());
@@ -337,9 +446,14 @@ impl Lowering {
                 map.insert(v, s);
             }
             let mut after = Vec::new();
-            for (slot, v) in c.outs.into_iter().enumerate() {
+            for (slot, (v, start)) in c.outs.into_iter().enumerate() {
                 let s = View::new(outputs[slot], 0, v.len);
                 let (out, first) = words(v);
+                match start {
+                    Start::Blank => {}
+                    Start::Zero => lowered.push(Op::Zero { out: s }),
+                    Start::Widen => lowered.push(Op::Widen { out: s, inp: out, first, n: v.len, format }),
+                }
                 after.push(Op::Round { out, inp: s, first, n: v.len, format });
                 map.insert(v, s);
             }
@@ -404,6 +518,22 @@ fn split(op: &Op, fraction: f64) -> Option<Vec<Op>> {
         Op::ResidualForward { out, inp1, inp2, n } => each(n, 64, &|cut, e| {
             Some(Op::ResidualForward { out: cut(out, 1)?, inp1: cut(inp1, 1)?, inp2: cut(inp2, 1)?, n: e })
         }),
+        Op::ResidualBackward { dinp1, dinp2, dout, n } => each(n, 64, &|cut, e| {
+            let (dinp1, dinp2, dout) = (cut(dinp1, 1)?, cut(dinp2, 1)?, cut(dout, 1)?);
+            Some(Op::ResidualBackward { dinp1, dinp2, dout, n: e })
+        }),
+        Op::CrossentropyForward { losses, lse, logits, targets, n, v } => each(n, 64, &|cut, r| {
+            let (losses, lse, logits, targets) =
+                (cut(losses, 1)?, cut(lse, 1)?, cut(logits, v)?, cut(targets, 1)?);
+            Some(Op::CrossentropyForward { losses, lse, logits, targets, n: r, v })
+        }),
+        Op::CrossentropyBackward { dlogits, logits, lse, targets, grad_scale, n, v, scale } => {
+            each(n, 64, &|cut, r| {
+                let (dlogits, logits, lse, targets) =
+                    (cut(dlogits, v)?, cut(logits, v)?, cut(lse, 1)?, cut(targets, 1)?);
+                Some(Op::CrossentropyBackward { dlogits, logits, lse, targets, grad_scale, n: r, v, scale })
+            })
+        }
         Op::LayernormForward { out, mean, rstd, inp, weight, bias, n, c } => each(n, 64, &|cut, r| {
             let (out, mean, rstd, inp) = (cut(out, c)?, cut(mean, 1)?, cut(rstd, 1)?, cut(inp, c)?);
             Some(Op::LayernormForward { out, mean, rstd, inp, weight, bias, n: r, c })
@@ -478,6 +608,17 @@ fn split(op: &Op, fraction: f64) -> Option<Vec<Op>> {
     }
 }
 
+/// What the f32 slot of a 16-bit output holds when the op starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// Anything: the op overwrites it.
+    Blank,
+    /// Zeros: the op adds into an output that was zeroed and not touched since.
+    Zero,
+    /// The output widened: the op adds into it, or works on it in place.
+    Widen,
+}
+
 /// What one op needs converted around it.
 struct Conversions {
     /// (the op's view, where its 16-bit elements are): widened into the input arena.
@@ -486,8 +627,9 @@ struct Conversions {
     quantize: Vec<View>,
     /// f32 operands rounded where they lie (dead afterwards).
     in_place: Vec<View>,
-    /// Half outputs: written to an output slot, then rounded into place.
-    outs: Vec<View>,
+    /// Half outputs: written to an output slot (which starts as `Start` says), then rounded into
+    /// place.
+    outs: Vec<(View, Start)>,
 }
 
 impl Conversions {
@@ -580,7 +722,7 @@ mod tests {
             (tensor(h, n * i), tensor(h, n * i), tensor(f, n * i), tensor(f, n * i));
         let (gate_up, dgate_up) = (tensor(h, n * 2 * i), tensor(f, n * 2 * i));
         let (tokens, table) = (tensor(DType::U32, n), tensor(f, t * (c / nh)));
-        let (dw, db, db2) = (tensor(f, c * i), tensor(f, c), tensor(f, c));
+        let (dw, db, db2, one) = (tensor(f, c * i), tensor(f, c), tensor(f, c), tensor(f, 1));
         let mm = WeightLayout::InOut;
         let (ln_w, ln_b, fc) = (weight(9, c), weight(10, c), weight(20, c * i));
         let ops = [
@@ -609,6 +751,18 @@ mod tests {
             Op::RmsnormForward { out: y, rstd, inp: x, weight: ln_w, n, c, eps: 1e-5 },
             Op::RmsnormBackward { dinp: g, dweight: db, dout: g2, inp: x, weight: ln_w, rstd, n, c },
             Op::ResidualForward { out: y, inp1: x, inp2: x, n: n * c },
+            Op::ResidualBackward { dinp1: g, dinp2: y, dout: g2, n: n * c },
+            Op::CrossentropyForward { losses: mean, lse: rstd, logits: wide, targets: tokens, n, v: i },
+            Op::CrossentropyBackward {
+                dlogits: wide,
+                logits: wide,
+                lse: rstd,
+                targets: tokens,
+                grad_scale: one,
+                n,
+                v: i,
+                scale: 0.5,
+            },
             Op::RopeForward {
                 out: qkv2,
                 inp: qkv,
@@ -665,6 +819,99 @@ mod tests {
             let lowered = low.lower(&mut be, std::slice::from_ref(&op)).unwrap();
             assert_eq!(lowered.iter().filter(|o| o.name() == name).count(), pieces.len(), "{name}");
         }
+    }
+
+    /// A backward op adding into a 16-bit gradient adds into its f32 widening and the sum is rounded
+    /// once; after a zeroing that nothing reads, it adds into zeros and the zeroing of the 16-bit
+    /// tensor is dropped; a zeroing that is read stays.
+    #[test]
+    fn an_op_adding_into_a_half_gradient_adds_into_zeros_or_its_widening() {
+        use crate::cpu::{from_half_bits, to_half_bits};
+        let format = HalfFormat::Bf16;
+        let mut be = CpuBackend::new();
+        let params = be.alloc(DType::F32, 64, "p").unwrap();
+        let mut low = Lowering::new(&mut be, format, params, 64).unwrap();
+        let n = 300;
+        let mut half = |name: &str| View::new(be.alloc(DType::Half, n, name).unwrap(), 0, n);
+        let (x, dy, g) = (half("x"), half("dy"), half("g"));
+        let values = |k: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| from_half_bits(to_half_bits((i as f32 * 0.37 + k).sin() * 3.0, format), format))
+                .collect()
+        };
+        let pack = |v: &[f32]| -> Vec<u32> {
+            v.chunks(2)
+                .map(|p| to_half_bits(p[0], format) as u32 | (to_half_bits(p[1], format) as u32) << 16)
+                .collect()
+        };
+        let (xs, dys, gs) = (values(0.0), values(1.0), values(2.0));
+        let words = |v: View| View::new(v.buf, 0, n / 2);
+        be.write_u32(words(x), &pack(&xs)).unwrap();
+        be.write_u32(words(dy), &pack(&dys)).unwrap();
+        let backward = Op::GeluBackward { dinp: g, inp: x, dout: dy, n };
+        // The f32 sum each element should hold, rounded once.
+        let expect = |start: &[f32]| -> Vec<u32> {
+            let mut d = start.to_vec();
+            crate::cpu::gelu_backward(&mut d, &xs, &dys, n);
+            d.iter().map(|&v| to_half_bits(v, format) as u32).collect()
+        };
+        let run = |be: &mut CpuBackend, ops: &[Op]| -> Vec<u32> {
+            let plan = be.prepare(ops).unwrap();
+            be.run(plan).unwrap();
+            read(be, g, Some(format)).unwrap().iter().map(|&v| to_half_bits(v, format) as u32).collect()
+        };
+        let names = |ops: &[Op]| ops.iter().map(|o| o.name()).collect::<Vec<_>>();
+
+        // Adding into what the gradient holds.
+        be.write_u32(words(g), &pack(&gs)).unwrap();
+        let ops = low.lower(&mut be, std::slice::from_ref(&backward)).unwrap();
+        assert_eq!(names(&ops), ["widen_half", "widen_half", "widen_half", "gelu_backward", "round_half"]);
+        assert_eq!(run(&mut be, &ops), expect(&gs));
+
+        // Adding into zeros: the 16-bit tensor is not zeroed, its f32 slot is.
+        be.write_u32(words(g), &pack(&gs)).unwrap();
+        let ops = low.lower(&mut be, &[Op::Zero { out: g }, backward.clone()]).unwrap();
+        assert_eq!(names(&ops), ["widen_half", "widen_half", "zero", "gelu_backward", "round_half"]);
+        assert!(matches!(ops[2], Op::Zero { out } if be.dtype(out.buf) == DType::F32));
+        assert_eq!(run(&mut be, &ops), expect(&vec![0.0; n]));
+
+        // A zeroing something reads first stays (zeroed in f32, rounded into 16 bits).
+        let y = View::new(be.alloc(DType::F32, n, "y").unwrap(), 0, n);
+        let read_first = Op::GeluForward { out: y, inp: g, n };
+        let ops = low.lower(&mut be, &[Op::Zero { out: g }, read_first, backward]).unwrap();
+        assert_eq!(names(&ops[..2]), ["zero", "round_half"]);
+        assert!(matches!(ops[1], Op::Round { out, .. } if out.buf == g.buf));
+    }
+
+    /// The cross-entropy's gradient overwriting 16-bit logits works in place on their widening.
+    #[test]
+    fn the_logits_gradient_overwrites_half_logits_in_place_on_their_widening() {
+        let mut be = CpuBackend::new();
+        let params = be.alloc(DType::F32, 64, "p").unwrap();
+        let mut low = Lowering::new(&mut be, HalfFormat::F16, params, 64).unwrap();
+        let (rows, v) = (3, 70);
+        let logits = View::new(be.alloc(DType::Half, rows * v, "logits").unwrap(), 0, rows * v);
+        let lse = View::new(be.alloc(DType::F32, rows, "lse").unwrap(), 0, rows);
+        let targets = View::new(be.alloc(DType::U32, rows, "targets").unwrap(), 0, rows);
+        let grad_scale = View::new(be.alloc(DType::F32, 1, "scale").unwrap(), 0, 1);
+        let op = Op::CrossentropyBackward {
+            dlogits: logits,
+            logits,
+            lse,
+            targets,
+            grad_scale,
+            n: rows,
+            v,
+            scale: 0.5,
+        };
+        let ops = low.lower(&mut be, &[op]).unwrap();
+        let names: Vec<_> = ops.iter().map(|o| o.name()).collect();
+        assert_eq!(names, ["widen_half", "crossentropy_backward", "round_half"]);
+        let Op::Widen { out: slot, .. } = ops[0] else { unreachable!() };
+        assert!(
+            matches!(ops[1], Op::CrossentropyBackward { dlogits, logits, .. } if dlogits == slot && logits == slot)
+        );
+        assert!(matches!(ops[2], Op::Round { out, inp, .. } if inp == slot && out.buf == logits.buf));
     }
 
     #[test]

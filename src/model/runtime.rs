@@ -273,8 +273,9 @@ pub trait Network {
 pub struct ActAlloc<'a> {
     be: &'a mut dyn Backend,
     grads: bool,
-    /// The element type of forward activations (`DType::Half` in mixed precision; gradients and
-    /// statistics are always f32).
+    /// The element type of forward activations (`DType::Half` in mixed precision; so are the
+    /// gradients inside a block's branches, [`ActAlloc::branch`]; the residual stream's gradients
+    /// and statistics are always f32).
     acts: DType,
     scalar: View,
     prefix: &'a str,
@@ -292,6 +293,16 @@ impl<'a> ActAlloc<'a> {
     /// A tensor of `len` elements: an activation (in the activation type) or a gradient (f32).
     pub fn tensor(&mut self, len: usize, name: &str) -> Result<View> {
         let dtype = if self.grads { DType::F32 } else { self.acts };
+        self.alloc(dtype, len, name)
+    }
+
+    /// A tensor a matmul reads or writes between the residual stream and the next matmul: an
+    /// activation, or a gradient that is 16-bit in mixed precision too, as autocast leaves the
+    /// gradients of 16-bit tensors (the backward matmuls read them rounded anyway). The gradient of
+    /// the residual stream and of the embedding, which accumulate across blocks, stay f32
+    /// ([`ActAlloc::tensor`]).
+    pub fn branch(&mut self, len: usize, name: &str) -> Result<View> {
+        let dtype = self.acts;
         self.alloc(dtype, len, name)
     }
 
@@ -392,7 +403,9 @@ impl Frame {
         let mut alloc = |dtype: DType, len: usize, what: &str| -> Result<View> {
             Ok(View::new(be.alloc(dtype, len, &format!("{label}{what}"))?, 0, len))
         };
-        let logits = alloc(DType::F32, rows * v, "logits (one chunk of rows)")?;
+        // 16-bit in mixed precision, as autocast leaves a 16-bit matmul's output; the loss and
+        // its gradient are computed in f32 from their widening.
+        let logits = alloc(acts, rows * v, "logits (one chunk of rows)")?;
         let losses = alloc(DType::F32, n, "losses")?;
         let lse = alloc(DType::F32, n, "logsumexp")?;
         let positions = alloc(DType::U32, n, "positions")?;
@@ -1049,7 +1062,7 @@ impl Model {
         let mut logits = Vec::with_capacity(self.shape.tokens() * v);
         for (plan, (_, rows)) in heads.into_iter().zip(chunks) {
             self.backend.run(plan)?;
-            logits.extend(self.backend.read_f32(buf.slice(0, rows * v))?);
+            logits.extend(self.read(buf.slice(0, rows * v))?);
         }
         Ok(logits)
     }
@@ -1059,7 +1072,12 @@ impl Model {
     /// backward pass their gradient.
     pub fn last_logits(&mut self) -> Result<Vec<f32>> {
         let (_, rows) = *self.main.chunks.last().expect("a frame has a chunk");
-        self.backend.read_f32(self.main.logits.slice(0, rows * self.config.vocab_size))
+        self.read(self.main.logits.slice(0, rows * self.config.vocab_size))
+    }
+
+    /// The elements of `v` as f32 (widened when `v` is 16-bit).
+    fn read(&mut self, v: View) -> Result<Vec<f32>> {
+        mixed::read(self.backend.as_mut(), v, self.precision.format())
     }
 
     /// The per-position losses of the last forward pass with a loss (micro-batch `accum - 1`), (B,T).
@@ -1214,6 +1232,6 @@ impl Model {
         self.backend.write_u32(order, &encoder_order(&padded))?;
         self.backend.run(net_plan)?;
         self.backend.run(head_plan)?;
-        self.backend.read_f32(logits.slice((row - at) * v, v))
+        self.read(logits.slice((row - at) * v, v))
     }
 }
