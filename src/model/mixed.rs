@@ -91,7 +91,7 @@ const WORD_ALIGN: usize = 64;
 /// The most elements one refresh op converts (64 MiB of f32), a multiple of 2 · WORD_ALIGN.
 const REFRESH_CHUNK: usize = 1 << 24;
 
-/// The most f32 scratch elements (2 MiB) an op's row-sized conversions should need: an op over more
+/// The most f32 scratch elements (3 MiB) an op's row-sized conversions should need: an op over more
 /// is split into pieces over fewer rows (or sequences), each converted on its own, when it can be
 /// ([`split`]). Without it the scratch is as large as the largest activation (the MLP's, 4·C wide),
 /// which is most of what 16-bit activations save.

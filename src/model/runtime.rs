@@ -348,7 +348,7 @@ fn network(cfg: &ModelConfig, attention: Attention, acts: DType) -> Box<dyn Netw
 const LOSS_AT: usize = 0;
 const NORM_AT: usize = ALIGN;
 
-/// The most logits one classifier chunk holds (64 MiB of f32), below the adapter's binding limit too:
+/// The most logits one classifier chunk holds (64 MiB of f32; 16-bit in mixed precision), below the adapter's binding limit too:
 /// the output head, the loss and its gradient run over chunks of rows, so the largest trainable B·T
 /// does not depend on the vocabulary.
 pub const LOGITS_CHUNK: usize = 1 << 24;
