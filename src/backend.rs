@@ -1024,6 +1024,11 @@ pub trait Backend {
     fn pin_kernel_choices(&mut self, _choices: &std::collections::BTreeMap<String, String>) -> Result<()> {
         Ok(())
     }
+    /// Why f16 training (`precision = "f16"`) is not offered here, if it is not: on a GPU, an adapter
+    /// without shader-f16. (The CPU twins need nothing.)
+    fn f16_unsupported(&self) -> Option<String> {
+        None
+    }
     /// Why the fused attention kernels cannot run here at sequence length `t` and head size
     /// `head_size`, if they cannot (then `attention = "auto"` uses the naive kernels).
     fn flash_unsupported(&self, _t: usize, _head_size: usize) -> Option<String> {

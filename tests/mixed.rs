@@ -412,3 +412,31 @@ fn f16_overflow_halves_the_scale_and_a_resume_keeps_it() {
     };
     assert_eq!(untimed(&straight), untimed(&interrupted));
 }
+
+/// f16 trains only where the adapter has shader-f16 (issue 13, item 2): elsewhere building the model
+/// is an error that names bf16, and bf16 trains on the same adapter.
+#[test]
+fn f16_without_shader_f16_is_an_error_naming_bf16() {
+    let Some(ctx) = common::gpu() else { return };
+    let hidden = || {
+        let mut gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
+        gpu.hide_shader_f16();
+        Box::new(gpu)
+    };
+    let shape = BatchShape { b: 1, t: 8, accum: 1 };
+    let mode = Mode::Train { weight_decay: 0.1, dropout: 0.0 };
+    let err = Model::with_precision(hidden(), GPT2, shape, mode, Attention::Flash, Precision::F16)
+        .err()
+        .expect("f16 without shader-f16 must be refused")
+        .to_string();
+    assert!(err.contains("shader-f16") && err.contains("bf16"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    let mut m =
+        Model::with_precision(hidden(), GPT2, shape, mode, Attention::Flash, Precision::Bf16).unwrap();
+    m.set_params(&common::random_params(&GPT2, 7)).unwrap();
+    m.set_batch(0, &[1; 8], &[2; 8]).unwrap();
+    assert!(m.compute_grads().unwrap().loss.is_finite());
+    // The CPU twins need no feature.
+    Model::with_precision(Box::new(CpuBackend::new()), GPT2, shape, mode, Attention::Flash, Precision::F16)
+        .unwrap();
+}

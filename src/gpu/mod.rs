@@ -47,6 +47,8 @@ pub struct GpuBackend {
     stats: Created,
     /// Elements per storage binding for whole-buffer ops (see `kernels::Env::max_binding`).
     max_binding: usize,
+    /// Whether this backend acts as if its adapter lacked shader-f16 ([`GpuBackend::hide_shader_f16`]).
+    no_f16: bool,
     /// The matmul variant used where it applies.
     matmul: &'static str,
     /// The kernel family of the fused attention and row-norm ops (`kernels::FAMILIES`).
@@ -116,6 +118,7 @@ impl GpuBackend {
             if ctx.adapter.info.device_type == wgpu::DeviceType::Cpu { "rows32x16k4" } else { "vec4" };
         GpuBackend {
             max_binding,
+            no_f16: false,
             matmul,
             family: kernels::family(ctx.adapter.info.device_type),
             custom: None,
@@ -300,6 +303,12 @@ impl GpuBackend {
     /// Tests use it to exercise the chunked paths.
     pub fn limit_bindings(&mut self, elements: usize) {
         self.max_binding = (elements / 64 * 64).clamp(64, self.max_binding);
+    }
+
+    /// Acts as if the adapter lacked shader-f16, as many do (GL, older GPUs): tests use it to check
+    /// what f16 training does there.
+    pub fn hide_shader_f16(&mut self) {
+        self.no_f16 = true;
     }
 
     /// How [`Backend::profile`] times dispatches on this adapter: "by timestamps between its
@@ -746,6 +755,11 @@ impl Backend for GpuBackend {
 
     fn max_binding(&self) -> usize {
         self.max_binding
+    }
+
+    fn f16_unsupported(&self) -> Option<String> {
+        (self.no_f16 || !self.ctx.features.contains(wgpu::Features::SHADER_F16))
+            .then(|| format!("{} lacks shader-f16", self.ctx.adapter.title()))
     }
 
     fn flash_unsupported(&self, t: usize, hs: usize) -> Option<String> {

@@ -348,9 +348,9 @@ fn network(cfg: &ModelConfig, attention: Attention, acts: DType) -> Box<dyn Netw
 const LOSS_AT: usize = 0;
 const NORM_AT: usize = ALIGN;
 
-/// The most logits one classifier chunk holds (64 MiB of f32; 16-bit in mixed precision), below the adapter's binding limit too:
-/// the output head, the loss and its gradient run over chunks of rows, so the largest trainable B·T
-/// does not depend on the vocabulary.
+/// The most logits one classifier chunk holds (64 MiB of f32; 16-bit in mixed precision), below the
+/// adapter's binding limit too: the output head, the loss and its gradient run over chunks of rows,
+/// so the largest trainable B·T does not depend on the vocabulary.
 pub const LOGITS_CHUNK: usize = 1 << 24;
 
 /// Rows of one classifier chunk: as many as [`LOGITS_CHUNK`] and the binding limit allow, in whole
@@ -614,6 +614,14 @@ impl Model {
                 "sequence length {} is longer than the model's n_positions {}",
                 shape.t, config.n_positions
             )));
+        }
+        if precision == Precision::F16 {
+            if let Some(why) = backend.f16_unsupported() {
+                return Err(Error::Invalid(format!(
+                    "precision = \"f16\" trains only where the adapter has shader-f16, and {why}; use \
+                     precision = \"bf16\" (the same memory, f32's exponent range, no loss scaling)"
+                )));
+            }
         }
         let layout = ParamLayout::new(&config);
         let mut net = network(&config, attention, precision.activations());
