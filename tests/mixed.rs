@@ -84,22 +84,11 @@ fn build(
     dropout: f32,
 ) -> Model {
     let shape = BatchShape { b: 2, t: 37, accum: 2 };
-    build_with(backend, cfg, shape, SCRATCH_CAP, precision, attention, dropout)
+    build_split(backend, cfg, shape, SCRATCH_CAP, precision, attention, dropout)
 }
 
 /// [`build`] at `shape`, splitting the ops whose conversions need more than `cap` of scratch.
 fn build_split(
-    backend: Box<dyn Backend>,
-    cfg: ModelConfig,
-    shape: BatchShape,
-    cap: usize,
-    precision: Precision,
-    attention: Attention,
-) -> Model {
-    build_with(backend, cfg, shape, cap, precision, attention, 0.0)
-}
-
-fn build_with(
     backend: Box<dyn Backend>,
     cfg: ModelConfig,
     shape: BatchShape,
@@ -228,12 +217,12 @@ fn ops_split_to_bound_the_scratch_do_what_the_whole_ops_do() {
             let what = format!("{arch} {}", attention.name());
             let bf16 = Precision::Bf16;
             let mut f32 =
-                build_split(Box::new(CpuBackend::new()), cfg, shape, cap, Precision::F32, attention);
+                build_split(Box::new(CpuBackend::new()), cfg, shape, cap, Precision::F32, attention, 0.0);
             f32.compute_grads().unwrap();
             let (gf, lf) = (f32.grads().unwrap(), f32.logits().unwrap());
             let mut whole =
-                build_split(Box::new(CpuBackend::new()), cfg, shape, SCRATCH_CAP, bf16, attention);
-            let mut split = build_split(Box::new(CpuBackend::new()), cfg, shape, cap, bf16, attention);
+                build_split(Box::new(CpuBackend::new()), cfg, shape, SCRATCH_CAP, bf16, attention, 0.0);
+            let mut split = build_split(Box::new(CpuBackend::new()), cfg, shape, cap, bf16, attention, 0.0);
             let (sw, ss) = (whole.compute_grads().unwrap(), split.compute_grads().unwrap());
             assert_eq!(
                 sw.loss.to_bits(),
@@ -249,7 +238,7 @@ fn ops_split_to_bound_the_scratch_do_what_the_whole_ops_do() {
             assert!(d < 1e-6, "{what}: split gradients {d:.2e} from whole");
             let Some(ctx) = &ctx else { continue };
             let gpu = wgslm::gpu::GpuBackend::with_context(ctx.clone());
-            let mut g = build_split(Box::new(gpu), cfg, shape, cap, bf16, attention);
+            let mut g = build_split(Box::new(gpu), cfg, shape, cap, bf16, attention, 0.0);
             let (sg, lg) = (g.compute_grads().unwrap(), g.logits().unwrap());
             // The GPU with the pieces against the CPU with them, by same_model's measure: no farther
             // apart than the mode's rounding moves the CPU from f32.
