@@ -70,6 +70,13 @@ fn train_with(cfg: &Path, extra: &[&str], must_say: &[&str]) {
     let mut args = vec!["train", "--config", s(cfg), "--out", s(&out), "--device", "cpu"];
     args.extend(extra);
     fails(&args, must_say);
+    left_empty(&out);
+}
+
+/// A refused run writes nothing into its run directory.
+fn left_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "a refused run left {left:?} in {}", dir.display());
 }
 
 #[test]
@@ -305,6 +312,7 @@ fn absent_backends_and_oversized_models_are_refused() {
         ],
         &["bytes", "allows at most"],
     );
+    left_empty(&out);
 }
 
 #[test]

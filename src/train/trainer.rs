@@ -256,10 +256,6 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
             )));
         }
     }
-    if root {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    }
     let cfg = &cfg;
 
     let data = load_data(cfg)?;
@@ -346,6 +342,12 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         },
     }
     dist::sync_start(&mut model, world, run_fingerprint(cfg, &model_cfg, &loader, step, adam_t))?;
+    // The run directory is written only once everything that can refuse the run (the data, the
+    // checkpoint, the adapter, the model) has accepted it, so that a refused run leaves nothing behind.
+    if root {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
     // The record holds the whole step's batches, every rank's, as one process with
     // grad_accum_steps N·A would train on them.
     let global = BatchShape { accum: shape.accum * world.size(), ..shape };
