@@ -140,7 +140,7 @@ enum Command {
     /// Loss, logits and every gradient of a Hugging Face GPT-2 or Llama on one batch (and optionally AdamW
     /// steps), written as safetensors in the format of the PyTorch reference fixture.
     Grad {
-        /// A directory with config.json and model.safetensors (GPT2LMHeadModel layout).
+        /// A Hugging Face GPT-2 or Llama directory (config.json and model.safetensors).
         #[arg(long)]
         model: PathBuf,
         /// safetensors with `inputs` and `targets`, [B, T], int32 or int64.

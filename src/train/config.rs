@@ -14,7 +14,8 @@ use crate::{fsutil, Error, Result};
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// "builtin" (the embedded story generator) or a directory written by `wgslm prepare`
-    /// (tokenizer.json, train.bin, val.bin). Relative paths are relative to the config file.
+    /// (tokenizer.json, train.bin, val.bin). A relative path is taken from the working directory,
+    /// else from the config file's directory.
     pub data: String,
     /// Stories generated when data = "builtin" (about 540 characters each).
     pub builtin_stories: usize,
