@@ -78,8 +78,16 @@ pub fn run(
     batch_file: &Path,
     opts: &GradOptions,
 ) -> Result<GradOutput> {
+    crate::train::config::check_adamw("--", opts.lr, opts.beta1, opts.beta2, opts.eps, opts.weight_decay)
+        .map_err(|e| Error::Invalid(e.replace("--weight_decay", "--weight-decay")))?;
     let (config, params) = hf::load(model_dir)?;
     let (inputs, targets, b, t) = read_batch(batch_file, config.vocab_size)?;
+    if b == 0 || t == 0 {
+        return Err(Error::Invalid(format!(
+            "{}: the batch is [{b}, {t}]; it needs at least one sequence of at least one token",
+            batch_file.display()
+        )));
+    }
     if t > config.n_positions {
         return Err(Error::Invalid(format!(
             "{}: T = {t} is longer than the model's n_positions {}",

@@ -96,13 +96,13 @@ enum Command {
         prompt: String,
         #[arg(long, default_value_t = 200)]
         max_new_tokens: usize,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         temperature: f32,
         /// Keep only the k most likely tokens (0 = all).
         #[arg(long, default_value_t = 0)]
         top_k: usize,
         /// Nucleus sampling: keep tokens up to this cumulative probability (1 = all).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         top_p: f32,
         #[arg(long, default_value_t = 1337)]
         seed: u64,
@@ -152,16 +152,16 @@ enum Command {
         /// Also run this many AdamW steps on the same batch (writes `losses` and `step1.*`).
         #[arg(long, default_value_t = 0)]
         adamw_steps: usize,
-        #[arg(long, default_value_t = 1e-3)]
+        #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
         lr: f32,
-        #[arg(long, default_value_t = 0.9)]
+        #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
         beta1: f32,
-        #[arg(long, default_value_t = 0.95)]
+        #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
         beta2: f32,
-        #[arg(long, default_value_t = 1e-8)]
+        #[arg(long, default_value_t = 1e-8, allow_negative_numbers = true)]
         eps: f32,
         /// Decoupled weight decay, applied to tensors with two or more dimensions.
-        #[arg(long, default_value_t = 0.1)]
+        #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
         weight_decay: f32,
         /// auto, vulkan, metal, dx12, gl, an index from `wgslm devices`, or cpu.
         #[arg(long, default_value = "auto")]
@@ -302,6 +302,15 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
         .collect::<Result<_, _>>()
         .map_err(|_| format!("{s}: expected MxKxN, e.g. 1024x1024x1024"))?;
     match dims.as_slice() {
+        // The host holds a, b and the reference product in f32: each at most 2^28 elements (1 GiB).
+        [m, k, n]
+            if [m, k, n].iter().any(|&&d| d > 1 << 20)
+                || [m * k, k * n, m * n].iter().any(|&e| e > 1 << 28) =>
+        {
+            Err(format!(
+                "{s}: a size past 2^20, or a matrix past 2^28 elements (1 GiB of f32); time smaller shapes"
+            ))
+        }
         [m, k, n] if *m > 0 && *k > 0 && *n > 0 => Ok((*m, *k, *n)),
         _ => Err(format!("{s}: expected MxKxN with three positive sizes")),
     }
@@ -752,9 +761,12 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
         }
         BenchCommand::Suite { quick, json, device } => suite(quick, &json, &device),
         BenchCommand::Soak { config, overrides, steps, device } => {
+            if steps < 2 {
+                bail!("--steps {steps}: a soak needs at least 2 steps (the first is the baseline)");
+            }
             let cfg = TrainConfig::load(config.as_deref(), &overrides)?;
             let every = (steps / 10).max(1);
-            let s = wgslm::bench::soak(&cfg, steps.max(2), &device.parse()?, |t| {
+            let s = wgslm::bench::soak(&cfg, steps, &device.parse()?, |t| {
                 if t % every == 0 {
                     eprintln!("step {t}/{steps}");
                 }

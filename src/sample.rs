@@ -78,6 +78,19 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 {
 /// piece as it comes (the pieces make up the returned text, unless the tokenizer rewrites text it
 /// already decoded). Stops at the end-of-text token or after `max_new_tokens`. Contexts longer than the model's
 /// block size slide.
+/// The token ids a prompt starts from (`<|endoftext|>` for an empty one), refused when there are
+/// more than the model's block size.
+pub fn encode_prompt(tok: &Tok, prompt: &str, block: usize) -> Result<Vec<u32>> {
+    let ids = if prompt.is_empty() { vec![tok.eot()] } else { tok.encode(prompt)? };
+    if ids.len() > block {
+        return Err(Error::Invalid(format!(
+            "the prompt is {} tokens, longer than the model's block size of {block}; shorten it",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
 pub fn generate(
     model: &mut Model,
     tok: &Tok,
@@ -87,13 +100,7 @@ pub fn generate(
 ) -> Result<String> {
     opts.validate()?;
     let block = model.shape.t;
-    let mut ids = if prompt.is_empty() { vec![tok.eot()] } else { tok.encode(prompt)? };
-    if ids.len() > block {
-        return Err(Error::Invalid(format!(
-            "the prompt is {} tokens, longer than the model's block size of {block}; shorten it",
-            ids.len()
-        )));
-    }
+    let mut ids = encode_prompt(tok, prompt, block)?;
     let start = ids.len();
     let mut rng = Rng::new(opts.seed);
     // What has been handed out: the text so far, less any trailing replacement characters (a

@@ -93,6 +93,17 @@ fn config_errors_name_the_key() {
         ("dropout = 1.5\n", &["dropout"]),
         ("tokenizer = \"words\"\n", &["tokenizer"]),
         ("this is not toml\n", &["bad.toml"]),
+        ("eps = 0\n", &["eps = 0"]),
+        ("data = \"\"\n", &["data = \"\""]),
+        // Sizes past what the engine takes are refused before anything is allocated for them.
+        ("batch_size = 100000000\n", &["batch_size 100000000", "block_size"]),
+        ("grad_accum_steps = 1000000000000\n", &["grad_accum_steps"]),
+        ("eval_batches = 1000000000\n", &["eval_batches"]),
+        ("builtin_stories = 1000000000000\n", &["builtin_stories"]),
+        ("tokenizer = \"bpe\"\nvocab_size = 9223372036854775807\n", &["vocab_size"]),
+        // The samples' prompt is checked before the first step, not after the last one.
+        ("block_size = 8\n", &["sample_prompt", "block size of 8"]),
+        ("sample_prompt = \"ñ\"\n", &["sample_prompt", "no token for"]),
     ];
     for (text, must) in cases {
         train_with(&config(&dir, text), &[], must);
@@ -339,4 +350,177 @@ fn init_from_and_prompts_respect_the_model() {
     );
     fails(&["sample", "--model", s(&model), "--prompt", "xyz", "--device", "cpu"], &["no token for"]);
     fails(&["sample", "--model", s(&model), "--top-p", "0", "--device", "cpu"], &["--top-p"]);
+}
+
+#[test]
+fn a_refused_resume_leaves_the_run_as_it_was() {
+    let dir = temp("resume");
+    let run = dir.join("run");
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--config", tiny, "--out", s(&run), "--device", "cpu"];
+        args.extend(["--set", "max_steps=2", "--set", "save_batches=true", "--set", "sample_tokens=0"]);
+        args.extend(extra);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let args = train(&[]);
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = std::fs::read(run.join("config.toml")).unwrap();
+    let ckpt = run.join("checkpoints/step-00000002");
+    let state_path = ckpt.join("trainer.json");
+    let state = std::fs::read_to_string(&state_path).unwrap();
+
+    // A batch record shorter than the checkpoint's steps.
+    let batches = run.join("batches.bin");
+    let full = std::fs::read(&batches).unwrap();
+    std::fs::write(&batches, &full[..10]).unwrap();
+    let args = train(&["--set", "lr=0.002", "--resume"]);
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["batches.bin", "incomplete"]);
+    assert_eq!(
+        std::fs::read(run.join("config.toml")).unwrap(),
+        config,
+        "a refused resume rewrote config.toml"
+    );
+    std::fs::write(&batches, &full).unwrap();
+
+    // A damaged trainer.json is named, not trained on.
+    let damaged = [
+        ("\"ranks\": 1", "\"ranks\": 0", "ranks 0"),
+        ("\"step\": 2", "\"step\": 18446744073709551615", "step 18446744073709551615"),
+        ("\"attention\": \"", "\"attention\": \"bogus", "attention"),
+        ("\"precision\": \"", "\"precision\": \"f64", "precision"),
+    ];
+    for (from, to, says) in damaged {
+        assert!(state.contains(from), "trainer.json has no {from}: {state}");
+        std::fs::write(&state_path, state.replacen(from, to, 1)).unwrap();
+        let args = train(&["--resume"]);
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["trainer.json", says, "damaged"]);
+    }
+    std::fs::write(&state_path, &state).unwrap();
+
+    // A fresh run with save_batches into a directory that already has an init/.
+    let other = dir.join("other");
+    std::fs::create_dir_all(other.join("init")).unwrap();
+    let mut args = train(&[]);
+    let at = args.iter().position(|a| a == s(&run)).unwrap();
+    args[at] = s(&other).to_string();
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["init", "already exists"]);
+    assert!(!other.join("config.toml").exists(), "a refused run wrote config.toml");
+}
+
+#[test]
+fn odd_values_of_command_line_flags_are_refused_in_one_line() {
+    let dir = temp("flags");
+    let model = model_dir("flags-model");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2-tiny");
+    let batch = format!("{fixture}/batch.safetensors");
+    let grad = |flag: &str, value: &str| {
+        let out = dir.join("g.safetensors");
+        let args = ["grad", "--model", fixture, "--batch", &batch, "--out", s(&out), "--adamw-steps", "1"];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend([flag.to_string(), value.to_string(), "--device".into(), "cpu".into()]);
+        fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[flag]);
+        assert!(!out.exists(), "grad {flag} {value} wrote its output");
+    };
+    grad("--lr", "nan");
+    grad("--lr", "-1");
+    grad("--beta1", "1");
+    grad("--eps", "0");
+    grad("--weight-decay", "nan");
+    for (flag, value) in [("--temperature", "-1"), ("--top-p", "-1")] {
+        fails(&["sample", "--model", s(&model), flag, value, "--device", "cpu"], &[flag]);
+    }
+    // An evaluation batch past what a micro-batch may hold, and one whose size overflows.
+    let val = dir.join("val.bin");
+    tokenfile::write(&val, &[1, 2, 3, 4, 5], 40).unwrap();
+    for b in ["100000000", "18446744073709551615"] {
+        fails(
+            &["eval", "--model", s(&model), "--data", s(&val), "--batch-size", b, "--device", "cpu"],
+            &["tokens a micro-batch"],
+        );
+    }
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/tiny.toml");
+    fails(
+        &[
+            "bench",
+            "sample",
+            "--config",
+            tiny,
+            "--context",
+            "8",
+            "--tokens",
+            "18446744073709551615",
+            "--device",
+            "cpu",
+        ],
+        &["--tokens 18446744073709551615"],
+    );
+    fails(&["bench", "sample", "--config", tiny, "--tokens", "0", "--device", "cpu"], &["--tokens 0"]);
+    fails(&["bench", "soak", "--config", tiny, "--steps", "1", "--device", "cpu"], &["--steps 1"]);
+}
+
+#[test]
+fn tokenizers_and_prepare_refuse_cleanly() {
+    // A tokenizer whose ids run past its token count would embed past the model's vocabulary.
+    let model = model_dir("gap");
+    let path = model.join("tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["model"]["vocab"]["e"] = serde_json::json!(100000);
+    std::fs::write(&path, json.to_string()).unwrap();
+    fails(
+        &["sample", "--model", s(&model), "--prompt", "e", "--device", "cpu"],
+        &["tokenizer.json", "100000"],
+    );
+
+    // prepare: a refused input leaves no output directory behind, and a vocabulary past the bound
+    // is refused before the tokenizer library sees it.
+    let dir = temp("prepare");
+    let empty = dir.join("e.jsonl");
+    std::fs::write(&empty, "{\"text\":\"\"}\n").unwrap();
+    let out = dir.join("out");
+    fails(&["prepare", "--input", s(&empty), "--out", s(&out), "--tokenizer", "char"], &["no text"]);
+    assert!(!out.exists(), "a refused prepare left {}", out.display());
+    let text = dir.join("in.txt");
+    std::fs::write(&text, "hello world\n").unwrap();
+    for v in ["18446744073709551615", "4294967296"] {
+        fails(&["prepare", "--input", s(&text), "--out", s(&out), "--vocab-size", v], &["vocab_size"]);
+        assert!(!out.exists(), "a refused prepare left {}", out.display());
+    }
+}
+
+#[test]
+fn odd_shapes_and_tiles_for_bench_kernels_are_refused() {
+    let dir = temp("bench-kernels");
+    for shape in ["1048577x1x1", "65536x65536x1", "18446744073709551615x2x2"] {
+        fails(&["bench", "kernels", "--shape", shape], &[shape]);
+    }
+    // Llama's eps is used in f32: one that rounds to zero there would divide by zero.
+    fails(
+        &[
+            "train",
+            "--set",
+            "arch=llama",
+            "--set",
+            "norm_eps=1e-50",
+            "--out",
+            s(&dir.join("r")),
+            "--device",
+            "cpu",
+        ],
+        &["norm_eps"],
+    );
+    if common::gpu().is_none() {
+        return;
+    }
+    let naive = include_str!("fixtures/kernels/naive_matmul.wgsl");
+    for (tile, value) in [("TILE_M", "0u"), ("TILE_N", "0u")] {
+        let path = dir.join(format!("{tile}.wgsl"));
+        std::fs::write(
+            &path,
+            naive.replace(&format!("const {tile}: u32 = 8u;"), &format!("const {tile} = {value};")),
+        )
+        .unwrap();
+        fails(&["bench", "kernels", "--shader", s(&path), "--shape", "7x5x3"], &[tile, "positive integer"]);
+    }
 }

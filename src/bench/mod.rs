@@ -326,6 +326,9 @@ pub fn sample(
     tokens: usize,
     device: &DeviceChoice,
 ) -> Result<(String, Vec<SampleBench>, Vec<(String, usize, f64)>)> {
+    if tokens == 0 {
+        return Err(crate::Error::Invalid("--tokens 0: time at least one token".into()));
+    }
     let backend = crate::open_backend_with(device, &cfg.matmul)?;
     let described = backend.describe();
     let model_cfg = cfg.model(cfg.vocab_size);
@@ -335,10 +338,10 @@ pub fn sample(
     let mut rng = crate::rng::Rng::new(cfg.seed);
     let mut out = Vec::new();
     for &context in contexts {
-        if context > shape.t || context < tokens + 2 {
+        if context > shape.t || context < tokens.saturating_add(2) {
             return Err(crate::Error::Invalid(format!(
-                "--context {context}: must be at least --tokens + 2 = {} and at most the block size {}",
-                tokens + 2,
+                "--context {context} with --tokens {tokens}: the context must be at least --tokens + 2 and at \
+                 most the block size {}",
                 shape.t
             )));
         }

@@ -324,12 +324,24 @@ impl Backend for CpuBackend {
         "cpu (reference twins, f32 storage, f64 sums)".to_string()
     }
 
-    fn alloc(&mut self, dtype: DType, len: usize, _label: &str) -> Result<BufId> {
-        self.bufs.push(match dtype {
-            DType::F32 => Buf::F32(vec![0.0; len]),
-            DType::U32 => Buf::U32(vec![0; len]),
-            DType::Half => Buf::Half(vec![0; len.div_ceil(2)]),
-        });
+    fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId> {
+        // A size the machine cannot hold is an error, not an abort.
+        fn zeroed<T: Clone + Default>(len: usize, label: &str) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| {
+                Error::Invalid(format!(
+                    "the CPU backend cannot allocate {len} elements for {label}; make the model or the batch smaller"
+                ))
+            })?;
+            v.resize(len, T::default());
+            Ok(v)
+        }
+        let buf = match dtype {
+            DType::F32 => Buf::F32(zeroed(len, label)?),
+            DType::U32 => Buf::U32(zeroed(len, label)?),
+            DType::Half => Buf::Half(zeroed(len.div_ceil(2), label)?),
+        };
+        self.bufs.push(buf);
         Ok(BufId(self.bufs.len() - 1))
     }
 

@@ -7,4 +7,4 @@ pub mod tokenfile;
 pub mod tokenizer;
 
 pub use loader::{Loader, TokenSet};
-pub use tokenizer::Tok;
+pub use tokenizer::{Tok, MAX_VOCAB};

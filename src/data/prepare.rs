@@ -417,6 +417,16 @@ fn shuffle<T>(docs: &mut [T], rng: &mut Rng) {
 /// shuffled (when there are several) within blocks of [`BLOCK_BYTES`] of text: an input smaller than
 /// that is shuffled whole.
 pub fn prepare(opts: &PrepareOptions) -> Result<Prepared> {
+    // A refused prepare removes the output directory it made (remove_dir: only while it is empty).
+    let existed = opts.out.exists();
+    let result = prepare_into(opts);
+    if result.is_err() && !existed {
+        let _ = std::fs::remove_dir(&opts.out);
+    }
+    result
+}
+
+fn prepare_into(opts: &PrepareOptions) -> Result<Prepared> {
     if !(0.0..1.0).contains(&opts.val_fraction) {
         return Err(Error::Invalid(format!("--val-fraction {} must be in [0, 1)", opts.val_fraction)));
     }

@@ -43,6 +43,9 @@ fn guarded<T>(context: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
+/// The largest vocabulary `wgslm prepare` and the built-in data train a BPE to (GPT-2's is 50,257).
+pub const MAX_VOCAB: usize = 1 << 20;
+
 impl Tok {
     fn with_eot(mut inner: Tokenizer) -> Result<Self> {
         inner
@@ -60,6 +63,11 @@ impl Tok {
         if vocab_size < 257 {
             return Err(Error::Invalid(format!(
                 "vocab_size {vocab_size} is too small for a byte-level BPE: it needs the 256 bytes and {EOT}"
+            )));
+        }
+        if vocab_size > MAX_VOCAB {
+            return Err(Error::Invalid(format!(
+                "vocab_size {vocab_size} is more than the {MAX_VOCAB} tokens a BPE trained here may have"
             )));
         }
         let mut trainer = TrainerWrapper::BpeTrainer(
@@ -158,6 +166,15 @@ impl Tok {
     }
 
     fn from_loaded(tok: Tokenizer, context: &str) -> Result<Self> {
+        // The model's vocabulary is the token count: every id must fall inside it.
+        let count = tok.get_vocab_size(true);
+        if let Some((token, id)) = tok.get_vocab(true).into_iter().find(|&(_, id)| id as usize >= count) {
+            return Err(Error::Invalid(format!(
+                "{context}: token {token:?} has id {id}, past the {count} tokens the tokenizer holds; \
+                 its ids must run from 0 to {} without gaps",
+                count.saturating_sub(1)
+            )));
+        }
         match tok.token_to_id(EOT) {
             Some(eot) => Ok(Tok { inner: tok, eot }),
             None => guarded(context, || Self::with_eot(tok)),

@@ -279,9 +279,11 @@ impl CustomMatmul {
                 .find(|(_, c)| c.name.as_deref() == Some(wanted))
                 .ok_or_else(|| bad(format!("no `const {wanted}: u32`")))?;
             match module.global_expressions[c.init] {
-                naga::Expression::Literal(naga::Literal::U32(v)) => Ok(v),
+                naga::Expression::Literal(naga::Literal::U32(v)) if v > 0 => Ok(v),
                 naga::Expression::Literal(naga::Literal::I32(v)) if v > 0 => Ok(v as u32),
-                naga::Expression::Literal(naga::Literal::AbstractInt(v)) if v > 0 => Ok(v as u32),
+                naga::Expression::Literal(naga::Literal::AbstractInt(v)) if v > 0 && v <= u32::MAX as i64 => {
+                    Ok(v as u32)
+                }
                 _ => Err(bad(format!("`{wanted}` must be a positive integer literal"))),
             }
         };

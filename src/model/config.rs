@@ -107,9 +107,14 @@ impl ModelConfig {
                 return Err(Error::Invalid("intermediate_size must be at least 1".into()));
             }
             bounds.push(("intermediate_size", l.intermediate_size, 1 << 18));
+            // Both are used in f32: a value that rounds to 0 or to inf there is refused too.
             for (name, v) in [("rope_theta", l.rope_theta), ("norm_eps", l.norm_eps)] {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(Error::Invalid(format!("{name} = {v} must be a finite number above 0")));
+                if !((v as f32).is_finite() && v as f32 >= f32::MIN_POSITIVE) {
+                    return Err(Error::Invalid(format!(
+                        "{name} = {v} must be a number above 0 that f32 holds ({:e} to {:e})",
+                        f32::MIN_POSITIVE,
+                        f32::MAX
+                    )));
                 }
             }
         }

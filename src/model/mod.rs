@@ -15,4 +15,4 @@ pub mod runtime;
 pub use config::{Arch, LlamaConfig, ModelConfig};
 pub use layout::{init_params, ParamLayout};
 pub use mixed::{LossScaler, Precision};
-pub use runtime::{Attention, BatchShape, Mode, Model, StepStats};
+pub use runtime::{Attention, BatchShape, Mode, Model, StepStats, MAX_ACCUM, MAX_BATCH_TOKENS};

@@ -24,6 +24,13 @@ pub struct BatchShape {
     pub accum: usize,
 }
 
+/// The most tokens one micro-batch may hold (batch size × sequence length): far past what a model of
+/// this engine's sizes trains on, and small enough that no size computed from it overflows.
+pub const MAX_BATCH_TOKENS: usize = 1 << 24;
+
+/// The most micro-batches one step may accumulate.
+pub const MAX_ACCUM: usize = 1 << 16;
+
 impl BatchShape {
     pub fn tokens(&self) -> usize {
         self.b * self.t
@@ -606,8 +613,17 @@ impl Model {
         scratch_cap: usize,
     ) -> Result<Self> {
         config.validate()?;
-        if shape.b == 0 || shape.t == 0 || shape.accum == 0 {
-            return Err(Error::Invalid(format!("batch shape {shape:?}: every dimension must be at least 1")));
+        let BatchShape { b, t, accum } = shape;
+        if b == 0 || t == 0 || accum == 0 {
+            return Err(Error::Invalid(format!(
+                "a batch of {b} sequences of {t} tokens, {accum} micro-batches a step: each must be at least 1"
+            )));
+        }
+        if b.checked_mul(t).is_none_or(|n| n > MAX_BATCH_TOKENS) || accum > MAX_ACCUM {
+            return Err(Error::Invalid(format!(
+                "a batch of {b} sequences of {t} tokens, {accum} micro-batches a step: at most {MAX_BATCH_TOKENS} \
+                 tokens a micro-batch and {MAX_ACCUM} micro-batches a step; use a smaller batch"
+            )));
         }
         if shape.t > config.n_positions {
             return Err(Error::Invalid(format!(

@@ -57,6 +57,38 @@ pub struct TrainerState {
     pub version: String,
 }
 
+/// What a trainer state must hold to be resumed from (a damaged file is refused, not trained on).
+fn check_state(state: &TrainerState, dir: &Path) -> std::result::Result<(), String> {
+    state.config.validate().map_err(|e| format!("its config: {e}"))?;
+    let named = dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-"));
+    if let Some(step) = named.and_then(|n| n.parse::<u64>().ok()) {
+        if state.step != step {
+            return Err(format!("step {} in the checkpoint of step {step}", state.step));
+        }
+    }
+    if state.adam_t > state.step {
+        return Err(format!("adam_t {} is past step {}", state.adam_t, state.step));
+    }
+    let ranks = state.ranks.unwrap_or(1);
+    if ranks == 0 || ranks.saturating_mul(state.config.grad_accum_steps) > crate::model::MAX_ACCUM {
+        return Err(format!(
+            "ranks {ranks} × grad_accum_steps {} must be between 1 and {}",
+            state.config.grad_accum_steps,
+            crate::model::MAX_ACCUM
+        ));
+    }
+    if let Some(a) = state.attention.as_deref().filter(|a| crate::model::Attention::parse(a).is_none()) {
+        return Err(format!("attention {a:?} is not a variant this wgslm knows"));
+    }
+    if let Some(p) = state.precision.as_deref().filter(|p| crate::model::Precision::parse(p).is_none()) {
+        return Err(format!("precision {p:?} is not one this wgslm knows"));
+    }
+    if let Some(s) = state.loss_scaler.filter(|s| !(s.scale.is_finite() && s.scale > 0.0)) {
+        return Err(format!("loss scale {} is not a positive number", s.scale));
+    }
+    Ok(())
+}
+
 /// A checkpoint read back.
 pub struct Loaded {
     pub dir: PathBuf,
@@ -186,6 +218,12 @@ pub fn load(dir: &Path) -> Result<Loaded> {
         .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", state_path.display())))?;
     let state: TrainerState = serde_json::from_str(&text)
         .map_err(|e| Error::Invalid(format!("{}: not a wgslm trainer state: {e}", state_path.display())))?;
+    check_state(&state, dir).map_err(|e| {
+        Error::Invalid(format!(
+            "{}: {e}; the checkpoint is damaged: resume from an earlier one (move this one away)",
+            state_path.display()
+        ))
+    })?;
     let file = TensorFile::open(&dir.join(STATE_FILE))?;
     let layout = ParamLayout::new(&config);
     let (mut m, mut v) = (vec![0f32; layout.total], vec![0f32; layout.total]);

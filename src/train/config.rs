@@ -8,6 +8,35 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Arch, LlamaConfig, ModelConfig};
 use crate::{fsutil, Error, Result};
 
+/// `key = v` must be finite and in `[lo, hi]`.
+fn finite(key: &str, v: f32, lo: f32, hi: f32, what: &str) -> std::result::Result<(), String> {
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(format!("{key} = {v} must be {what}"))
+    }
+}
+
+/// AdamW's settings in the ranges it trains with (`eps = 0` would divide zero by zero where a
+/// gradient is zero); `prefix` is what names them (`""` in a config, `"--"` on the command line).
+pub fn check_adamw(
+    prefix: &str,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+) -> std::result::Result<(), String> {
+    finite(&format!("{prefix}lr"), lr, f32::MIN_POSITIVE, 10.0, "a finite number in (0, 10]")?;
+    finite(&format!("{prefix}beta1"), beta1, 0.0, 0.999_999, "in [0, 1)")?;
+    finite(&format!("{prefix}beta2"), beta2, 0.0, 0.999_999, "in [0, 1)")?;
+    finite(&format!("{prefix}eps"), eps, f32::MIN_POSITIVE, 1.0, "in (0, 1]")?;
+    finite(&format!("{prefix}weight_decay"), weight_decay, 0.0, 10.0, "in [0, 10]")
+}
+
+/// The most stories `data = "builtin"` generates (about 540 MB of text).
+pub const MAX_BUILTIN_STORIES: usize = 1_000_000;
+
 /// Every key of a training config. The defaults train a ~0.45M-parameter model on the embedded stories
 /// (docs/CONFIG.md is the reference).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,7 +228,8 @@ impl TrainConfig {
             Error::Invalid(format!("{origin} (with --set): {}", one_line(&e.to_string())))
         })?;
         if let Some(dir) = path.and_then(|p| p.parent()) {
-            if cfg.data != "builtin" && Path::new(&cfg.data).is_relative() && !dir.as_os_str().is_empty() {
+            let relative = !cfg.data.is_empty() && Path::new(&cfg.data).is_relative();
+            if cfg.data != "builtin" && relative && !dir.as_os_str().is_empty() {
                 let joined = dir.join(&cfg.data);
                 if !Path::new(&cfg.data).exists() && joined.exists() {
                     cfg.data = joined.to_string_lossy().into_owned();
@@ -229,19 +259,26 @@ impl TrainConfig {
         if self.n_embd % self.n_head != 0 {
             return Err(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
         }
-        let finite = |key: &str, v: f32, lo: f32, hi: f32, what: &str| {
-            if v.is_finite() && v >= lo && v <= hi {
-                Ok(())
-            } else {
-                Err(format!("{key} = {v} must be {what}"))
+        use crate::model::{MAX_ACCUM, MAX_BATCH_TOKENS};
+        if self.batch_size.checked_mul(self.block_size).is_none_or(|n| n > MAX_BATCH_TOKENS) {
+            return Err(format!(
+                "batch_size {} × block_size {} is more than {MAX_BATCH_TOKENS} tokens a micro-batch; lower one of them \
+                 (grad_accum_steps makes a step larger without the memory)",
+                self.batch_size, self.block_size
+            ));
+        }
+        for (key, v, most) in [
+            ("grad_accum_steps", self.grad_accum_steps, MAX_ACCUM),
+            ("eval_batches", self.eval_batches, MAX_ACCUM),
+            ("builtin_stories", self.builtin_stories, MAX_BUILTIN_STORIES),
+            ("vocab_size", self.vocab_size, crate::data::MAX_VOCAB),
+        ] {
+            if v > most {
+                return Err(format!("{key} = {v} is more than the {most} this engine takes"));
             }
-        };
-        finite("lr", self.lr, f32::MIN_POSITIVE, 10.0, "a finite number in (0, 10]")?;
+        }
+        check_adamw("", self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)?;
         finite("min_lr", self.min_lr, 0.0, self.lr, "a finite number in [0, lr]")?;
-        finite("beta1", self.beta1, 0.0, 0.999_999, "in [0, 1)")?;
-        finite("beta2", self.beta2, 0.0, 0.999_999, "in [0, 1)")?;
-        finite("eps", self.eps, 0.0, 1.0, "in [0, 1]")?;
-        finite("weight_decay", self.weight_decay, 0.0, 10.0, "in [0, 10]")?;
         finite("grad_clip", self.grad_clip, 0.0, f32::MAX, "finite and >= 0")?;
         finite("dropout", self.dropout, 0.0, 0.95, "in [0, 0.95]")?;
         match self.arch.as_str() {
@@ -278,6 +315,9 @@ impl TrainConfig {
         }
         if crate::model::Precision::parse(&self.precision).is_none() {
             return Err(format!("precision = {:?} must be \"f32\", \"bf16\" or \"f16\"", self.precision));
+        }
+        if self.data.is_empty() {
+            return Err("data = \"\" must be \"builtin\" or a directory written by `wgslm prepare`".into());
         }
         if self.data == "builtin" && self.builtin_stories < 10 {
             return Err("builtin_stories must be at least 10".into());

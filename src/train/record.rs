@@ -42,6 +42,13 @@ impl BatchRecord {
         eval: &[(Vec<u32>, Vec<u32>)],
     ) -> Result<Self> {
         let init = run.join(INIT_DIR);
+        if init.exists() {
+            return Err(Error::Invalid(format!(
+                "{} already exists: a fresh run with save_batches = true writes its initial model there; \
+                 remove it or choose another --out",
+                init.display()
+            )));
+        }
         hf::save(&init, config, params, Some(tok.eot()))?;
         tok.save(&init)?;
         let windows: Vec<u8> = eval.iter().flat_map(|(x, y)| [bytes(x), bytes(y)].concat()).collect();

@@ -342,15 +342,18 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         },
     }
     dist::sync_start(&mut model, world, run_fingerprint(cfg, &model_cfg, &loader, step, adam_t))?;
-    // The run directory is written only once everything that can refuse the run (the data, the
-    // checkpoint, the adapter, the model) has accepted it, so that a refused run leaves nothing behind.
-    if root {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
-    }
     // The record holds the whole step's batches, every rank's, as one process with
     // grad_accum_steps N·A would train on them.
     let global = BatchShape { accum: shape.accum * world.size(), ..shape };
+    // The samples come after hours of training: a prompt they cannot take is refused now.
+    if root && !opts.quiet && cfg.sample_tokens > 0 {
+        sample::encode_prompt(&data.tok, &cfg.sample_prompt, shape.t).map_err(|e| {
+            Error::Invalid(format!("sample_prompt = {:?}: {e} (or set sample_tokens = 0)", cfg.sample_prompt))
+        })?;
+    }
+    if root {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
     let mut record = match (cfg.save_batches && root, &resumed) {
         (false, _) => None,
         (true, Some(r)) => Some(BatchRecord::resume(out, global, r.state.step)?),
@@ -363,6 +366,12 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
         true => Some(Metrics::open(out, resumed.as_ref().map(|r| r.state.step))?),
         false => None,
     };
+    // config.toml is written only once everything that can refuse the run (the data, the checkpoint,
+    // the adapter, the model, the batch record) has accepted it: a refused run leaves the directory
+    // as it was.
+    if root {
+        fsutil::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
     let quiet = opts.quiet || !root;
     let total = cfg.max_steps as u64;
     let progress = Progress::new(step, total, quiet);
@@ -477,16 +486,6 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
                 val_loss = Some(loss);
             }
         }
-        if due(cfg.sample_every) && !quiet {
-            let opts = SampleOptions {
-                max_new_tokens: cfg.sample_tokens,
-                seed: cfg.seed ^ step,
-                ..Default::default()
-            };
-            let text = sample::generate(&mut model, &data.tok, &cfg.sample_prompt, &opts, |_| {})?;
-            progress
-                .println(&format!("--- sample at step {step} ---\n{}{text}\n---", cfg.sample_prompt), quiet);
-        }
         if (due(cfg.checkpoint_every) || stopping) && root {
             let (m, v) = model.optimizer_state()?;
             let state = TrainerState {
@@ -506,6 +505,17 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
             let dir =
                 checkpoint::save(out, &model_cfg, &data.tok, &params, &m, &v, &state, cfg.keep_checkpoints)?;
             last_checkpoint = Some(dir);
+        }
+        // After the checkpoint: a sample that fails loses no training.
+        if due(cfg.sample_every) && !quiet && cfg.sample_tokens > 0 {
+            let opts = SampleOptions {
+                max_new_tokens: cfg.sample_tokens,
+                seed: cfg.seed ^ step,
+                ..Default::default()
+            };
+            let text = sample::generate(&mut model, &data.tok, &cfg.sample_prompt, &opts, |_| {})?;
+            progress
+                .println(&format!("--- sample at step {step} ---\n{}{text}\n---", cfg.sample_prompt), quiet);
         }
         if stopping {
             break;
