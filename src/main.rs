@@ -303,10 +303,7 @@ fn parse_shape(s: &str) -> Result<(usize, usize, usize), String> {
         .map_err(|_| format!("{s}: expected MxKxN, e.g. 1024x1024x1024"))?;
     match dims.as_slice() {
         // The host holds a, b and the reference product in f32: each at most 2^28 elements (1 GiB).
-        [m, k, n]
-            if [m, k, n].iter().any(|&&d| d > 1 << 20)
-                || [m * k, k * n, m * n].iter().any(|&e| e > 1 << 28) =>
-        {
+        [m, k, n] if [(m, k), (k, n), (m, n)].iter().any(|&(&a, &b)| a as u128 * b as u128 > 1 << 28) => {
             Err(format!(
                 "{s}: a size past 2^20, or a matrix past 2^28 elements (1 GiB of f32); time smaller shapes"
             ))

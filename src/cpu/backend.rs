@@ -325,7 +325,8 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&mut self, dtype: DType, len: usize, label: &str) -> Result<BufId> {
-        // A size the machine cannot hold is an error, not an abort.
+        // A size the allocator refuses is an error, not an abort (under Linux's overcommit, one past
+        // RAM and swap is refused; a smaller one that does not fit can still end in the OOM killer).
         fn zeroed<T: Clone + Default>(len: usize, label: &str) -> Result<Vec<T>> {
             let mut v = Vec::new();
             v.try_reserve_exact(len).map_err(|_| {

@@ -20,6 +20,9 @@ pub const EOT: &str = "<|endoftext|>";
 pub struct Tok {
     inner: Tokenizer,
     eot: u32,
+    /// One past the largest id: the vocabulary a model needs (more than the token count when the
+    /// ids have gaps, as special tokens placed after a hole do).
+    size: usize,
 }
 
 fn tk_err(context: &str) -> impl Fn(tokenizers::Error) -> Error + '_ {
@@ -52,7 +55,13 @@ impl Tok {
             .add_special_tokens([AddedToken::from(EOT, true)])
             .map_err(tk_err("adding the end-of-text token"))?;
         let eot = inner.token_to_id(EOT).expect("the special token was just added");
-        Ok(Tok { inner, eot })
+        Ok(Self::new(inner, eot))
+    }
+
+    fn new(inner: Tokenizer, eot: u32) -> Self {
+        let largest = inner.get_vocab(true).into_values().max().map_or(0, |id| id as usize + 1);
+        let size = inner.get_vocab_size(true).max(largest);
+        Tok { inner, eot, size }
     }
 
     /// A byte-level BPE (GPT-2 style) trained on `texts` up to `vocab_size` tokens, EOT included.
@@ -166,17 +175,8 @@ impl Tok {
     }
 
     fn from_loaded(tok: Tokenizer, context: &str) -> Result<Self> {
-        // The model's vocabulary is the token count: every id must fall inside it.
-        let count = tok.get_vocab_size(true);
-        if let Some((token, id)) = tok.get_vocab(true).into_iter().find(|&(_, id)| id as usize >= count) {
-            return Err(Error::Invalid(format!(
-                "{context}: token {token:?} has id {id}, past the {count} tokens the tokenizer holds; \
-                 its ids must run from 0 to {} without gaps",
-                count.saturating_sub(1)
-            )));
-        }
         match tok.token_to_id(EOT) {
-            Some(eot) => Ok(Tok { inner: tok, eot }),
+            Some(eot) => Ok(Self::new(tok, eot)),
             None => guarded(context, || Self::with_eot(tok)),
         }
     }
@@ -185,8 +185,9 @@ impl Tok {
         self.eot
     }
 
+    /// The vocabulary a model of this tokenizer needs: one past its largest id.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.size
     }
 
     /// Token ids of `text`. A character vocabulary cannot spell characters it has not seen; they are an

@@ -34,6 +34,9 @@ pub fn check_adamw(
     finite(&format!("{prefix}weight_decay"), weight_decay, 0.0, 10.0, "in [0, 10]")
 }
 
+/// The most evaluation batches (`eval_batches`).
+pub const MAX_EVAL_BATCHES: usize = 1 << 16;
+
 /// The most stories `data = "builtin"` generates (about 540 MB of text).
 pub const MAX_BUILTIN_STORIES: usize = 1_000_000;
 
@@ -269,13 +272,20 @@ impl TrainConfig {
         }
         for (key, v, most) in [
             ("grad_accum_steps", self.grad_accum_steps, MAX_ACCUM),
-            ("eval_batches", self.eval_batches, MAX_ACCUM),
+            ("eval_batches", self.eval_batches, MAX_EVAL_BATCHES),
             ("builtin_stories", self.builtin_stories, MAX_BUILTIN_STORIES),
-            ("vocab_size", self.vocab_size, crate::data::MAX_VOCAB),
         ] {
             if v > most {
                 return Err(format!("{key} = {v} is more than the {most} this engine takes"));
             }
+        }
+        let trains_bpe = self.data == "builtin" && self.tokenizer == "bpe";
+        if trains_bpe && self.vocab_size > crate::data::MAX_VOCAB {
+            return Err(format!(
+                "vocab_size = {} is more than the {} tokens a BPE trained here may have",
+                self.vocab_size,
+                crate::data::MAX_VOCAB
+            ));
         }
         check_adamw("", self.lr, self.beta1, self.beta2, self.eps, self.weight_decay)?;
         finite("min_lr", self.min_lr, 0.0, self.lr, "a finite number in [0, lr]")?;

@@ -41,11 +41,15 @@ impl BatchRecord {
         params: &[f32],
         eval: &[(Vec<u32>, Vec<u32>)],
     ) -> Result<Self> {
+        // A fresh run's directory holds no checkpoint (the trainer checked): an init/ that is a
+        // model directory is the record of a run stopped before its first one, and is replaced.
         let init = run.join(INIT_DIR);
-        if init.exists() {
+        if init.join(hf::CONFIG_FILE).is_file() {
+            std::fs::remove_dir_all(&init).map_err(|e| Error::io(&init, e))?;
+        } else if init.exists() {
             return Err(Error::Invalid(format!(
-                "{} already exists: a fresh run with save_batches = true writes its initial model there; \
-                 remove it or choose another --out",
+                "{} already exists and is not a model directory: a fresh run with save_batches = true \
+                 writes its initial model there; move it or choose another --out",
                 init.display()
             )));
         }

@@ -256,6 +256,15 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
             )));
         }
     }
+    if global_micro_batches(&cfg, world.size()) > crate::model::MAX_ACCUM {
+        return Err(Error::Invalid(format!(
+            "{} rank(s) × grad_accum_steps {} is more than the {} micro-batches a step may take; lower \
+             grad_accum_steps",
+            world.size(),
+            cfg.grad_accum_steps,
+            crate::model::MAX_ACCUM
+        )));
+    }
     let cfg = &cfg;
 
     let data = load_data(cfg)?;
@@ -506,7 +515,7 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
                 checkpoint::save(out, &model_cfg, &data.tok, &params, &m, &v, &state, cfg.keep_checkpoints)?;
             last_checkpoint = Some(dir);
         }
-        // After the checkpoint: a sample that fails loses no training.
+        // After the step's checkpoint (when one is due), so that a failing sample does not lose it.
         if due(cfg.sample_every) && !quiet && cfg.sample_tokens > 0 {
             let opts = SampleOptions {
                 max_new_tokens: cfg.sample_tokens,
