@@ -525,11 +525,18 @@ fn train(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> anyhow::Result<
     Ok(())
 }
 
-/// A model directory (or a run's newest checkpoint) and its tokenizer, on a (B, n_positions) frame.
-fn open_model(dir: &Path, b: usize, device: &str) -> anyhow::Result<(Model, Tok)> {
+/// A model directory (or a run's newest checkpoint) and its tokenizer (tokenizer.json, or GPT-2's
+/// vocab.json and merges.txt), on a frame of B sequences of the length `t` says (at most
+/// n_positions): a model of a long context need not run every pass at its full length.
+fn open_model(
+    dir: &Path,
+    b: usize,
+    device: &str,
+    t: impl FnOnce(&Tok, &wgslm::model::ModelConfig) -> anyhow::Result<usize>,
+) -> anyhow::Result<(Model, Tok)> {
     let dir = checkpoint::resolve_model_dir(dir)?;
     let (config, params) = hf::load(&dir)?;
-    let tok = Tok::load(&dir.join("tokenizer.json"))?;
+    let tok = Tok::load(&dir)?;
     if tok.vocab_size() > config.vocab_size {
         bail!(
             "{}: the tokenizer has {} tokens but the model only {}",
@@ -538,8 +545,9 @@ fn open_model(dir: &Path, b: usize, device: &str) -> anyhow::Result<(Model, Tok)
             config.vocab_size
         );
     }
+    let t = t(&tok, &config)?.clamp(1, config.n_positions);
     let backend = wgslm::open_backend(&device.parse()?)?;
-    let shape = BatchShape { b, t: config.n_positions, accum: 1 };
+    let shape = BatchShape { b, t, accum: 1 };
     let mut model = Model::new(backend, config, shape, Mode::Inference)?;
     model.set_params(&params)?;
     Ok((model, tok))
@@ -547,7 +555,11 @@ fn open_model(dir: &Path, b: usize, device: &str) -> anyhow::Result<(Model, Tok)
 
 fn sample(dir: &Path, prompt: &str, opts: &SampleOptions, device: &str) -> anyhow::Result<()> {
     opts.validate()?;
-    let (mut model, tok) = open_model(dir, 1, device)?;
+    // The frame holds the prompt and the new tokens: past n_positions the context slides anyway.
+    let (mut model, tok) = open_model(dir, 1, device, |tok, config| {
+        let prompt = wgslm::sample::encode_prompt(tok, prompt, config.n_positions)?;
+        Ok(prompt.len().saturating_add(opts.max_new_tokens))
+    })?;
     let mut out = std::io::stdout();
     print!("{prompt}");
     wgslm::sample::generate(&mut model, &tok, prompt, opts, |piece| {
@@ -588,11 +600,19 @@ fn eval(dir: &Path, data: &Path, batch_size: usize, device: &str) -> anyhow::Res
     } else {
         vec![data.to_path_buf()]
     };
-    let (mut model, _) = open_model(dir, batch_size, device)?;
-    let tokens = wgslm::data::TokenSet::open(&paths, Some(model.config.vocab_size))?;
-    if tokens.len() < 2 {
-        bail!("{}: {} tokens; evaluation needs at least 2", data.display(), tokens.len());
-    }
+    // Windows of n_positions tokens; data shorter than one is one window of its own length (the
+    // same losses: the positions past the end are padding either way).
+    let mut opened = None;
+    let (mut model, _) = open_model(dir, batch_size, device, |_, config| {
+        let tokens = wgslm::data::TokenSet::open(&paths, Some(config.vocab_size))?;
+        if tokens.len() < 2 {
+            bail!("{}: {} tokens; evaluation needs at least 2", data.display(), tokens.len());
+        }
+        let t = tokens.len() - 1;
+        opened = Some(tokens);
+        Ok(t)
+    })?;
+    let tokens = opened.expect("open_model asks for the frame");
     let t = model.shape.t;
     // Every token after the first is predicted once: windows of T inputs, stepping by T; the last
     // window is shorter, and positions past the end are padding whose losses are not counted.
@@ -787,7 +807,18 @@ fn bench(what: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses an `--out` that is one of the command's inputs: writing it would destroy what it reads.
+fn not_an_input(out: &Path, inputs: &[PathBuf]) -> anyhow::Result<()> {
+    let Ok(out_at) = out.canonicalize() else { return Ok(()) };
+    if let Some(input) = inputs.iter().find(|p| p.canonicalize().is_ok_and(|p| p == out_at)) {
+        bail!("--out {}: that is {}, an input; write the output elsewhere", out.display(), input.display());
+    }
+    Ok(())
+}
+
 fn grad(model: &Path, batch: &Path, out: &Path, opts: &GradOptions, device: &str) -> anyhow::Result<()> {
+    let files = [hf::CONFIG_FILE, "model.safetensors", "tokenizer.json"].map(|f| model.join(f));
+    not_an_input(out, &[&[batch.to_path_buf()], &files[..]].concat())?;
     let backend = wgslm::open_backend(&device.parse()?)?;
     eprintln!("running on {}", backend.describe());
     let result = wgslm::grad::run(backend, model, batch, opts)?;
@@ -920,6 +951,7 @@ fn suite(quick: bool, json: &Path, device: &str) -> anyhow::Result<()> {
 }
 
 fn report(files: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    not_an_input(out, files)?;
     let inputs = files
         .iter()
         .map(|f| Ok((f.display().to_string(), report::load(f)?)))

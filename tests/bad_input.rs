@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use wgslm::data::{tokenfile, Tok};
-use wgslm::model::{hf, init_params, ModelConfig};
+use wgslm::model::{hf, init_params, Arch, LlamaConfig, ModelConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wgslm");
 
@@ -537,4 +537,65 @@ fn odd_shapes_and_tiles_for_bench_kernels_are_refused() {
         .unwrap();
         fails(&["bench", "kernels", "--shader", s(&path), "--shape", "7x5x3"], &[tile, "positive integer"]);
     }
+}
+
+#[test]
+fn long_contexts_outputs_and_starting_models_are_handled() {
+    let dir = temp("second-round");
+    // A Llama of a million positions (no tensor grows with them): sample and eval size their frame
+    // to what they run, not to n_positions (a full pass over 2^20 positions per token never ended).
+    let llama = LlamaConfig {
+        n_kv_head: 1,
+        intermediate_size: 24,
+        rope_theta: 1e4,
+        norm_eps: 1e-5,
+        tie_embeddings: true,
+    };
+    let long = ModelConfig { arch: Arch::Llama(llama), n_positions: 1 << 20, ..TINY };
+    let model = dir.join("long");
+    hf::save(&model, &long, &init_params(&long, 1), None).unwrap();
+    Tok::chars(std::iter::once("abcdefghij klmnop.".to_string())).unwrap().save(&model).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "wgslm {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["sample", "--model", s(&model), "--prompt", "ab", "--max-new-tokens", "3", "--device", "cpu"]);
+    let val = dir.join("val.bin");
+    tokenfile::write(&val, &[1, 2, 3, 4, 5, 6, 7], 40).unwrap();
+    run(&["eval", "--model", s(&model), "--data", s(&val), "--device", "cpu"]);
+
+    // An output that is one of the inputs is refused before anything is written.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2-tiny");
+    let batch = dir.join("batch.safetensors");
+    std::fs::copy(format!("{fixture}/batch.safetensors"), &batch).unwrap();
+    let before = std::fs::read(&batch).unwrap();
+    fails(
+        &["grad", "--model", fixture, "--batch", s(&batch), "--out", s(&batch), "--device", "cpu"],
+        &["an input"],
+    );
+    assert_eq!(std::fs::read(&batch).unwrap(), before);
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/suites/lavapipe-2026-12-02.json");
+    let copy = dir.join("suite.json");
+    std::fs::copy(suite, &copy).unwrap();
+    fails(&["report", s(&copy), "--out", s(&copy)], &["an input"]);
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(suite).unwrap());
+
+    // init_from: a model that is not finite, and a Llama whose settings the config contradicts.
+    let nan = dir.join("nan");
+    let mut params = init_params(&TINY, 1);
+    params[5] = f32::NAN;
+    hf::save(&nan, &TINY, &params, None).unwrap();
+    let data = data_dir("second-data", &[1; 2000]);
+    let text = format!(
+        "data = {:?}\ninit_from = {:?}\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\n",
+        s(&data),
+        s(&nan)
+    );
+    train_with(&config(&dir, &text), &[], &["init_from", "non-finite"]);
+    let text = format!(
+        "data = {:?}\ninit_from = {:?}\narch = \"llama\"\nn_layer = 1\nn_head = 2\nn_embd = 16\nn_kv_head = 2\nblock_size = 16\n",
+        s(&data),
+        s(&model)
+    );
+    train_with(&config(&dir, &text), &[], &["n_kv_head 1", "set n_kv_head = 1"]);
 }

@@ -446,6 +446,17 @@ fn prepare_into(opts: &PrepareOptions) -> Result<Prepared> {
             f.display()
         )));
     }
+    // Training a tokenizer reads the inputs once more than tokenizing does: a pipe would be empty
+    // the second time.
+    if matches!(opts.tokenizer, TokenizerSpec::Bpe | TokenizerSpec::Char) {
+        if let Some(p) = opts.inputs.iter().find(|p| std::fs::metadata(p).is_ok_and(|m| !m.is_file())) {
+            return Err(Error::Invalid(format!(
+                "{}: not a regular file, and --tokenizer bpe or char reads its inputs twice; save it to a file \
+                 first, or give --tokenizer byte or a tokenizer.json",
+                p.display()
+            )));
+        }
+    }
     let split = opts.split.as_deref();
     let several = DocReader::several(&opts.inputs, split)?;
     let total_bytes: u64 = opts

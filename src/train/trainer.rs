@@ -472,12 +472,17 @@ pub fn run_in(cfg: &TrainConfig, opts: &RunOptions, world: &World) -> Result<Sum
                 quiet,
             );
             if bad_steps > cfg.max_bad_steps {
+                let advice = "lower lr, raise warmup_steps or set grad_clip";
+                let then = match &last_checkpoint {
+                    Some(p) => {
+                        format!("The last checkpoint ({}) is intact: {advice}, then --resume", p.display())
+                    }
+                    None => format!("No checkpoint was written yet: {advice}, then start the run again"),
+                };
                 return Err(Error::Invalid(format!(
                     "{bad_steps} steps in a row had a non-finite loss or gradient (max_bad_steps = {}); stopped at \
-                     step {step}. The last checkpoint ({}) is intact: lower lr, raise warmup_steps or set grad_clip, \
-                     then --resume",
-                    cfg.max_bad_steps,
-                    last_checkpoint.as_ref().map_or("none yet".into(), |p| p.display().to_string())
+                     step {step}. {then}",
+                    cfg.max_bad_steps
                 )));
             }
         }
@@ -590,6 +595,40 @@ fn load_init(cfg: &TrainConfig, dir: &Path) -> Result<(crate::model::ModelConfig
         return Err(Error::Invalid(format!(
             "block_size {} is above the n_positions {} of init_from {name}; use block_size <= {}",
             cfg.block_size, m.n_positions, m.n_positions
+        )));
+    }
+    // The Llama keys a config sets must be the model's (unset, they come from it).
+    if let crate::model::Arch::Llama(l) = m.arch {
+        let differs = [
+            ("n_kv_head", cfg.n_kv_head.is_some_and(|v| v != l.n_kv_head), l.n_kv_head.to_string()),
+            (
+                "intermediate_size",
+                cfg.intermediate_size.is_some_and(|v| v != l.intermediate_size),
+                l.intermediate_size.to_string(),
+            ),
+            ("rope_theta", cfg.rope_theta.is_some_and(|v| v != l.rope_theta), l.rope_theta.to_string()),
+            ("norm_eps", cfg.norm_eps.is_some_and(|v| v != l.norm_eps), l.norm_eps.to_string()),
+            (
+                "tie_embeddings",
+                cfg.tie_embeddings.is_some_and(|v| v != l.tie_embeddings),
+                l.tie_embeddings.to_string(),
+            ),
+        ];
+        if let Some((key, _, theirs)) = differs.into_iter().find(|(_, differs, _)| *differs) {
+            return Err(Error::Invalid(format!(
+                "init_from {name}: the model has {key} {theirs} but the config sets another; set {key} = {theirs} \
+                 or leave it out"
+            )));
+        }
+    }
+    let layout = crate::model::ParamLayout::new(&m);
+    if let Some(i) = params.iter().position(|x| !x.is_finite()) {
+        let spec =
+            layout.specs.iter().find(|s| i < s.offset + s.len()).expect("the layout covers the parameters");
+        return Err(Error::Invalid(format!(
+            "init_from {name}: tensor {} holds a non-finite value (element {}); a model to start from must be finite",
+            spec.name,
+            i - spec.offset
         )));
     }
     Ok((m, params))
