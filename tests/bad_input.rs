@@ -68,6 +68,11 @@ fn data_dir(name: &str, train: &[u32]) -> PathBuf {
     dir
 }
 
+/// A config that fine-tunes `model` on `data`, with `keys` (TOML lines) added.
+fn init_config(dir: &Path, data: &Path, model: &Path, keys: &str) -> PathBuf {
+    config(dir, &format!("data = {:?}\ninit_from = {:?}\n{keys}", s(data), s(model)))
+}
+
 fn train_with(cfg: &Path, extra: &[&str], must_say: &[&str]) {
     let out = temp("run");
     let mut args = vec!["train", "--config", s(cfg), "--out", s(&out), "--device", "cpu"];
@@ -334,18 +339,16 @@ fn init_from_and_prompts_respect_the_model() {
     let dir = temp("init");
     let model = model_dir("init-model");
     let data = data_dir("init-data", &[1; 2000]);
-    let text = format!(
-        "data = {:?}\ninit_from = {:?}\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 64\n",
-        s(&data),
-        s(&model)
+    train_with(
+        &init_config(&dir, &data, &model, "n_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 64\n"),
+        &[],
+        &["block_size 64", "n_positions 16"],
     );
-    train_with(&config(&dir, &text), &[], &["block_size 64", "n_positions 16"]);
-    let text = format!(
-        "data = {:?}\ninit_from = {:?}\nn_layer = 3\nn_head = 2\nn_embd = 16\nblock_size = 16\n",
-        s(&data),
-        s(&model)
+    train_with(
+        &init_config(&dir, &data, &model, "n_layer = 3\nn_head = 2\nn_embd = 16\nblock_size = 16\n"),
+        &[],
+        &["n_layer 1", "set n_layer = 1"],
     );
-    train_with(&config(&dir, &text), &[], &["n_layer 1", "set n_layer = 1"]);
     let long = "abcd ".repeat(10);
     fails(
         &["sample", "--model", s(&model), "--prompt", &long, "--device", "cpu"],
@@ -586,16 +589,19 @@ fn long_contexts_outputs_and_starting_models_are_handled() {
     params[5] = f32::NAN;
     hf::save(&nan, &TINY, &params, None).unwrap();
     let data = data_dir("second-data", &[1; 2000]);
-    let text = format!(
-        "data = {:?}\ninit_from = {:?}\nn_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\n",
-        s(&data),
-        s(&nan)
+    train_with(
+        &init_config(&dir, &data, &nan, "n_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\n"),
+        &[],
+        &["init_from", "non-finite"],
     );
-    train_with(&config(&dir, &text), &[], &["init_from", "non-finite"]);
-    let text = format!(
-        "data = {:?}\ninit_from = {:?}\narch = \"llama\"\nn_layer = 1\nn_head = 2\nn_embd = 16\nn_kv_head = 2\nblock_size = 16\n",
-        s(&data),
-        s(&model)
+    train_with(
+        &init_config(
+            &dir,
+            &data,
+            &model,
+            "arch = \"llama\"\nn_layer = 1\nn_head = 2\nn_embd = 16\nn_kv_head = 2\nblock_size = 16\n",
+        ),
+        &[],
+        &["n_kv_head 1", "set n_kv_head = 1"],
     );
-    train_with(&config(&dir, &text), &[], &["n_kv_head 1", "set n_kv_head = 1"]);
 }
