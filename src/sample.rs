@@ -74,10 +74,6 @@ pub fn pick(logits: &[f32], opts: &SampleOptions, rng: &mut Rng) -> u32 {
     order[probs.len() - 1] as u32
 }
 
-/// Generates text after `prompt` (the end-of-text token when empty), calling `on_text` with each new
-/// piece as it comes (the pieces make up the returned text, unless the tokenizer rewrites text it
-/// already decoded). Stops at the end-of-text token or after `max_new_tokens`. Contexts longer than the model's
-/// block size slide.
 /// The token ids a prompt starts from (`<|endoftext|>` for an empty one), refused when there are
 /// more than the model's block size.
 pub fn encode_prompt(tok: &Tok, prompt: &str, block: usize) -> Result<Vec<u32>> {
@@ -91,6 +87,10 @@ pub fn encode_prompt(tok: &Tok, prompt: &str, block: usize) -> Result<Vec<u32>> 
     Ok(ids)
 }
 
+/// Generates text after `prompt` (the end-of-text token when empty), calling `on_text` with each new
+/// piece as it comes (the pieces make up the returned text, unless the tokenizer rewrites text it
+/// already decoded). Stops at the end-of-text token or after `max_new_tokens`. Contexts longer than the model's
+/// block size slide.
 pub fn generate(
     model: &mut Model,
     tok: &Tok,

@@ -592,8 +592,9 @@ fn long_contexts_outputs_and_starting_models_are_handled() {
     train_with(
         &init_config(&dir, &data, &nan, "n_layer = 1\nn_head = 2\nn_embd = 16\nblock_size = 16\n"),
         &[],
-        &["init_from", "non-finite"],
+        &["model.safetensors", "non-finite"],
     );
+    fails(&["sample", "--model", s(&nan), "--device", "cpu"], &["model.safetensors", "non-finite"]);
     train_with(
         &init_config(
             &dir,

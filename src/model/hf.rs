@@ -101,6 +101,13 @@ pub fn load_weights(config: ModelConfig, file: &TensorFile) -> Result<(ModelConf
             )));
         }
         let data = file.f32(&name, Some(&spec.shape))?;
+        // No run starts from, samples from or resumes a model that is not finite.
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{name}` holds a non-finite value (element {i}); the model is damaged",
+                file.path().display()
+            )));
+        }
         flat[spec.offset..spec.offset + spec.len()].copy_from_slice(&data);
     }
     for name in &names {
